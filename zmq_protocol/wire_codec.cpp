@@ -1,1 +1,185 @@
 // SPDX-License-Identifier: BSD-3-Clause
+#include "zmq_protocol/wire_codec.hpp"
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <stdexcept>
+
+#include <nlohmann/json.hpp>
+#include <openssl/rand.h>
+
+#include "zmq_protocol/detail/hex.hpp"
+
+namespace kernelgate::zmq_protocol {
+
+namespace {
+
+constexpr std::size_t signature_hex_size = 64;
+constexpr std::size_t json_part_count = 4;
+
+/// A JSON part that is empty on our side goes on the wire as "{}" (what a kernel expects
+/// for "no parent"); the signature covers exactly what is sent.
+std::string_view json_or_empty_object(const std::string& part) noexcept
+{
+    return part.empty() ? std::string_view("{}") : std::string_view(part);
+}
+
+} // namespace
+
+bool replay_guard::check_and_insert(std::string_view signature)
+{
+    std::string key(signature);
+    if (seen_.contains(key)) {
+        return false;
+    }
+    if (capacity_ == 0) {
+        return true; // remembers nothing
+    }
+    while (order_.size() >= capacity_) {
+        seen_.erase(order_.front());
+        order_.pop_front();
+    }
+    seen_.insert(key);
+    order_.push_back(std::move(key));
+    return true;
+}
+
+std::vector<std::string> encode_frames(const message& msg, const signer& sign)
+{
+    const std::string_view header = json_or_empty_object(msg.header);
+    const std::string_view parent = json_or_empty_object(msg.parent_header);
+    const std::string_view metadata = json_or_empty_object(msg.metadata);
+    const std::string_view content = json_or_empty_object(msg.content);
+
+    std::vector<std::string> frames;
+    frames.reserve(msg.identities.size() + 2 + json_part_count + msg.buffers.size());
+    frames.insert(frames.end(), msg.identities.begin(), msg.identities.end());
+    frames.emplace_back(delimiter);
+    frames.push_back(sign.sign(header, parent, metadata, content));
+    frames.emplace_back(header);
+    frames.emplace_back(parent);
+    frames.emplace_back(metadata);
+    frames.emplace_back(content);
+    frames.insert(frames.end(), msg.buffers.begin(), msg.buffers.end());
+    return frames;
+}
+
+result<message> decode_frames(std::span<const std::string_view> frames,
+                              const signer& sign,
+                              replay_guard* guard,
+                              const decode_limits& limits)
+{
+    std::size_t delim = 0;
+    while (delim < frames.size() && frames[delim] != delimiter) {
+        ++delim;
+    }
+    if (delim == frames.size()) {
+        return errc::missing_delimiter;
+    }
+    const std::size_t after = frames.size() - delim - 1; // signature, 4 JSON parts, buffers
+    if (after < 1 + json_part_count) {
+        return errc::too_few_frames;
+    }
+    const std::size_t first_json = delim + 2;
+    const std::size_t first_buffer = first_json + json_part_count;
+    if (frames.size() - first_buffer > limits.max_buffers) {
+        return errc::too_many_buffers;
+    }
+    std::size_t total = 0;
+    for (std::string_view f : frames) {
+        if (f.size() > limits.max_total_bytes - total) {
+            return errc::message_too_large;
+        }
+        total += f.size();
+    }
+
+    // Authenticate before anything looks inside the JSON parts.
+    const std::string_view signature = frames[delim + 1];
+    if (sign.enabled()) {
+        if (signature.empty()) {
+            return errc::missing_signature;
+        }
+        if (signature.size() != signature_hex_size) {
+            return errc::bad_signature_length;
+        }
+    }
+    if (!sign.verify(signature, frames[first_json], frames[first_json + 1],
+                     frames[first_json + 2], frames[first_json + 3])) {
+        return errc::bad_signature;
+    }
+    // Only a verified signature enters the guard: forged ones must not evict real entries.
+    // Unsigned messages all share the empty signature, so there is nothing to track.
+    if (guard != nullptr && sign.enabled() && !guard->check_and_insert(signature)) {
+        return errc::duplicate_signature;
+    }
+
+    message msg;
+    msg.identities.reserve(delim);
+    for (std::size_t i = 0; i < delim; ++i) {
+        msg.identities.emplace_back(frames[i]);
+    }
+    msg.header.assign(frames[first_json]);
+    msg.parent_header.assign(frames[first_json + 1]);
+    msg.metadata.assign(frames[first_json + 2]);
+    msg.content.assign(frames[first_json + 3]);
+    msg.buffers.reserve(frames.size() - first_buffer);
+    for (std::size_t i = first_buffer; i < frames.size(); ++i) {
+        msg.buffers.emplace_back(frames[i]);
+    }
+    return msg;
+}
+
+std::string make_header(std::string_view msg_type,
+                        std::string_view session,
+                        std::string_view username,
+                        std::string_view msg_id)
+{
+    nlohmann::json header = nlohmann::json::object();
+    header["msg_id"] = msg_id.empty() ? new_uuid() : std::string(msg_id);
+    header["session"] = std::string(session);
+    header["username"] = std::string(username);
+    header["date"] = iso8601_now();
+    header["msg_type"] = std::string(msg_type);
+    header["version"] = "5.3";
+    // Invalid UTF-8 from a caller is replaced rather than thrown on.
+    return header.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+std::string new_uuid()
+{
+    std::array<unsigned char, 16> b{};
+    if (RAND_bytes(b.data(), static_cast<int>(b.size())) != 1) {
+        throw std::runtime_error("kernelgate: RAND_bytes failed");
+    }
+    b[6] = static_cast<unsigned char>((b[6] & 0x0f) | 0x40); // version 4
+    b[8] = static_cast<unsigned char>((b[8] & 0x3f) | 0x80); // RFC 4122 variant
+    const std::string hex = detail::to_hex(b.data(), b.size());
+    std::string out;
+    out.reserve(36);
+    out.append(hex, 0, 8).append(1, '-');
+    out.append(hex, 8, 4).append(1, '-');
+    out.append(hex, 12, 4).append(1, '-');
+    out.append(hex, 16, 4).append(1, '-');
+    out.append(hex, 20, 12);
+    return out;
+}
+
+std::string iso8601_now()
+{
+    using namespace std::chrono;
+    const auto now = time_point_cast<microseconds>(system_clock::now());
+    const auto secs = floor<seconds>(now);
+    const auto micros = (now - secs).count();
+    const std::time_t t = system_clock::to_time_t(secs);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    std::array<char, 40> buf{};
+    const int n = std::snprintf(buf.data(), buf.size(), "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ",
+                                tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+                                tm.tm_min, tm.tm_sec, static_cast<int>(micros));
+    return std::string(buf.data(), static_cast<std::size_t>(n));
+}
+
+} // namespace kernelgate::zmq_protocol
