@@ -170,7 +170,7 @@ result<connection_info> connection_info::from_json(const nlohmann::json& j)
 void write_connection_file(const std::filesystem::path& path, const connection_info& info)
 {
     // Invalid UTF-8 (in a kernel name, say) would make dump() throw a json error; replace it.
-    const std::string text = info.to_json().dump(1, '\t', false, json::error_handler_t::replace);
+    const std::string text = info.to_json().dump(2, ' ', false, json::error_handler_t::replace);
 
     const std::filesystem::path dir =
         path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");

@@ -1,0 +1,132 @@
+// SPDX-License-Identifier: BSD-3-Clause
+#include "zmq_protocol/signer.hpp"
+
+#include <cctype>
+#include <string>
+
+#include <catch2/catch.hpp>
+
+using kernelgate::zmq_protocol::signer;
+
+namespace {
+
+// Known answers computed independently with Python's hmac module (and jupyter_client's
+// Session.sign for the message vector) when the test was written.
+constexpr const char* jupyter_key = "0123456789abcdef0123456789abcdef";
+constexpr const char* jupyter_header =
+    R"({"msg_id":"a1","msg_type":"execute_request","session":"s1","username":"u",)"
+    R"("date":"2024-01-01T00:00:00.000000Z","version":"5.3"})";
+constexpr const char* jupyter_content = R"({"code":"1+1","silent":false})";
+constexpr const char* jupyter_sig =
+    "78428bba7d4d6980fd0f8aa45f153eebae9d949bb2f3fe1d593f417c558ce305";
+
+} // namespace
+
+TEST_CASE("signer: RFC 4231 HMAC-SHA256 known answers", "[signer]")
+{
+    SECTION("test case 2, data split over the four parts")
+    {
+        const signer s("Jefe");
+        CHECK(s.sign("what do ", "ya want ", "for ", "nothing?") ==
+              "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        // Where the split falls does not matter: HMAC is over the concatenation.
+        CHECK(s.sign("what do ya want for nothing?", "", "", "") ==
+              "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    }
+    SECTION("test case 6, key longer than the block size")
+    {
+        const signer s(std::string(131, '\xaa'));
+        CHECK(s.sign("Test Using Larger Than ", "Block-Size Key - ", "Hash Key ", "First") ==
+              "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+    }
+}
+
+TEST_CASE("signer: jupyter_client message signature", "[signer]")
+{
+    const signer s(jupyter_key);
+    REQUIRE(s.enabled());
+    const std::string sig = s.sign(jupyter_header, "{}", "{}", jupyter_content);
+    CHECK(sig == jupyter_sig);
+    CHECK(s.verify(jupyter_sig, jupyter_header, "{}", "{}", jupyter_content));
+    // Signing twice gives the same answer (the prepared context is not consumed).
+    CHECK(s.sign(jupyter_header, "{}", "{}", jupyter_content) == sig);
+}
+
+TEST_CASE("signer: verify refuses near misses", "[signer]")
+{
+    const signer s(jupyter_key);
+    const std::string good = jupyter_sig;
+
+    SECTION("wrong lengths: empty, 63, 65, 128")
+    {
+        CHECK_FALSE(s.verify("", jupyter_header, "{}", "{}", jupyter_content));
+        CHECK_FALSE(s.verify(good.substr(0, 63), jupyter_header, "{}", "{}", jupyter_content));
+        CHECK_FALSE(s.verify(good + "0", jupyter_header, "{}", "{}", jupyter_content));
+        CHECK_FALSE(s.verify(good + good, jupyter_header, "{}", "{}", jupyter_content));
+    }
+    SECTION("upper-case hex is not the same text")
+    {
+        std::string upper = good;
+        for (auto& c : upper) {
+            c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+        }
+        REQUIRE(upper != good);
+        CHECK_FALSE(s.verify(upper, jupyter_header, "{}", "{}", jupyter_content));
+    }
+    SECTION("one flipped digit, first or last")
+    {
+        std::string first = good;
+        first[0] = first[0] == '7' ? '8' : '7';
+        std::string last = good;
+        last[63] = last[63] == '5' ? '6' : '5';
+        CHECK_FALSE(s.verify(first, jupyter_header, "{}", "{}", jupyter_content));
+        CHECK_FALSE(s.verify(last, jupyter_header, "{}", "{}", jupyter_content));
+    }
+    SECTION("wrong key")
+    {
+        const signer other("another key");
+        CHECK_FALSE(other.verify(good, jupyter_header, "{}", "{}", jupyter_content));
+    }
+    SECTION("changed part")
+    {
+        CHECK_FALSE(s.verify(good, jupyter_header, "{}", "{}", R"({"code":"1+2","silent":false})"));
+        CHECK_FALSE(s.verify(good, jupyter_header, "{ }", "{}", jupyter_content));
+    }
+    SECTION("non-hex text of the right length")
+    {
+        CHECK_FALSE(s.verify(std::string(64, 'z'), jupyter_header, "{}", "{}", jupyter_content));
+        CHECK_FALSE(s.verify(std::string(64, '\0'), jupyter_header, "{}", "{}", jupyter_content));
+    }
+}
+
+TEST_CASE("signer: empty key disables signing", "[signer]")
+{
+    const signer s("");
+    CHECK_FALSE(s.enabled());
+    CHECK(s.sign("a", "b", "c", "d").empty());
+    CHECK(s.verify("", "a", "b", "c", "d"));
+    CHECK_FALSE(s.verify(jupyter_sig, "a", "b", "c", "d"));
+}
+
+TEST_CASE("signer: binary key bytes and NUL in parts", "[signer]")
+{
+    // python3: hmac.new(bytes(range(256)), b"\0"*4 + b"\xff", hashlib.sha256).hexdigest()
+    std::string key;
+    for (int i = 0; i < 256; ++i) {
+        key.push_back(static_cast<char>(i));
+    }
+    const signer s(key);
+    CHECK(s.sign(std::string(2, '\0'), std::string(1, '\0'), std::string(1, '\0'), "\xff") ==
+          "718840bab6a2b3eed15b017a29e1cd29efbe9aa0708b232cbd6037a8c70229d9");
+}
+
+TEST_CASE("signer: move keeps the key, moved-from is disabled", "[signer]")
+{
+    signer a(jupyter_key);
+    signer b(std::move(a));
+    CHECK(b.sign(jupyter_header, "{}", "{}", jupyter_content) == jupyter_sig);
+    signer c("");
+    c = std::move(b);
+    CHECK(c.enabled());
+    CHECK(c.verify(jupyter_sig, jupyter_header, "{}", "{}", jupyter_content));
+}
