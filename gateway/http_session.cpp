@@ -1,1 +1,219 @@
 // SPDX-License-Identifier: BSD-3-Clause
+// One HTTP connection: requests in a loop, or the upgrade to a kernel WebSocket.
+#include <spdlog/spdlog.h>
+
+#include "gateway/routes.hpp"
+#include "gateway/server.hpp"
+#include "gateway/ws_session.hpp"
+#include "zmq_protocol/wire_codec.hpp"
+
+namespace kernelgate::gateway {
+
+namespace {
+
+/// Query tokens and authorization never reach the log: log the path only.
+std::string loggable_path(std::string_view target)
+{
+    const auto q = target.find('?');
+    std::string p(target.substr(0, q));
+    if (p.size() > 200) {
+        p.resize(200);
+    }
+    for (auto& c : p) {
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+            c = '?';
+        }
+    }
+    return p;
+}
+
+bool offers_v1(const request& req)
+{
+    const auto it = req.find(http::field::sec_websocket_protocol);
+    if (it == req.end()) {
+        return false;
+    }
+    const std::string_view offered(it->value().data(), it->value().size());
+    std::size_t pos = 0;
+    while (pos <= offered.size()) {
+        auto comma = offered.find(',', pos);
+        if (comma == std::string_view::npos) {
+            comma = offered.size();
+        }
+        auto item = offered.substr(pos, comma - pos);
+        while (!item.empty() && item.front() == ' ') {
+            item.remove_prefix(1);
+        }
+        while (!item.empty() && item.back() == ' ') {
+            item.remove_suffix(1);
+        }
+        if (item == v1_subprotocol) {
+            return true;
+        }
+        pos = comma + 1;
+    }
+    return false;
+}
+
+/// Same-origin, no Origin (non-browser clients), or on the allow list.
+bool origin_allowed(const server_config& cfg, const request& req)
+{
+    const auto it = req.find(http::field::origin);
+    if (it == req.end()) {
+        return true;
+    }
+    const std::string origin(it->value());
+    for (const auto& o : cfg.ws_allow_origins) {
+        if (o == "*" || o == origin) {
+            return true;
+        }
+    }
+    if (!cfg.cors.allow_origin.empty() &&
+        (cfg.cors.allow_origin == "*" || cfg.cors.allow_origin == origin)) {
+        return true;
+    }
+    const auto host = req.find(http::field::host);
+    if (host == req.end()) {
+        return false;
+    }
+    const auto scheme_end = origin.find("://");
+    return scheme_end != std::string::npos &&
+           std::string_view(origin).substr(scheme_end + 3) ==
+               std::string_view(host->value().data(), host->value().size());
+}
+
+} // namespace
+
+net::awaitable<void> run_http_session(server& srv, net::ip::tcp::socket socket)
+{
+    srv.http_connection_delta(1);
+    struct guard
+    {
+        server& s;
+        ~guard() { s.http_connection_delta(-1); }
+    } g{srv};
+
+    beast::tcp_stream stream(std::move(socket));
+    beast::flat_buffer buffer;
+    const auto& cfg = srv.config();
+    for (;;) {
+        http::request_parser<http::string_body> parser;
+        parser.header_limit(16 * 1024);
+        parser.body_limit(cfg.http_body_limit);
+        stream.expires_after(cfg.http_read_timeout);
+        beast::error_code ec;
+        co_await http::async_read(stream, buffer, parser,
+                                  net::redirect_error(net::use_awaitable, ec));
+        if (ec == http::error::end_of_stream || ec == net::error::eof ||
+            ec == beast::error::timeout || ec == net::error::connection_reset) {
+            break;
+        }
+        if (ec) {
+            // Malformed request: answer 400/413/431 once and close.
+            http::status st = http::status::bad_request;
+            if (ec == http::error::body_limit) {
+                st = http::status::payload_too_large;
+            } else if (ec == http::error::header_limit) {
+                st = http::status::request_header_fields_too_large;
+            }
+            auto res = error_response(st, "malformed request: " + ec.message());
+            finish_response(srv, res, false, 11);
+            stream.expires_after(std::chrono::seconds(5));
+            co_await http::async_write(stream, res, net::redirect_error(net::use_awaitable, ec));
+            break;
+        }
+        request req = parser.release();
+        ++srv.metrics().http_requests;
+        const auto t = parse_target(to_sv(req.target()), cfg.base_url);
+        const bool keep_alive = req.keep_alive();
+
+        std::string kernel_id;
+        const bool is_options = req.method() == http::verb::options;
+        const bool open_route = is_options || is_open_route(t.path);
+        const auto auth_it = req.find(http::field::authorization);
+        const std::string_view authz =
+            auth_it == req.end() ? std::string_view()
+                                 : std::string_view(auth_it->value().data(),
+                                                    auth_it->value().size());
+        const auto qt = t.query.find("token");
+        const bool authed =
+            open_route ||
+            srv.authorized(authz, qt == t.query.end() ? std::string_view() : qt->second);
+
+        if (t.under_base && websocket::is_upgrade(req) && is_channels_route(t.path, kernel_id)) {
+            response deny;
+            bool denied = true;
+            sessions::kernel_ptr k;
+            if (!authed) {
+                ++srv.metrics().auth_failures;
+                deny = error_response(http::status::forbidden, "Invalid or missing token");
+            } else if (!origin_allowed(cfg, req)) {
+                deny = error_response(http::status::forbidden, "Origin not allowed");
+            } else if (!(k = srv.registry().find(kernel_id))) {
+                deny = error_response(http::status::not_found, "Kernel does not exist: " +
+                                                                   kernel_id);
+            } else if (srv.stopping()) {
+                deny = error_response(http::status::service_unavailable, "server stopping");
+            } else {
+                denied = false;
+            }
+            if (denied) {
+                spdlog::info("{} {} {}", to_sv(req.method_string()), loggable_path(to_sv(req.target())),
+                             deny.result_int());
+                ++srv.metrics().http_4xx;
+                finish_response(srv, deny, false, req.version());
+                co_await http::async_write(stream, deny,
+                                           net::redirect_error(net::use_awaitable, ec));
+                break;
+            }
+            auto sid_it = t.query.find("session_id");
+            std::string sid = sid_it != t.query.end() && !sid_it->second.empty() &&
+                                      sid_it->second.size() <= 256
+                                  ? sid_it->second
+                                  : zmq_protocol::new_uuid();
+            const auto fmt = offers_v1(req) ? ws_format::v1 : ws_format::legacy;
+            spdlog::info("{} {} 101", to_sv(req.method_string()), loggable_path(to_sv(req.target())));
+            auto ws = std::make_shared<ws_session>(srv, std::move(stream), std::move(k),
+                                                   std::move(sid), fmt);
+            co_await ws->run(std::move(req));
+            co_return;
+        }
+
+        response res;
+        if (!t.under_base) {
+            res = error_response(http::status::not_found, "Not Found");
+        } else if (is_options) {
+            res = response(http::status::ok, req.version());
+        } else if (!authed) {
+            ++srv.metrics().auth_failures;
+            res = error_response(http::status::forbidden, "Invalid or missing token");
+        } else {
+            try {
+                res = co_await handle_rest(srv, req, t);
+            } catch (const std::exception& e) {
+                spdlog::error("{} {}: internal error: {}", to_sv(req.method_string()),
+                              loggable_path(to_sv(req.target())), e.what());
+                res = error_response(http::status::internal_server_error, "Internal error");
+            }
+        }
+        const auto code = res.result_int();
+        if (code < 300) {
+            ++srv.metrics().http_2xx;
+        } else if (code < 500) {
+            ++srv.metrics().http_4xx;
+        } else {
+            ++srv.metrics().http_5xx;
+        }
+        spdlog::info("{} {} {}", to_sv(req.method_string()), loggable_path(to_sv(req.target())), code);
+        finish_response(srv, res, keep_alive && !srv.stopping(), req.version());
+        stream.expires_after(cfg.http_read_timeout);
+        co_await http::async_write(stream, res, net::redirect_error(net::use_awaitable, ec));
+        if (ec || !res.keep_alive()) {
+            break;
+        }
+    }
+    beast::error_code ignored;
+    stream.socket().shutdown(net::ip::tcp::socket::shutdown_send, ignored);
+}
+
+} // namespace kernelgate::gateway

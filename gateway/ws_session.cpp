@@ -1,1 +1,221 @@
 // SPDX-License-Identifier: BSD-3-Clause
+#include "gateway/ws_session.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "gateway/server.hpp"
+
+namespace kernelgate::gateway {
+
+namespace zp = zmq_protocol;
+
+ws_session::ws_session(server& srv, beast::tcp_stream&& stream, sessions::kernel_ptr k,
+                       std::string session_id, ws_format fmt)
+    : srv_(srv),
+      ws_(std::move(stream)),
+      kernel_(std::move(k)),
+      session_id_(std::move(session_id)),
+      format_(fmt)
+{
+}
+
+ws_session::~ws_session() = default;
+
+net::awaitable<void> ws_session::run(request req)
+{
+    auto self = shared_from_this();
+    const auto& cfg = srv_.config();
+    beast::get_lowest_layer(ws_).expires_never();
+    websocket::stream_base::timeout to{};
+    to.handshake_timeout = std::chrono::seconds(30);
+    // Beast pings at half the idle timeout and drops a peer that stays silent for all of it.
+    to.idle_timeout = cfg.ws_ping_interval * 2;
+    to.keep_alive_pings = true;
+    ws_.set_option(to);
+    ws_.read_message_max(cfg.ws_max_message);
+    ws_.auto_fragment(false);
+    const bool v1 = format_ == ws_format::v1;
+    ws_.set_option(websocket::stream_base::decorator([v1](websocket::response_type& res) {
+        res.set(http::field::server, "kernelgate");
+        if (v1) {
+            res.set(http::field::sec_websocket_protocol, std::string(v1_subprotocol));
+        }
+    }));
+    beast::error_code ec;
+    co_await ws_.async_accept(req, net::redirect_error(net::use_awaitable, ec));
+    if (ec) {
+        spdlog::debug("ws accept failed: {}", ec.message());
+        co_return;
+    }
+    open_ = true;
+    ++srv_.metrics().ws_opened;
+    srv_.add_ws(self);
+    kernel_->attach(self);
+    spdlog::info("ws open: kernel {} session {} format {}", kernel_->id(), session_id_,
+                 v1 ? "v1" : "legacy");
+    for (;;) {
+        read_buf_.clear();
+        co_await ws_.async_read(read_buf_, net::redirect_error(net::use_awaitable, ec));
+        if (ec) {
+            break;
+        }
+        handle_frame(ws_.got_binary());
+    }
+    open_ = false;
+    kernel_->detach(this);
+    srv_.remove_ws(this);
+    spdlog::info("ws closed: kernel {} session {} ({})", kernel_->id(), session_id_,
+                 ec == websocket::error::closed ? "closed" : ec.message());
+}
+
+void ws_session::handle_frame(bool binary)
+{
+    ++srv_.metrics().ws_messages_in;
+    const auto data = read_buf_.data();
+    const std::string_view frame(static_cast<const char*>(data.data()), data.size());
+    result<client_message> decoded = zp::errc::bad_frame;
+    if (format_ == ws_format::v1) {
+        decoded = binary ? decode_v1(frame) : result<client_message>(zp::errc::bad_frame);
+    } else {
+        decoded = binary ? decode_legacy_binary(frame) : decode_legacy_text(frame);
+    }
+    if (!decoded) {
+        ++srv_.metrics().ws_bad_frames;
+        if (decoded.error() == zp::errc::bad_channel) {
+            // Jupyter Server drops messages for unknown channels; so do we.
+            spdlog::warn("ws kernel {}: dropped message for a channel clients may not use",
+                         kernel_->id());
+            return;
+        }
+        spdlog::warn("ws kernel {}: bad frame: {}", kernel_->id(), decoded.error().message());
+        start_close(static_cast<std::uint16_t>(websocket::close_code::bad_payload),
+                    "malformed message: " + decoded.error().message());
+        return;
+    }
+    zp::channel ch{};
+    if (!zp::parse_channel(decoded->channel, ch) || ch == zp::channel::iopub) {
+        ++srv_.metrics().ws_bad_frames;
+        return;
+    }
+    if (!kernel_->send_from_client(*this, ch, std::move(decoded->msg))) {
+        spdlog::warn("ws kernel {}: kernel not reachable, message dropped", kernel_->id());
+    }
+}
+
+void ws_session::deliver(const sessions::kernel_event_ptr& ev)
+{
+    if (!open_ || closing_) {
+        return;
+    }
+    const auto slot = static_cast<std::size_t>(format_);
+    if (ev->droppable && over_high_) {
+        ++dropped_;
+        ++srv_.metrics().ws_dropped_slow;
+        return;
+    }
+    if (!ev->encoded[slot]) {
+        ++srv_.metrics().ws_encodings;
+        if (format_ == ws_format::v1) {
+            ev->encoded[slot] = std::make_shared<const std::string>(
+                encode_v1(zp::channel_name(ev->channel), ev->msg));
+            ev->encoded_binary[slot] = true;
+        } else {
+            auto f = encode_legacy(zp::channel_name(ev->channel), ev->msg);
+            ev->encoded_binary[slot] = f.binary;
+            ev->encoded[slot] = std::make_shared<const std::string>(std::move(f.data));
+        }
+    }
+    enqueue(ev->encoded[slot], ev->encoded_binary[slot]);
+}
+
+void ws_session::enqueue(std::shared_ptr<const std::string> data, bool binary)
+{
+    const auto& cfg = srv_.config();
+    queued_bytes_ += data->size();
+    queue_.push_back({std::move(data), binary});
+    if (queued_bytes_ > cfg.ws_hard_limit) {
+        ++srv_.metrics().ws_closed_slow;
+        spdlog::warn("ws kernel {} session {}: client too slow ({} bytes queued), closing",
+                     kernel_->id(), session_id_, queued_bytes_);
+        start_close(static_cast<std::uint16_t>(websocket::close_code::try_again_later),
+                    "client too slow: send queue limit exceeded");
+        return;
+    }
+    if (queued_bytes_ > cfg.ws_high_watermark) {
+        over_high_ = true;
+    }
+    write_next();
+}
+
+void ws_session::write_next()
+{
+    if (writing_ || !open_) {
+        return;
+    }
+    if (closing_) {
+        if (!close_sent_) {
+            close_sent_ = true;
+            websocket::close_reason cr(static_cast<websocket::close_code>(close_code_));
+            cr.reason = close_reason_;
+            ws_.async_close(cr, [self = shared_from_this()](beast::error_code) {});
+        }
+        return;
+    }
+    if (queue_.empty()) {
+        return;
+    }
+    writing_ = true;
+    in_flight_ = std::move(queue_.front());
+    queue_.pop_front();
+    queued_bytes_ -= in_flight_.data->size();
+    ws_.binary(in_flight_.binary);
+    ws_.async_write(net::buffer(*in_flight_.data),
+                    [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+                        self->writing_ = false;
+                        self->in_flight_ = {};
+                        if (ec) {
+                            self->queue_.clear();
+                            self->queued_bytes_ = 0;
+                            return;
+                        }
+                        auto& m = self->srv_.metrics();
+                        ++m.ws_messages_out;
+                        m.ws_bytes_out += n;
+                        if (self->over_high_ &&
+                            self->queued_bytes_ <= self->srv_.config().ws_low_watermark) {
+                            self->over_high_ = false;
+                            if (self->dropped_ > 0 && !self->closing_) {
+                                const auto n_dropped = self->dropped_;
+                                self->dropped_ = 0;
+                                self->kernel_->notice(
+                                    self.get(), "[kernelgate] " + std::to_string(n_dropped) +
+                                                    " output messages were dropped because "
+                                                    "this client could not keep up\n");
+                            }
+                        }
+                        self->write_next();
+                    });
+}
+
+void ws_session::start_close(std::uint16_t code, std::string reason)
+{
+    if (closing_ || !open_) {
+        return;
+    }
+    closing_ = true;
+    queue_.clear();  // the frame in flight (if any) is held by in_flight_
+    queued_bytes_ = 0;
+    if (reason.size() > 120) {
+        reason.resize(120);  // a close reason must fit in a control frame
+    }
+    close_code_ = code;
+    close_reason_ = std::move(reason);
+    write_next();  // sends the close now, or after the write in flight completes
+}
+
+void ws_session::close_from_kernel(std::uint16_t code, const std::string& reason)
+{
+    start_close(code, reason);
+}
+
+} // namespace kernelgate::gateway

@@ -1,1 +1,372 @@
 // SPDX-License-Identifier: BSD-3-Clause
+#include "sessions/kernel.hpp"
+
+#include <algorithm>
+#include <ctime>
+
+#include <spdlog/spdlog.h>
+
+#include "zmq_protocol/json_scan.hpp"
+#include "zmq_protocol/wire_codec.hpp"
+
+namespace kernelgate::sessions {
+
+namespace zp = zmq_protocol;
+
+namespace {
+
+constexpr std::size_t k_max_routes = 20000;
+constexpr auto k_nudge_interval = std::chrono::milliseconds(500);
+
+bool is_droppable(std::string_view msg_type)
+{
+    return msg_type == "stream" || msg_type == "display_data" ||
+           msg_type == "update_display_data";
+}
+
+} // namespace
+
+std::string iso8601(kernel::clock::time_point tp)
+{
+    const auto us =
+        std::chrono::duration_cast<std::chrono::microseconds>(tp.time_since_epoch()).count();
+    const std::time_t secs = static_cast<std::time_t>(us / 1000000);
+    std::tm tm{};
+    gmtime_r(&secs, &tm);
+    char buf[40];
+    std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%06lldZ", tm.tm_year + 1900,
+                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                  static_cast<long long>(us % 1000000));
+    return buf;
+}
+
+kernel::kernel(boost::asio::io_context& ioc, std::string id, std::string spec_name,
+               std::string owner, replay_limits limits)
+    : ioc_(ioc),
+      id_(std::move(id)),
+      spec_name_(std::move(spec_name)),
+      owner_(std::move(owner)),
+      limits_(limits),
+      nudge_timer_(ioc),
+      ready_deadline_(ioc)
+{
+}
+
+kernel::~kernel()
+{
+    disconnect();
+}
+
+nlohmann::json kernel::model() const
+{
+    return {{"id", id_},
+            {"name", spec_name_},
+            {"last_activity", iso8601(last_activity_)},
+            {"execution_state", state_},
+            {"connections", sinks_.size()}};
+}
+
+void kernel::connect(zmq::context_t& ctx, const zp::connection_info& info,
+                     std::chrono::milliseconds timeout, std::function<void(bool)> on_ready)
+{
+    disconnect();
+    ++generation_;
+    on_ready_ = std::move(on_ready);
+    got_info_reply_ = false;
+    got_iopub_ = false;
+    nudge_ids_.clear();
+    channels_ = std::make_shared<zp::kernel_channels>(ioc_, ctx, info, zp::new_uuid());
+    const auto gen = generation_;
+    channels_->start(
+        [weak = weak_from_this(), gen](zp::channel ch, zp::message&& m) {
+            auto self = weak.lock();
+            if (self && self->generation_ == gen) {  // fence: nothing from an old incarnation
+                self->on_kernel_message(ch, std::move(m));
+            }
+        },
+        [weak = weak_from_this()](zp::channel ch, std::error_code ec) {
+            if (auto self = weak.lock()) {
+                ++self->rejected_total_;
+                spdlog::warn("kernel {}: dropped message on {}: {}", self->id_,
+                             zp::channel_name(ch), ec.message());
+            }
+        });
+    channels_->start_heartbeat(std::chrono::seconds(3), 4, [weak = weak_from_this()](bool ok) {
+        if (auto self = weak.lock()) {
+            if (ok) {
+                spdlog::info("kernel {}: heartbeat answers again", self->id_);
+            } else {
+                spdlog::warn("kernel {}: heartbeat lost", self->id_);
+            }
+        }
+    });
+    ready_deadline_.expires_after(timeout);
+    ready_deadline_.async_wait([weak = weak_from_this(), gen](const boost::system::error_code& ec) {
+        auto self = weak.lock();
+        if (ec || !self || self->generation_ != gen || !self->on_ready_) {
+            return;
+        }
+        self->nudge_timer_.cancel();
+        auto cb = std::move(self->on_ready_);
+        self->on_ready_ = nullptr;
+        cb(false);
+    });
+    nudge();
+}
+
+void kernel::nudge()
+{
+    if (!channels_ || !on_ready_) {
+        return;
+    }
+    // kernel_info on shell: its reply proves shell works, its iopub status proves the
+    // subscription is live (the SUB socket's slow-joiner window is over).
+    nudge_ids_.push_back(channels_->request(zp::channel::shell, "kernel_info_request", "{}"));
+    nudge_timer_.expires_after(k_nudge_interval);
+    nudge_timer_.async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
+        if (auto self = weak.lock(); self && !ec) {
+            self->nudge();
+        }
+    });
+}
+
+void kernel::abort_ready()
+{
+    if (!on_ready_) {
+        return;
+    }
+    nudge_timer_.cancel();
+    ready_deadline_.cancel();
+    auto cb = std::move(on_ready_);
+    on_ready_ = nullptr;
+    cb(false);
+}
+
+void kernel::disconnect()
+{
+    nudge_timer_.cancel();
+    ready_deadline_.cancel();
+    if (channels_) {
+        last_stats_ = channels_->stats();
+        channels_->close();
+        channels_.reset();
+    }
+}
+
+const zp::channel_stats* kernel::stats() const
+{
+    return channels_ ? &channels_->stats() : &last_stats_;
+}
+
+void kernel::on_kernel_message(zp::channel ch, zp::message&& msg)
+{
+    last_activity_ = clock::now();
+    auto ev = std::make_shared<kernel_event>();
+    ev->channel = ch;
+    ev->msg_type = zp::json_string_field(msg.header, "msg_type").value_or("");
+    ev->droppable = ch == zp::channel::iopub && is_droppable(ev->msg_type);
+
+    if (on_ready_) {
+        if (ch == zp::channel::iopub) {
+            got_iopub_ = true;
+        } else if (ev->msg_type == "kernel_info_reply") {
+            const auto parent = zp::json_string_field(msg.parent_header, "msg_id");
+            if (parent && std::find(nudge_ids_.begin(), nudge_ids_.end(), *parent) !=
+                              nudge_ids_.end()) {
+                got_info_reply_ = true;
+            }
+        }
+        if (got_iopub_ && got_info_reply_) {
+            nudge_timer_.cancel();
+            ready_deadline_.cancel();
+            auto cb = std::move(on_ready_);
+            on_ready_ = nullptr;
+            state_ = "idle";  // the nudge's own busy/idle pair is not the user's work
+            cb(true);
+        }
+    }
+
+    if (ch == zp::channel::iopub) {
+        if (ev->msg_type == "status") {
+            if (auto st = zp::json_string_field(msg.content, "execution_state")) {
+                state_ = *st;
+            }
+        }
+        ev->msg = std::move(msg);
+        dispatch(ev, nullptr);
+        return;
+    }
+    // A reply: to the session that asked. Replies to our own nudges go nowhere.
+    const auto parent = zp::json_string_field(msg.parent_header, "msg_id");
+    if (!parent) {
+        return;
+    }
+    auto it = routes_.find(*parent);
+    if (it == routes_.end()) {
+        return;
+    }
+    const std::string session = it->second;
+    ev->msg = std::move(msg);
+    dispatch(ev, &session);
+}
+
+void kernel::dispatch(const kernel_event_ptr& ev, const std::string* target_session)
+{
+    bool delivered = false;
+    // Copy: a sink's deliver may close it, which detaches it from sinks_.
+    const auto sinks = sinks_;
+    for (const auto& s : sinks) {
+        if (target_session == nullptr || s->session_id() == *target_session) {
+            s->deliver(ev);
+            delivered = true;
+        }
+    }
+    if (delivered || !buffering_) {
+        return;
+    }
+    if (target_session != nullptr && *target_session != buffer_session_) {
+        return;
+    }
+    buffer_.push_back(ev);
+    buffer_bytes_ += ev->msg.byte_size();
+    while (!buffer_.empty() &&
+           (buffer_.size() > limits_.max_messages || buffer_bytes_ > limits_.max_bytes)) {
+        buffer_bytes_ -= buffer_.front()->msg.byte_size();
+        buffer_.pop_front();
+        ++buffer_dropped_;
+        ++replay_dropped_total_;
+    }
+}
+
+void kernel::attach(const std::shared_ptr<client_sink>& sink)
+{
+    // Replace a stale connection with the same session_id.
+    for (auto it = sinks_.begin(); it != sinks_.end();) {
+        if ((*it)->session_id() == sink->session_id()) {
+            auto old = *it;
+            it = sinks_.erase(it);
+            old->close_from_kernel(1000, "replaced by a new connection with the same session_id");
+        } else {
+            ++it;
+        }
+    }
+    sinks_.push_back(sink);
+    if (!buffering_) {
+        return;
+    }
+    buffering_ = false;
+    auto buffered = std::move(buffer_);
+    const auto dropped = buffer_dropped_;
+    buffer_.clear();
+    buffer_bytes_ = 0;
+    buffer_dropped_ = 0;
+    if (buffer_session_ != sink->session_id()) {
+        return;  // a different session: the buffer was not for it
+    }
+    if (dropped > 0) {
+        notice(sink.get(), "[kernelgate] " + std::to_string(dropped) +
+                               " messages were dropped while no client was connected "
+                               "(replay buffer full)\n");
+    }
+    spdlog::debug("kernel {}: replaying {} messages to session {}", id_, buffered.size(),
+                  sink->session_id());
+    for (const auto& ev : buffered) {
+        sink->deliver(ev);
+    }
+}
+
+void kernel::detach(const client_sink* sink)
+{
+    auto it = std::find_if(sinks_.begin(), sinks_.end(),
+                           [&](const auto& s) { return s.get() == sink; });
+    if (it == sinks_.end()) {
+        return;
+    }
+    const std::string session = (*it)->session_id();
+    sinks_.erase(it);
+    if (sinks_.empty()) {
+        // Keep what the kernel says until this session comes back.
+        buffering_ = true;
+        buffer_session_ = session;
+        buffer_.clear();
+        buffer_bytes_ = 0;
+        buffer_dropped_ = 0;
+    }
+}
+
+void kernel::close_clients(std::uint16_t code, const std::string& reason)
+{
+    auto sinks = std::move(sinks_);
+    sinks_.clear();
+    for (const auto& s : sinks) {
+        s->close_from_kernel(code, reason);
+    }
+    buffering_ = false;
+    buffer_.clear();
+    buffer_bytes_ = 0;
+}
+
+void kernel::remember_route(const std::string& msg_id, const std::string& session)
+{
+    auto [it, inserted] = routes_.insert_or_assign(msg_id, session);
+    (void)it;
+    if (inserted) {
+        route_order_.push_back(msg_id);
+    }
+    while (route_order_.size() > k_max_routes) {
+        routes_.erase(route_order_.front());
+        route_order_.pop_front();
+    }
+}
+
+bool kernel::send_from_client(const client_sink& from, zp::channel ch, zp::message&& msg)
+{
+    if (!channels_) {
+        return false;
+    }
+    last_activity_ = clock::now();
+    if (auto id = zp::json_string_field(msg.header, "msg_id")) {
+        remember_route(*id, from.session_id());
+    }
+    return channels_->send(ch, msg);
+}
+
+std::string kernel::request(zp::channel ch, std::string_view msg_type,
+                            std::string_view content_json)
+{
+    if (!channels_) {
+        return {};
+    }
+    return channels_->request(ch, msg_type, content_json);
+}
+
+void kernel::broadcast_status(const std::string& execution_state)
+{
+    state_ = execution_state;
+    auto ev = std::make_shared<kernel_event>();
+    ev->channel = zp::channel::iopub;
+    ev->msg_type = "status";
+    ev->msg.header = zp::make_header("status", id_);
+    ev->msg.parent_header = "{}";
+    ev->msg.metadata = "{}";
+    ev->msg.content = nlohmann::json{{"execution_state", execution_state}}.dump();
+    dispatch(ev, nullptr);
+}
+
+void kernel::notice(client_sink* to, const std::string& text)
+{
+    auto ev = std::make_shared<kernel_event>();
+    ev->channel = zp::channel::iopub;
+    ev->msg_type = "stream";
+    ev->msg.header = zp::make_header("stream", id_);
+    ev->msg.parent_header = "{}";
+    ev->msg.metadata = "{}";
+    ev->msg.content = nlohmann::json{{"name", "stderr"}, {"text", text}}.dump();
+    if (to != nullptr) {
+        to->deliver(ev);
+    } else {
+        dispatch(ev, nullptr);
+    }
+}
+
+} // namespace kernelgate::sessions

@@ -1,1 +1,296 @@
 // SPDX-License-Identifier: BSD-3-Clause
+#include "sessions/local_host.hpp"
+
+#include <array>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <vector>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <spdlog/spdlog.h>
+
+#include "zmq_protocol/errc.hpp"
+
+extern char** environ;  // NOLINT
+
+namespace kernelgate::sessions {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+/// Asks the OS for n distinct free TCP ports on ip (bind to port 0, read back, close), the
+/// way jupyter_client picks kernel ports.
+std::vector<std::uint16_t> free_ports(const std::string& ip, int n)
+{
+    std::vector<int> fds;
+    std::vector<std::uint16_t> ports;
+    for (int i = 0; i < n; ++i) {
+        const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            break;
+        }
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_port = 0;
+        if (::inet_pton(AF_INET, ip.c_str(), &addr.sin_addr) != 1) {
+            addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        }
+        socklen_t len = sizeof(addr);
+        if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+            ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+            ::close(fd);
+            break;
+        }
+        fds.push_back(fd);
+        ports.push_back(ntohs(addr.sin_port));
+    }
+    for (int fd : fds) {
+        ::close(fd);
+    }
+    return ports;
+}
+
+} // namespace
+
+local_host::local_host(boost::asio::io_context& ioc, fs::path runtime_dir, std::string ip)
+    : ioc_(ioc), runtime_dir_(std::move(runtime_dir)), ip_(std::move(ip)), sigchld_(ioc, SIGCHLD)
+{
+    fs::create_directories(runtime_dir_);
+    fs::permissions(runtime_dir_, fs::perms::owner_all, fs::perm_options::replace);
+    wait_sigchld();
+}
+
+local_host::~local_host()
+{
+    for (auto& [id, c] : children_) {
+        if (c.running) {
+            ::kill(-c.pid, SIGKILL);
+            ::waitpid(c.pid, nullptr, 0);
+        }
+        std::error_code ec;
+        fs::remove(c.connection_file, ec);
+    }
+}
+
+result<zmq_protocol::connection_info> local_host::launch(const launch_request& req)
+{
+    if (req.spec == nullptr || req.spec->argv.empty()) {
+        return zmq_protocol::errc::bad_connection_info;
+    }
+    auto ports = free_ports(ip_, 5);
+    if (ports.size() != 5) {
+        return std::error_code(errno != 0 ? errno : EADDRINUSE, std::generic_category());
+    }
+    zmq_protocol::connection_info info;
+    info.ip = ip_;
+    info.shell_port = ports[0];
+    info.iopub_port = ports[1];
+    info.stdin_port = ports[2];
+    info.control_port = ports[3];
+    info.hb_port = ports[4];
+    info.key = zmq_protocol::new_key();
+    info.kernel_name = req.spec->name;
+    const auto conn_file = runtime_dir_ / ("kernel-" + req.kernel_id + ".json");
+    try {
+        zmq_protocol::write_connection_file(conn_file, info);
+    } catch (const std::system_error& e) {
+        return e.code();
+    }
+
+    // Environment: ours, then the spec's env (with ${VAR} expansion), then the request's.
+    std::map<std::string, std::string> env;
+    for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+        std::string_view kv(*e);
+        const auto eq = kv.find('=');
+        if (eq != std::string_view::npos) {
+            env[std::string(kv.substr(0, eq))] = std::string(kv.substr(eq + 1));
+        }
+    }
+    env.erase("KERNELGATE_AUTH_TOKEN");  // never hand the gateway's secret to a kernel
+    for (const auto& [k, v] : req.spec->env) {
+        env[k] = expand_vars(v, env);
+    }
+    for (const auto& [k, v] : req.env) {
+        env[k] = v;
+    }
+    env["KERNEL_ID"] = req.kernel_id;
+    env["JPY_PARENT_PID"] = std::to_string(::getpid());
+
+    std::map<std::string, std::string> subst = {
+        {"connection_file", conn_file.string()},
+        {"kernel_id", req.kernel_id},
+        {"resource_dir", req.spec->dir.string()},
+        {"prefix", ""},
+    };
+    std::vector<std::string> argv;
+    for (const auto& a : req.spec->argv) {
+        std::string out;
+        for (std::size_t i = 0; i < a.size(); ++i) {
+            if (a[i] == '{') {
+                const auto end = a.find('}', i);
+                if (end != std::string::npos) {
+                    if (auto it = subst.find(a.substr(i + 1, end - i - 1)); it != subst.end()) {
+                        out += it->second;
+                        i = end;
+                        continue;
+                    }
+                }
+            }
+            out += a[i];
+        }
+        argv.push_back(std::move(out));
+    }
+    std::vector<std::string> env_strings;
+    env_strings.reserve(env.size());
+    for (const auto& [k, v] : env) {
+        env_strings.push_back(k + "=" + v);
+    }
+    std::vector<char*> c_argv;
+    for (auto& a : argv) {
+        c_argv.push_back(a.data());
+    }
+    c_argv.push_back(nullptr);
+    std::vector<char*> c_env;
+    for (auto& e : env_strings) {
+        c_env.push_back(e.data());
+    }
+    c_env.push_back(nullptr);
+    const std::string cwd = req.working_dir;
+
+    // A pipe with CLOEXEC reports an exec failure back to us.
+    std::array<int, 2> errpipe{-1, -1};
+    if (::pipe2(errpipe.data(), O_CLOEXEC) != 0) {
+        return std::error_code(errno, std::generic_category());
+    }
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+        const int err = errno;
+        ::close(errpipe[0]);
+        ::close(errpipe[1]);
+        return std::error_code(err, std::generic_category());
+    }
+    if (pid == 0) {
+        // Child: only async-signal-safe calls from here on.
+        ::setsid();
+        sigset_t none;
+        sigemptyset(&none);
+        ::sigprocmask(SIG_SETMASK, &none, nullptr);
+        for (int sig : {SIGCHLD, SIGINT, SIGTERM, SIGPIPE, SIGHUP}) {
+            ::signal(sig, SIG_DFL);
+        }
+        const int devnull = ::open("/dev/null", O_RDONLY);
+        if (devnull >= 0) {
+            ::dup2(devnull, 0);
+        }
+        if (!cwd.empty() && ::chdir(cwd.c_str()) != 0) {
+            // fall through: run in the inherited directory
+        }
+        ::execvpe(c_argv[0], c_argv.data(), c_env.data());
+        const int err = errno;
+        (void)::write(errpipe[1], &err, sizeof(err));
+        ::_exit(127);
+    }
+    ::close(errpipe[1]);
+    int child_errno = 0;
+    const auto n = ::read(errpipe[0], &child_errno, sizeof(child_errno));
+    ::close(errpipe[0]);
+    if (n == static_cast<ssize_t>(sizeof(child_errno))) {
+        ::waitpid(pid, nullptr, 0);
+        std::error_code ec2;
+        fs::remove(conn_file, ec2);
+        return std::error_code(child_errno, std::generic_category());
+    }
+    children_[req.kernel_id] = child{pid, true, conn_file};
+    spdlog::info("kernel {} started: pid {} spec {}", req.kernel_id, pid, req.spec->name);
+    return info;
+}
+
+bool local_host::signal(const std::string& kernel_id, int signum)
+{
+    auto it = children_.find(kernel_id);
+    if (it == children_.end() || !it->second.running) {
+        return false;
+    }
+    // The kernel leads its own process group: signal the group, as jupyter_client does.
+    if (::kill(-it->second.pid, signum) != 0) {
+        return ::kill(it->second.pid, signum) == 0;
+    }
+    return true;
+}
+
+bool local_host::alive(const std::string& kernel_id) const
+{
+    auto it = children_.find(kernel_id);
+    return it != children_.end() && it->second.running;
+}
+
+int local_host::pid(const std::string& kernel_id) const
+{
+    auto it = children_.find(kernel_id);
+    return it != children_.end() && it->second.running ? it->second.pid : -1;
+}
+
+void local_host::release(const std::string& kernel_id)
+{
+    auto it = children_.find(kernel_id);
+    if (it == children_.end()) {
+        return;
+    }
+    if (it->second.running) {
+        ::kill(-it->second.pid, SIGKILL);
+    }
+    std::error_code ec;
+    fs::remove(it->second.connection_file, ec);
+    if (!it->second.running) {
+        children_.erase(it);
+    }
+    // A still-running child stays listed until SIGCHLD reaps it.
+}
+
+void local_host::wait_sigchld()
+{
+    sigchld_.async_wait([this](const boost::system::error_code& ec, int) {
+        if (ec) {
+            return;
+        }
+        reap();
+        wait_sigchld();
+    });
+}
+
+void local_host::reap()
+{
+    std::vector<std::pair<std::string, int>> exited;
+    for (auto it = children_.begin(); it != children_.end();) {
+        auto& c = it->second;
+        int status = 0;
+        if (c.running && ::waitpid(c.pid, &status, WNOHANG) == c.pid) {
+            c.running = false;
+            ::kill(-c.pid, SIGKILL);  // whatever the kernel left behind in its group
+            spdlog::info("kernel {} exited: pid {} status {}", it->first, c.pid,
+                         WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+            std::error_code ec;
+            fs::remove(c.connection_file, ec);
+            exited.emplace_back(it->first, status);
+            it = children_.erase(it);
+            continue;
+        }
+        ++it;
+    }
+    // Handlers run after the table is consistent: they may launch a replacement.
+    for (const auto& [id, status] : exited) {
+        if (on_exit_) {
+            on_exit_(id, status);
+        }
+    }
+}
+
+} // namespace kernelgate::sessions

@@ -1,1 +1,472 @@
 // SPDX-License-Identifier: BSD-3-Clause
+#include "sessions/registry.hpp"
+
+#include <algorithm>
+#include <csignal>
+
+#include <boost/asio/post.hpp>
+#include <spdlog/spdlog.h>
+
+#include "zmq_protocol/wire_codec.hpp"
+
+namespace kernelgate::sessions {
+
+namespace zp = zmq_protocol;
+
+namespace {
+
+bool valid_env_value(const std::string& v)
+{
+    return v.size() <= 4096 && v.find_first_of(std::string("\0\r\n", 3)) == std::string::npos;
+}
+
+bool valid_env_name(const std::string& n)
+{
+    return !n.empty() && n.size() <= 256 && std::all_of(n.begin(), n.end(), [](unsigned char c) {
+        return std::isalnum(c) != 0 || c == '_';
+    });
+}
+
+} // namespace
+
+registry::registry(boost::asio::io_context& ioc, zmq::context_t& zctx, kernel_host& host,
+                   store& db, registry_config cfg, discovery_options discovery)
+    : ioc_(ioc),
+      zctx_(zctx),
+      host_(host),
+      db_(db),
+      cfg_(std::move(cfg)),
+      discovery_(std::move(discovery)),
+      cull_timer_(ioc)
+{
+    host_.set_exit_handler([this](const std::string& id, int status) { on_exit(id, status); });
+    refresh_specs();
+    // Records left by a gateway that did not stop cleanly: their kernels were ours and are
+    // gone with our process group, so drop the records (and their sessions).
+    for (const auto& row : db_.kernels()) {
+        spdlog::warn("kernel {} from a previous run is gone; record removed", row.id);
+        db_.delete_kernel(row.id);
+    }
+    for (const auto& row : db_.sessions()) {
+        db_.delete_session(row.id);
+    }
+    schedule_cull();
+}
+
+registry::~registry()
+{
+    host_.set_exit_handler(nullptr);
+}
+
+void registry::refresh_specs()
+{
+    specs_ = discover_kernelspecs(discovery_);
+}
+
+const kernelspec* registry::find_spec(const std::string& name) const
+{
+    std::string lower = name;
+    std::transform(lower.begin(), lower.end(), lower.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    auto it = specs_.find(lower);
+    return it == specs_.end() ? nullptr : &it->second;
+}
+
+std::string registry::default_spec() const
+{
+    if (!cfg_.default_kernel.empty() && specs_.contains(cfg_.default_kernel)) {
+        return cfg_.default_kernel;
+    }
+    if (specs_.contains("python3")) {
+        return "python3";
+    }
+    return specs_.empty() ? std::string("python3") : specs_.begin()->first;
+}
+
+std::optional<failure> registry::filter_env(const nlohmann::json& env,
+                                            std::map<std::string, std::string>& out) const
+{
+    if (env.is_null()) {
+        return std::nullopt;
+    }
+    if (!env.is_object()) {
+        return failure{400, "env must be an object"};
+    }
+    for (const auto& [k, v] : env.items()) {
+        const bool allowed = k.rfind("KERNEL_", 0) == 0 || cfg_.env_allowlist.contains(k);
+        if (!allowed) {
+            continue;  // dropped, as Kernel Gateway does with names outside its allowlist
+        }
+        if (!valid_env_name(k) || !v.is_string() || !valid_env_value(v.get<std::string>())) {
+            return failure{400, "invalid value for environment variable " +
+                                    (valid_env_name(k) ? k : std::string("(bad name)"))};
+        }
+        out[k] = v.get<std::string>();
+    }
+    return std::nullopt;
+}
+
+void registry::start(const std::string& spec_name, const nlohmann::json& env,
+                     const std::string& owner, start_callback cb)
+{
+    const std::string name = spec_name.empty() ? default_spec() : spec_name;
+    const kernelspec* spec = valid_kernel_name(name) ? find_spec(name) : nullptr;
+    if (spec == nullptr) {
+        cb(nullptr, failure{404, "No such kernel named " + (valid_kernel_name(name) ? name
+                                                                                   : "(invalid)")});
+        return;
+    }
+    std::map<std::string, std::string> filtered;
+    if (auto f = filter_env(env, filtered)) {
+        cb(nullptr, f);
+        return;
+    }
+    if (cfg_.max_kernels != 0 && kernels_.size() >= cfg_.max_kernels) {
+        cb(nullptr, failure{403, "Resource Limit: maximum number of kernels (" +
+                                     std::to_string(cfg_.max_kernels) + ") reached"});
+        return;
+    }
+    auto k = std::make_shared<kernel>(ioc_, zp::new_uuid(), spec->name, owner, cfg_.replay);
+    kernels_.emplace(k->id(), k);
+    launch_env_[k->id()] = std::move(filtered);
+    ++starting_;
+    persist(k);
+    launch_into(k, [this, k, cb = std::move(cb)](std::optional<failure> f) {
+        --starting_;
+        if (f) {
+            kernels_.erase(k->id());
+            launch_env_.erase(k->id());
+            db_.delete_kernel(k->id());
+            host_.release(k->id());
+            k->disconnect();
+            cb(nullptr, f);
+            return;
+        }
+        ++started_total_;
+        persist(k);
+        cb(k, std::nullopt);
+    });
+}
+
+void registry::launch_into(const kernel_ptr& k, std::function<void(std::optional<failure>)> cb)
+{
+    const kernelspec* spec = find_spec(k->spec_name());
+    if (spec == nullptr) {
+        cb(failure{500, "kernelspec " + k->spec_name() + " is no longer available"});
+        return;
+    }
+    launch_request req;
+    req.kernel_id = k->id();
+    req.spec = spec;
+    req.env = launch_env_[k->id()];
+    req.working_dir = cfg_.default_working_dir;
+    if (auto it = req.env.find("KERNEL_WORKING_DIR"); it != req.env.end()) {
+        std::error_code ec;
+        if (std::filesystem::is_directory(it->second, ec)) {
+            req.working_dir = it->second;
+        }
+    }
+    auto info = host_.launch(req);
+    if (!info) {
+        spdlog::error("kernel {}: launch failed: {}", k->id(), info.error().message());
+        cb(failure{500, "Kernel failed to start: " + info.error().message()});
+        return;
+    }
+    k->set_execution_state(k->restarting ? "restarting" : "starting");
+    k->started_at = kernel::clock::now();
+    const auto t0 = std::chrono::steady_clock::now();
+    k->connect(zctx_, info.value(), cfg_.launch_timeout,
+               [this, k, t0, cb = std::move(cb)](bool ready) {
+                   if (!ready) {
+                       host_.signal(k->id(), SIGKILL);
+                       const auto secs = std::chrono::duration_cast<std::chrono::seconds>(
+                                             cfg_.launch_timeout)
+                                             .count();
+                       cb(failure{500, host_.alive(k->id())
+                                           ? "Kernel did not become ready within " +
+                                                 std::to_string(secs) + "s"
+                                           : "Kernel process exited while starting"});
+                       return;
+                   }
+                   spdlog::info("kernel {} ready in {} ms", k->id(),
+                                std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    std::chrono::steady_clock::now() - t0)
+                                    .count());
+                   cb(std::nullopt);
+               });
+}
+
+kernel_ptr registry::find(const std::string& id) const
+{
+    auto it = kernels_.find(id);
+    return it == kernels_.end() ? nullptr : it->second;
+}
+
+std::vector<kernel_ptr> registry::list() const
+{
+    std::vector<kernel_ptr> out;
+    out.reserve(kernels_.size());
+    for (const auto& [id, k] : kernels_) {
+        out.push_back(k);
+    }
+    return out;
+}
+
+std::optional<failure> registry::interrupt(const kernel_ptr& k)
+{
+    const kernelspec* spec = find_spec(k->spec_name());
+    if (spec != nullptr && spec->interrupt_mode == "message") {
+        if (k->request(zp::channel::control, "interrupt_request", "{}").empty()) {
+            return failure{500, "kernel is not connected"};
+        }
+        return std::nullopt;
+    }
+    if (!host_.signal(k->id(), SIGINT)) {
+        return failure{500, "kernel is not running"};
+    }
+    return std::nullopt;
+}
+
+void registry::stop_process(const kernel_ptr& k, bool restart, std::function<void()> on_exited)
+{
+    if (!host_.alive(k->id())) {
+        k->disconnect();
+        boost::asio::post(ioc_, std::move(on_exited));
+        return;
+    }
+    k->exit_waiters.push_back(std::move(on_exited));
+    k->request(zp::channel::control, "shutdown_request",
+               restart ? R"({"restart":true})" : R"({"restart":false})");
+    k->lifecycle_timer = std::make_unique<boost::asio::steady_timer>(ioc_);
+    k->lifecycle_timer->expires_after(cfg_.shutdown_wait / 2);
+    std::weak_ptr<kernel> weak = k;
+    k->lifecycle_timer->async_wait([this, weak](const boost::system::error_code& ec) {
+        auto kk = weak.lock();
+        if (ec || !kk || !host_.alive(kk->id())) {
+            return;
+        }
+        spdlog::warn("kernel {}: no exit after shutdown_request, sending SIGTERM", kk->id());
+        host_.signal(kk->id(), SIGTERM);
+        kk->lifecycle_timer->expires_after(cfg_.shutdown_wait / 2);
+        kk->lifecycle_timer->async_wait([this, weak](const boost::system::error_code& ec2) {
+            auto k2 = weak.lock();
+            if (ec2 || !k2 || !host_.alive(k2->id())) {
+                return;
+            }
+            spdlog::warn("kernel {}: still running, sending SIGKILL", k2->id());
+            host_.signal(k2->id(), SIGKILL);
+        });
+    });
+}
+
+void registry::restart(const kernel_ptr& k, done_callback cb)
+{
+    if (k->restarting || k->shutting_down) {
+        cb(failure{409, "kernel is already restarting or shutting down"});
+        return;
+    }
+    k->restarting = true;
+    k->broadcast_status("restarting");
+    stop_process(k, true, [this, k, cb = std::move(cb)]() mutable {
+        k->disconnect();
+        launch_into(k, [this, k, cb = std::move(cb)](std::optional<failure> f) {
+            k->restarting = false;
+            if (f) {
+                k->broadcast_status("dead");
+                persist(k);
+                cb(failure{500, "Exception restarting kernel: " + f->message});
+                return;
+            }
+            ++restarted_total_;
+            k->restarts_in_a_row = 0;
+            persist(k);
+            cb(std::nullopt);
+        });
+    });
+}
+
+void registry::shutdown(const kernel_ptr& k, done_callback cb)
+{
+    if (k->shutting_down) {
+        k->exit_waiters.push_back([cb = std::move(cb)] { cb(std::nullopt); });
+        return;
+    }
+    k->shutting_down = true;
+    k->abort_ready();
+    stop_process(k, false, [this, k, cb = std::move(cb)] {
+        if (k->lifecycle_timer) {
+            k->lifecycle_timer->cancel();
+        }
+        k->disconnect();
+        k->close_clients(1000, "kernel shut down");
+        kernels_.erase(k->id());
+        launch_env_.erase(k->id());
+        host_.release(k->id());
+        db_.delete_kernel(k->id());
+        remove_sessions_of_kernel(k->id());
+        spdlog::info("kernel {} shut down", k->id());
+        cb(std::nullopt);
+    });
+}
+
+void registry::shutdown_all(std::function<void()> done)
+{
+    auto all = list();
+    if (all.empty()) {
+        boost::asio::post(ioc_, std::move(done));
+        return;
+    }
+    auto remaining = std::make_shared<std::size_t>(all.size());
+    auto shared_done = std::make_shared<std::function<void()>>(std::move(done));
+    for (const auto& k : all) {
+        shutdown(k, [remaining, shared_done](std::optional<failure>) {
+            if (--*remaining == 0) {
+                (*shared_done)();
+            }
+        });
+    }
+}
+
+void registry::on_exit(const std::string& id, int status)
+{
+    auto k = find(id);
+    if (!k) {
+        return;
+    }
+    k->disconnect();
+    if (k->lifecycle_timer) {
+        k->lifecycle_timer->cancel();
+    }
+    if (!k->exit_waiters.empty()) {
+        auto waiters = std::move(k->exit_waiters);
+        k->exit_waiters.clear();
+        for (auto& w : waiters) {
+            w();
+        }
+        return;
+    }
+    if (k->shutting_down || k->restarting) {
+        return;
+    }
+    if (k->execution_state() == "starting") {
+        k->abort_ready();  // the initial start fails now instead of at the timeout
+        return;
+    }
+    ++died_total_;
+    spdlog::warn("kernel {} died unexpectedly (status {})", id, status);
+    if (kernel::clock::now() - k->started_at > cfg_.stable_start) {
+        k->restarts_in_a_row = 0;
+    }
+    if (k->restarts_in_a_row >= cfg_.restart_limit) {
+        spdlog::error("kernel {}: restart limit ({}) reached; kernel is dead", id,
+                      cfg_.restart_limit);
+        k->broadcast_status("dead");
+        persist(k);
+        return;
+    }
+    ++k->restarts_in_a_row;
+    k->restarting = true;
+    k->broadcast_status("restarting");
+    host_.release(id);
+    launch_into(k, [this, k](std::optional<failure> f) {
+        k->restarting = false;
+        if (f) {
+            spdlog::error("kernel {}: automatic restart failed: {}", k->id(), f->message);
+            k->broadcast_status("dead");
+        } else {
+            ++restarted_total_;
+            spdlog::info("kernel {} restarted automatically", k->id());
+        }
+        persist(k);
+    });
+}
+
+void registry::persist(const kernel_ptr& k)
+{
+    db_.put_kernel({k->id(), k->spec_name(), k->owner(), host_.kind(), k->execution_state(),
+                    iso8601(k->started_at), iso8601(k->last_activity())});
+}
+
+void registry::schedule_cull()
+{
+    if (cfg_.cull_idle_timeout.count() <= 0) {
+        return;
+    }
+    cull_timer_.expires_after(cfg_.cull_interval);
+    cull_timer_.async_wait([this](const boost::system::error_code& ec) {
+        if (ec) {
+            return;
+        }
+        cull();
+        schedule_cull();
+    });
+}
+
+void registry::cull()
+{
+    const auto now = kernel::clock::now();
+    for (const auto& k : list()) {
+        const auto& st = k->execution_state();
+        const bool state_ok = st == "idle" || (cfg_.cull_busy && st == "busy");
+        const bool conn_ok = k->connections() == 0 || cfg_.cull_connected;
+        if (!state_ok || !conn_ok || k->restarting || k->shutting_down ||
+            now - k->last_activity() < cfg_.cull_idle_timeout) {
+            continue;
+        }
+        spdlog::info("culling kernel {} ({}), idle since {}", k->id(), st,
+                     iso8601(k->last_activity()));
+        ++culled_total_;
+        shutdown(k, [](std::optional<failure>) {});
+    }
+}
+
+std::vector<session_record> registry::sessions() const
+{
+    std::vector<session_record> out;
+    for (const auto& [id, s] : sessions_) {
+        out.push_back(s);
+    }
+    return out;
+}
+
+std::optional<session_record> registry::find_session(const std::string& id) const
+{
+    auto it = sessions_.find(id);
+    return it == sessions_.end() ? std::nullopt : std::optional<session_record>(it->second);
+}
+
+std::optional<session_record> registry::find_session_by_path(const std::string& path) const
+{
+    for (const auto& [id, s] : sessions_) {
+        if (s.path == path) {
+            return s;
+        }
+    }
+    return std::nullopt;
+}
+
+void registry::put_session(const session_record& s)
+{
+    sessions_[s.id] = s;
+    db_.put_session({s.id, s.path, s.name, s.type, s.kernel_id});
+}
+
+void registry::remove_session(const std::string& id)
+{
+    sessions_.erase(id);
+    db_.delete_session(id);
+}
+
+void registry::remove_sessions_of_kernel(const std::string& kernel_id)
+{
+    for (auto it = sessions_.begin(); it != sessions_.end();) {
+        if (it->second.kernel_id == kernel_id) {
+            db_.delete_session(it->first);
+            it = sessions_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+}
+
+} // namespace kernelgate::sessions

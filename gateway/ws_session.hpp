@@ -1,0 +1,70 @@
+// SPDX-License-Identifier: BSD-3-Clause
+#pragma once
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+
+#include "common/asio_fwd.hpp"
+#include "gateway/routes.hpp"
+#include "gateway/ws_frames.hpp"
+#include "sessions/kernel.hpp"
+
+namespace kernelgate::gateway {
+
+class server;
+
+/// One client WebSocket on /api/kernels/{id}/channels.
+///
+/// Reads frames (legacy JSON / legacy binary / v1), checks the channel, and hands messages to
+/// the kernel; receives kernel events and writes them with one outstanding write and a send
+/// queue bounded by watermarks (see server_config). Ping/pong keepalive comes from Beast's
+/// idle timeout with keep-alive pings.
+///
+/// Thread safety: event-loop thread only.
+class ws_session final : public sessions::client_sink,
+                         public std::enable_shared_from_this<ws_session>
+{
+public:
+    ws_session(server& srv, beast::tcp_stream&& stream, sessions::kernel_ptr k,
+               std::string session_id, ws_format fmt);
+    ~ws_session() override;
+
+    /// Completes the upgrade (answering with the chosen subprotocol) and runs the read loop.
+    net::awaitable<void> run(request req);
+
+    void deliver(const sessions::kernel_event_ptr& ev) override;
+    void close_from_kernel(std::uint16_t code, const std::string& reason) override;
+    const std::string& session_id() const override { return session_id_; }
+
+private:
+    struct outgoing
+    {
+        std::shared_ptr<const std::string> data;
+        bool binary = false;
+    };
+    void enqueue(std::shared_ptr<const std::string> data, bool binary);
+    void write_next();
+    void start_close(std::uint16_t code, std::string reason);
+    void handle_frame(bool binary);
+
+    server& srv_;
+    websocket::stream<beast::tcp_stream> ws_;
+    sessions::kernel_ptr kernel_;
+    std::string session_id_;
+    ws_format format_;
+    beast::flat_buffer read_buf_;
+    std::deque<outgoing> queue_;
+    outgoing in_flight_;
+    std::uint16_t close_code_ = 1000;
+    std::string close_reason_;
+    bool close_sent_ = false;
+    std::size_t queued_bytes_ = 0;
+    bool writing_ = false;
+    bool closing_ = false;
+    bool open_ = false;
+    bool over_high_ = false;
+    std::uint64_t dropped_ = 0;
+};
+
+} // namespace kernelgate::gateway

@@ -1,0 +1,169 @@
+// SPDX-License-Identifier: BSD-3-Clause
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <nlohmann/json.hpp>
+
+#include "zmq_protocol/kernel_channels.hpp"
+
+namespace kernelgate::sessions {
+
+/// One message from a kernel on its way to clients. Shared by every client that receives it,
+/// so it is encoded at most once per WebSocket format (the caches below).
+struct kernel_event
+{
+    zmq_protocol::channel channel = zmq_protocol::channel::iopub;
+    zmq_protocol::message msg;
+    std::string msg_type;
+    bool droppable = false;  ///< output a slow client may lose (stream, display_data, ...)
+
+    // Per-format encodings, filled by the first client that needs them (event-loop thread).
+    mutable std::shared_ptr<const std::string> encoded[2];
+    mutable bool encoded_binary[2] = {false, false};
+};
+using kernel_event_ptr = std::shared_ptr<const kernel_event>;
+
+/// A client attached to a kernel (a WebSocket session, implemented in gateway/).
+class client_sink
+{
+public:
+    virtual ~client_sink() = default;
+    virtual void deliver(const kernel_event_ptr& ev) = 0;
+    /// The kernel is going away or the connection was replaced: close with this code.
+    virtual void close_from_kernel(std::uint16_t code, const std::string& reason) = 0;
+    virtual const std::string& session_id() const = 0;
+};
+
+/// Limits of the buffer kept while no client is connected (replayed to the same session_id).
+struct replay_limits
+{
+    std::size_t max_messages = 10000;
+    std::size_t max_bytes = 32u << 20;
+};
+
+/// A kernel as the gateway sees it: its identity and state, its channels, the clients
+/// attached to it, routing of replies, and the replay buffer.
+///
+/// Thread safety: event-loop thread only.
+class kernel : public std::enable_shared_from_this<kernel>
+{
+public:
+    using clock = std::chrono::system_clock;
+
+    kernel(boost::asio::io_context& ioc, std::string id, std::string spec_name,
+           std::string owner, replay_limits limits);
+    ~kernel();
+
+    const std::string& id() const noexcept { return id_; }
+    const std::string& spec_name() const noexcept { return spec_name_; }
+    const std::string& owner() const noexcept { return owner_; }
+    const std::string& execution_state() const noexcept { return state_; }
+    void set_execution_state(std::string s) { state_ = std::move(s); }
+    clock::time_point last_activity() const noexcept { return last_activity_; }
+    void touch() { last_activity_ = clock::now(); }
+    std::size_t connections() const noexcept { return sinks_.size(); }
+    std::uint64_t generation() const noexcept { return generation_; }
+
+    /// The REST kernel model (last_activity with six fractional digits and Z).
+    nlohmann::json model() const;
+
+    /// Binds to a (new) kernel process: connects channels and nudges with kernel_info until a
+    /// reply and an iopub message have arrived (iopub proven live) or the timeout passes.
+    void connect(zmq::context_t& ctx, const zmq_protocol::connection_info& info,
+                 std::chrono::milliseconds timeout, std::function<void(bool ready)> on_ready);
+    /// Drops the channels of the current process (before a restart or on exit).
+    void disconnect();
+    /// Fails a pending connect() at once (the process died while starting).
+    void abort_ready();
+    bool connected() const noexcept { return channels_ != nullptr; }
+
+    /// Attaches a client. A client already attached with the same session_id is closed and
+    /// replaced. If the buffer was kept for this session_id, it is replayed to the client;
+    /// any other session_id discards it.
+    void attach(const std::shared_ptr<client_sink>& sink);
+    void detach(const client_sink* sink);
+    /// Closes every client (kernel deleted / gateway stopping).
+    void close_clients(std::uint16_t code, const std::string& reason);
+
+    /// A message from a client: routes the reply back to this client's session.
+    bool send_from_client(const client_sink& from, zmq_protocol::channel ch,
+                          zmq_protocol::message&& msg);
+    /// A message the gateway originates (interrupt_request, shutdown_request).
+    std::string request(zmq_protocol::channel ch, std::string_view msg_type,
+                        std::string_view content_json);
+
+    /// Sends a synthetic iopub status (restarting, dead, ...) to every client.
+    void broadcast_status(const std::string& execution_state);
+    /// Sends a synthetic stderr stream notice on iopub to one client or all (nullptr).
+    void notice(client_sink* to, const std::string& text);
+
+    const zmq_protocol::channel_stats* stats() const;
+    std::uint64_t rejected_total() const noexcept { return rejected_total_; }
+    std::uint64_t replay_dropped_total() const noexcept { return replay_dropped_total_; }
+
+    // Lifecycle bookkeeping owned by the registry.
+    int restarts_in_a_row = 0;
+    clock::time_point started_at = clock::now();
+    bool shutting_down = false;
+    bool restarting = false;
+    std::vector<std::function<void()>> exit_waiters;
+    std::unique_ptr<boost::asio::steady_timer> lifecycle_timer;
+
+private:
+    void on_kernel_message(zmq_protocol::channel ch, zmq_protocol::message&& msg);
+    void dispatch(const kernel_event_ptr& ev, const std::string* target_session);
+    void remember_route(const std::string& msg_id, const std::string& session);
+    void nudge();
+
+    boost::asio::io_context& ioc_;
+    std::string id_;
+    std::string spec_name_;
+    std::string owner_;
+    std::string state_ = "starting";
+    clock::time_point last_activity_ = clock::now();
+    std::uint64_t generation_ = 0;  ///< bumps on every (re)connect: fences old incarnations
+
+    zmq_protocol::kernel_channels_ptr channels_;
+    std::vector<std::shared_ptr<client_sink>> sinks_;
+
+    // Reply routing: msg_id of a client request -> the client's session_id (bounded, FIFO).
+    std::unordered_map<std::string, std::string> routes_;
+    std::deque<std::string> route_order_;
+
+    // Replay buffer while no client is attached.
+    replay_limits limits_;
+    bool buffering_ = false;
+    std::string buffer_session_;
+    std::deque<kernel_event_ptr> buffer_;
+    std::size_t buffer_bytes_ = 0;
+    std::size_t buffer_dropped_ = 0;
+
+    // Start/restart readiness.
+    boost::asio::steady_timer nudge_timer_;
+    boost::asio::steady_timer ready_deadline_;
+    std::function<void(bool)> on_ready_;
+    std::vector<std::string> nudge_ids_;
+    bool got_info_reply_ = false;
+    bool got_iopub_ = false;
+
+    std::uint64_t rejected_total_ = 0;
+    std::uint64_t replay_dropped_total_ = 0;
+    zmq_protocol::channel_stats last_stats_{};
+};
+
+using kernel_ptr = std::shared_ptr<kernel>;
+
+/// "YYYY-MM-DDTHH:MM:SS.ffffffZ" for a time point.
+std::string iso8601(kernel::clock::time_point tp);
+
+} // namespace kernelgate::sessions

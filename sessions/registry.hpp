@@ -1,0 +1,136 @@
+// SPDX-License-Identifier: BSD-3-Clause
+#pragma once
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <nlohmann/json.hpp>
+#include <zmq.hpp>
+
+#include "sessions/kernel.hpp"
+#include "sessions/kernel_host.hpp"
+#include "sessions/kernelspec.hpp"
+#include "sessions/store.hpp"
+
+namespace kernelgate::sessions {
+
+struct registry_config
+{
+    std::chrono::milliseconds launch_timeout{60000};
+    std::chrono::milliseconds shutdown_wait{5000};  ///< request, then TERM at half, KILL at end
+    int restart_limit = 5;                          ///< automatic restarts in a row
+    std::chrono::seconds stable_start{10};          ///< running this long resets the count
+    std::size_t max_kernels = 0;                    ///< 0: unlimited
+    std::set<std::string> env_allowlist;            ///< non-KERNEL_ names clients may set
+    std::string default_kernel;                     ///< empty: python3 or the first found
+    // Culling (off when idle_timeout is 0).
+    std::chrono::seconds cull_idle_timeout{0};
+    std::chrono::seconds cull_interval{300};
+    bool cull_connected = false;
+    bool cull_busy = false;
+    replay_limits replay;
+    std::string default_working_dir;                ///< empty: the gateway's cwd
+};
+
+/// Why an operation failed, in HTTP terms (the gateway maps it straight to a response).
+struct failure
+{
+    int status = 500;
+    std::string message;
+};
+
+struct session_record
+{
+    std::string id;
+    std::string path;
+    std::string name;
+    std::string type;
+    std::string kernel_id;
+};
+
+/// The kernel registry: one record per kernel, its lifecycle (start, restart, interrupt,
+/// shutdown, automatic restart on death, culling), and Jupyter Server's sessions.
+/// It reaches kernels only through kernel_host.
+///
+/// Thread safety: event-loop thread only.
+class registry
+{
+public:
+    using start_callback = std::function<void(kernel_ptr, std::optional<failure>)>;
+    using done_callback = std::function<void(std::optional<failure>)>;
+
+    registry(boost::asio::io_context& ioc, zmq::context_t& zctx, kernel_host& host, store& db,
+             registry_config cfg, discovery_options discovery = {});
+    ~registry();
+
+    // Kernelspecs.
+    void refresh_specs();
+    const std::map<std::string, kernelspec>& specs() const noexcept { return specs_; }
+    const kernelspec* find_spec(const std::string& name) const;
+    std::string default_spec() const;
+
+    // Kernels.
+    void start(const std::string& spec_name, const nlohmann::json& env, const std::string& owner,
+               start_callback cb);
+    kernel_ptr find(const std::string& id) const;
+    std::vector<kernel_ptr> list() const;
+    std::optional<failure> interrupt(const kernel_ptr& k);
+    void restart(const kernel_ptr& k, done_callback cb);
+    void shutdown(const kernel_ptr& k, done_callback cb);
+    void shutdown_all(std::function<void()> done);
+    std::size_t size() const noexcept { return kernels_.size(); }
+    std::size_t starting() const noexcept { return starting_; }
+
+    /// Validates a request's env: KERNEL_* names plus the allowlist; values are strings of at
+    /// most 4096 bytes without NUL, CR or LF. Other names are dropped (not an error).
+    std::optional<failure> filter_env(const nlohmann::json& env,
+                                      std::map<std::string, std::string>& out) const;
+
+    // Sessions (Jupyter Server's /api/sessions).
+    std::vector<session_record> sessions() const;
+    std::optional<session_record> find_session(const std::string& id) const;
+    std::optional<session_record> find_session_by_path(const std::string& path) const;
+    void put_session(const session_record& s);
+    void remove_session(const std::string& id);
+    void remove_sessions_of_kernel(const std::string& kernel_id);
+
+    // Metrics.
+    std::uint64_t kernels_started_total() const noexcept { return started_total_; }
+    std::uint64_t kernels_restarted_total() const noexcept { return restarted_total_; }
+    std::uint64_t kernels_died_total() const noexcept { return died_total_; }
+    std::uint64_t kernels_culled_total() const noexcept { return culled_total_; }
+
+private:
+    void on_exit(const std::string& id, int status);
+    void launch_into(const kernel_ptr& k, std::function<void(std::optional<failure>)> cb);
+    void stop_process(const kernel_ptr& k, bool restart, std::function<void()> on_exited);
+    void persist(const kernel_ptr& k);
+    void schedule_cull();
+    void cull();
+
+    boost::asio::io_context& ioc_;
+    zmq::context_t& zctx_;
+    kernel_host& host_;
+    store& db_;
+    registry_config cfg_;
+    discovery_options discovery_;
+    std::map<std::string, kernelspec> specs_;
+    std::map<std::string, kernel_ptr> kernels_;
+    std::map<std::string, std::map<std::string, std::string>> launch_env_;  // for restarts
+    std::map<std::string, session_record> sessions_;
+    std::size_t starting_ = 0;
+    boost::asio::steady_timer cull_timer_;
+    std::uint64_t started_total_ = 0;
+    std::uint64_t restarted_total_ = 0;
+    std::uint64_t died_total_ = 0;
+    std::uint64_t culled_total_ = 0;
+};
+
+} // namespace kernelgate::sessions

@@ -1,0 +1,95 @@
+// SPDX-License-Identifier: BSD-3-Clause
+#pragma once
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+namespace kernelgate::zmq_protocol {
+
+/// Reads the string value of a key at the top level of a JSON object text without building a
+/// DOM (the hot path only needs msg_id / msg_type / execution_state). Keys nested deeper are
+/// skipped. Falls back to a full parse when the value holds escapes.
+inline std::optional<std::string> json_string_field(std::string_view text, std::string_view key)
+{
+    int depth = 0;
+    bool expect_key = false;
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        const char c = text[i];
+        if (c == '{' || c == '[') {
+            ++depth;
+            expect_key = (c == '{' && depth == 1);
+            continue;
+        }
+        if (c == '}' || c == ']') {
+            --depth;
+            continue;
+        }
+        if (c == ',' && depth == 1) {
+            expect_key = true;
+            continue;
+        }
+        if (c != '"') {
+            continue;
+        }
+        // A string: find its end, honouring escapes.
+        const std::size_t start = i + 1;
+        bool escaped = false;
+        std::size_t j = start;
+        for (; j < text.size(); ++j) {
+            if (text[j] == '\\') {
+                escaped = true;
+                ++j;
+                continue;
+            }
+            if (text[j] == '"') {
+                break;
+            }
+        }
+        if (j >= text.size()) {
+            return std::nullopt;
+        }
+        const auto str = text.substr(start, j - start);
+        i = j;
+        if (!(depth == 1 && expect_key)) {
+            continue;
+        }
+        expect_key = false;
+        if (escaped || str != key) {
+            continue;
+        }
+        // Skip to the value.
+        std::size_t k = j + 1;
+        while (k < text.size() && (text[k] == ' ' || text[k] == ':' || text[k] == '\n' ||
+                                   text[k] == '\t' || text[k] == '\r')) {
+            ++k;
+        }
+        if (k >= text.size() || text[k] != '"') {
+            return std::nullopt;
+        }
+        const std::size_t vs = k + 1;
+        std::size_t ve = vs;
+        bool vesc = false;
+        for (; ve < text.size() && text[ve] != '"'; ++ve) {
+            if (text[ve] == '\\') {
+                vesc = true;
+                ++ve;
+            }
+        }
+        if (ve >= text.size()) {
+            return std::nullopt;
+        }
+        if (!vesc) {
+            return std::string(text.substr(vs, ve - vs));
+        }
+        const auto j2 = nlohmann::json::parse(text.substr(k, ve - k + 1), nullptr, false);
+        if (j2.is_string()) {
+            return j2.get<std::string>();
+        }
+        return std::nullopt;
+    }
+    return std::nullopt;
+}
+
+} // namespace kernelgate::zmq_protocol

@@ -1,0 +1,111 @@
+// SPDX-License-Identifier: BSD-3-Clause
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <zmq.hpp>
+
+#include "zmq_protocol/async_socket.hpp"
+#include "zmq_protocol/connection_info.hpp"
+#include "zmq_protocol/message.hpp"
+#include "zmq_protocol/signer.hpp"
+#include "zmq_protocol/wire_codec.hpp"
+
+namespace kernelgate::zmq_protocol {
+
+enum class channel : std::uint8_t
+{
+    shell,
+    control,
+    stdin_,
+    iopub,
+};
+
+std::string_view channel_name(channel c) noexcept;
+/// Parses "shell" / "control" / "stdin" / "iopub"; returns false for anything else.
+bool parse_channel(std::string_view name, channel& out) noexcept;
+
+/// Counters a kernel connection keeps (exported on /metrics).
+struct channel_stats
+{
+    std::uint64_t received = 0;
+    std::uint64_t sent = 0;
+    std::uint64_t rejected = 0;  ///< bad, missing or replayed signatures, malformed frames
+    std::uint64_t send_dropped = 0;
+    std::uint64_t heartbeat_misses = 0;
+};
+
+/// The gateway's end of one kernel: shell/control/stdin DEALER, iopub SUB, hb REQ.
+/// Every message from the kernel is authenticated (HMAC, replay guard) before it is passed on;
+/// rejected messages are counted and reported, never delivered.
+///
+/// Thread safety: all calls on the io_context thread.
+class kernel_channels : public std::enable_shared_from_this<kernel_channels>
+{
+public:
+    using message_handler = std::function<void(channel, message&&)>;
+    using reject_handler = std::function<void(channel, std::error_code)>;
+    using heartbeat_handler = std::function<void(bool alive)>;
+
+    kernel_channels(boost::asio::io_context& ioc,
+                    zmq::context_t& ctx,
+                    const connection_info& info,
+                    std::string session_id);
+    ~kernel_channels();
+    kernel_channels(const kernel_channels&) = delete;
+    kernel_channels& operator=(const kernel_channels&) = delete;
+
+    /// Connects all sockets and starts reading.
+    void start(message_handler on_message, reject_handler on_reject);
+
+    /// Signs and sends. Returns false if the channel would block (message dropped, counted).
+    bool send(channel ch, const message& msg);
+
+    /// Sends a message the gateway originates (kernel_info_request, shutdown_request, ...).
+    /// Returns the msg_id used.
+    std::string request(channel ch, std::string_view msg_type, std::string_view content_json);
+
+    /// Starts heartbeat pings; after `max_misses` consecutive misses on_change(false) is
+    /// called, and on_change(true) when it answers again.
+    void start_heartbeat(std::chrono::milliseconds interval,
+                         int max_misses,
+                         heartbeat_handler on_change);
+
+    void close();
+    const channel_stats& stats() const noexcept { return stats_; }
+    const std::string& session_id() const noexcept { return session_id_; }
+
+private:
+    void on_frames(channel ch, async_socket::frames& frames);
+    void make_hb_socket();
+    void heartbeat_tick();
+
+    boost::asio::io_context& ioc_;
+    zmq::context_t& ctx_;
+    connection_info info_;
+    std::string session_id_;
+    signer signer_;
+    replay_guard guard_;
+    async_socket_ptr shell_, control_, stdin_, iopub_, hb_;
+    message_handler on_message_;
+    reject_handler on_reject_;
+    boost::asio::steady_timer hb_timer_;
+    heartbeat_handler on_hb_;
+    std::chrono::milliseconds hb_interval_{0};
+    int hb_max_misses_ = 3;
+    int hb_misses_ = 0;
+    bool hb_waiting_ = false;
+    bool hb_alive_ = true;
+    channel_stats stats_;
+    bool closed_ = false;
+};
+
+using kernel_channels_ptr = std::shared_ptr<kernel_channels>;
+
+} // namespace kernelgate::zmq_protocol
