@@ -1,0 +1,447 @@
+// SPDX-License-Identifier: BSD-3-Clause
+//
+// @jupyterlab/services (the JupyterLab client library, 7.x) in Node, driving the gateway directly.
+// The whole suite runs twice:
+//   v1      the library's default: it offers the `v1.kernel.websocket.jupyter.org` subprotocol;
+//   legacy  the WebSocket class is wrapped so that it offers no subprotocol, so the server must speak
+//           legacy JSON text frames (and legacy binary frames for messages with buffers).
+//
+// Run: node --test tests/clients/services_test.mjs   (needs `npm ci --prefix tests/clients` first;
+// the gateway comes from KG_BIN, or KG_REFERENCE=jupyter-server; see lib/gateway.mjs).
+
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import {
+  requireNodeModules, startGateway, withDeadline, waitUntil, dumpLogsOnFailure,
+} from './lib/gateway.mjs';
+
+// Fails the file (never skips) with instructions when the dependencies are not installed.
+requireNodeModules(['@jupyterlab/services', 'ws']);
+const {
+  KernelManager, KernelSpecManager, SessionManager, ServerConnection, KernelAPI, KernelSpecAPI, SessionAPI,
+} = await import('@jupyterlab/services');
+const { default: WebSocket } = await import('ws');
+
+// @lumino/polling's Poll.dispose() leaves its next tick scheduled (up to 61 s for KernelSpecManager), which
+// would keep this process alive long after the last test. Unref the timers that library schedules.
+const realSetTimeout = globalThis.setTimeout;
+globalThis.setTimeout = function setTimeoutUnrefPolls(fn, ms, ...args) {
+  const t = realSetTimeout(fn, ms, ...args);
+  if (ms >= 1000 && /@lumino[\\/]polling/.test(new Error().stack)) t.unref();
+  return t;
+};
+
+const V1 = 'v1.kernel.websocket.jupyter.org';
+const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const STEP_TIMEOUT = 30_000; // per test
+const EXEC_TIMEOUT = 20_000; // per execute request
+
+/** A `ws` WebSocket subclass that records what was offered, what the server chose and the frame kinds. */
+function recordingWebSocket(mode, sockets) {
+  return class RecordingWebSocket extends WebSocket {
+    constructor(url, protocols) {
+      const offered = mode === 'legacy' ? [] : [].concat(protocols ?? []);
+      super(url, offered);
+      const entry = { url: String(url), offered, frames: { text: 0, binary: 0 }, binaryMsgTypes: [], ws: this };
+      sockets.push(entry);
+      this.on('message', (data, isBinary) => {
+        entry.frames[isBinary ? 'binary' : 'text']++;
+        if (isBinary && mode === 'legacy') entry.binaryMsgTypes.push(legacyBinaryMsgType(data));
+      });
+    }
+  };
+}
+
+/** msg_type of a legacy binary frame (big-endian uint32 count, offsets, JSON part first). */
+function legacyBinaryMsgType(data) {
+  try {
+    const buf = Buffer.isBuffer(data) ? data : Buffer.from(data);
+    const n = buf.readUInt32BE(0);
+    const start = buf.readUInt32BE(4);
+    const end = n > 1 ? buf.readUInt32BE(8) : buf.length;
+    return JSON.parse(buf.subarray(start, end).toString('utf8')).header.msg_type;
+  } catch (e) {
+    return `unparseable legacy binary frame: ${e.message}`;
+  }
+}
+
+function bytesOf(view) {
+  return new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
+}
+
+function sha256(u8) {
+  return createHash('sha256').update(u8).digest('hex');
+}
+
+/** Execute `code`, collect iopub, resolve when the reply and the idle status have both arrived. */
+async function execute(kernel, code, { onStdin, timeoutMs = EXEC_TIMEOUT, onIOPub } = {}) {
+  const future = kernel.requestExecute({ code, allow_stdin: Boolean(onStdin), stop_on_error: false });
+  const iopub = [];
+  future.onIOPub = (msg) => {
+    iopub.push(msg);
+    if (onIOPub) onIOPub(msg, future);
+  };
+  if (onStdin) future.onStdin = (msg) => onStdin(msg, future);
+  const reply = await withDeadline(future.done, timeoutMs, `execute reply and idle for ${JSON.stringify(code)}`);
+  const stream = (name) =>
+    iopub.filter((m) => m.header.msg_type === 'stream' && m.content.name === name).map((m) => m.content.text).join('');
+  return { reply, iopub, stdout: stream('stdout'), stderr: stream('stderr') };
+}
+
+function kernelSockets(sockets, kernelId) {
+  return sockets.filter((s) => s.url.includes(`/api/kernels/${kernelId}/channels`));
+}
+
+for (const mode of ['v1', 'legacy']) {
+  describe(`@jupyterlab/services over ${mode === 'v1' ? 'the v1 subprotocol' : 'the legacy protocol'}`, () => {
+    let gw;
+    let serverSettings;
+    let kernelManager;
+    let specManager;
+    let sessionManager;
+    let kernel;
+    let kernelPid;
+    const sockets = [];
+
+    // Every test body goes through this so that a failure prints the gateway log.
+    const step = (name, fn) => it(name, { timeout: STEP_TIMEOUT }, () => dumpLogsOnFailure([gw], fn));
+
+    before(async () => {
+      gw = await startGateway({ label: `services-${mode}` });
+      process.stderr.write(`# [${mode}] ${gw.kind} at ${gw.baseUrl}, log ${gw.logFile}\n`);
+      serverSettings = ServerConnection.makeSettings({
+        baseUrl: `${gw.baseUrl}/`,
+        wsUrl: `${gw.wsUrl}/`,
+        token: gw.token,
+        appendToken: true,
+        WebSocket: recordingWebSocket(mode, sockets),
+        fetch,
+        Request,
+        Headers,
+      });
+    });
+
+    after(async () => {
+      sessionManager?.dispose();
+      kernelManager?.dispose();
+      specManager?.dispose();
+      for (const s of sockets) s.ws.terminate();
+      if (gw) await gw.stop();
+    });
+
+    step('lists kernelspecs, including python3 with resources', async () => {
+      specManager = new KernelSpecManager({ serverSettings });
+      await withDeadline(specManager.ready, 15_000, 'KernelSpecManager.ready');
+      await specManager.refreshSpecs();
+      const specs = specManager.specs;
+      assert.ok(specs, 'no kernelspecs model');
+      assert.ok(specs.kernelspecs.python3, `python3 missing from ${Object.keys(specs.kernelspecs)}`);
+      assert.ok(specs.default in specs.kernelspecs, `default ${specs.default} is not a listed spec`);
+      const py = specs.kernelspecs.python3;
+      assert.equal(py.name, 'python3');
+      assert.equal(py.language, 'python');
+      assert.ok(py.display_name.length > 0);
+      assert.ok(Array.isArray(py.argv) && py.argv.some((a) => a.includes('{connection_file}')), `argv ${py.argv}`);
+      // Resource URLs must contain /kernelspecs/<name>/ and be fetchable.
+      const logo = py.resources['logo-64x64'];
+      assert.ok(logo, `no logo-64x64 in resources ${JSON.stringify(py.resources)}`);
+      assert.match(logo, /\/kernelspecs\/python3\/logo-64x64\.png$/);
+      const url = new URL(logo, `${gw.baseUrl}/`);
+      const r = await fetch(url, { headers: { Authorization: `token ${gw.token}` } });
+      const body = Buffer.from(await r.arrayBuffer());
+      assert.equal(r.status, 200, `GET ${url} -> ${r.status}`);
+      assert.ok(body.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])), 'logo is not a PNG');
+    });
+
+    step('rejects a wrong token', async () => {
+      const bad = ServerConnection.makeSettings({ ...serverSettings, token: 'not-the-token' });
+      await assert.rejects(KernelSpecAPI.getSpecs(bad), (e) => {
+        assert.ok(e instanceof ServerConnection.ResponseError, `unexpected ${e}`);
+        assert.ok([401, 403].includes(e.response.status), `status ${e.response.status}`);
+        return true;
+      });
+    });
+
+    step('starts a python3 kernel and connects its websocket', async () => {
+      kernelManager = new KernelManager({ serverSettings });
+      await withDeadline(kernelManager.ready, 15_000, 'KernelManager.ready');
+      kernel = await withDeadline(kernelManager.startNew({ name: 'python3' }), 60_000, 'KernelManager.startNew');
+      assert.match(kernel.id, UUID_RE);
+      assert.equal(kernel.name, 'python3');
+      const info = await withDeadline(kernel.info, 20_000, 'kernel_info reply');
+      assert.equal(info.language_info.name, 'python');
+      assert.equal(info.status, 'ok');
+      assert.match(info.protocol_version, /^5\./);
+      await waitUntil(() => kernel.connectionStatus === 'connected', { timeoutMs: 10_000, what: 'connectionStatus connected' });
+
+      const mine = kernelSockets(sockets, kernel.id);
+      assert.equal(mine.length, 1, `expected one websocket to the kernel, saw ${mine.length}`);
+      const [sock] = mine;
+      assert.match(sock.url, /[?&]session_id=/, 'websocket URL carries no session_id');
+      assert.match(sock.url, new RegExp(`[?&]token=${gw.token}`), 'websocket URL carries no token');
+      if (mode === 'v1') {
+        assert.deepEqual(sock.offered, [V1]);
+        assert.equal(sock.ws.protocol, V1, 'server did not select the v1 subprotocol');
+      } else {
+        assert.deepEqual(sock.offered, []);
+        assert.equal(sock.ws.protocol, '', 'server selected a subprotocol that was not offered');
+      }
+
+      const running = await KernelAPI.listRunning(serverSettings);
+      const model = running.find((k) => k.id === kernel.id);
+      assert.ok(model, 'started kernel missing from GET /api/kernels');
+      assert.equal(model.name, 'python3');
+      assert.match(model.last_activity, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$/, `last_activity ${model.last_activity}`);
+      assert.ok(model.connections >= 1, `connections ${model.connections}`);
+    });
+
+    step('execute print(6*7) shows 42 on the iopub stream', async () => {
+      const { reply, stdout, iopub } = await execute(kernel, 'print(6*7)');
+      assert.equal(reply.content.status, 'ok');
+      assert.equal(reply.channel, 'shell');
+      assert.equal(stdout, '42\n');
+      const types = iopub.map((m) => m.header.msg_type);
+      assert.ok(types.includes('execute_input'), `iopub types ${types}`);
+      const states = iopub.filter((m) => m.header.msg_type === 'status').map((m) => m.content.execution_state);
+      assert.deepEqual(states, ['busy', 'idle']);
+      for (const m of iopub) {
+        assert.equal(m.channel, 'iopub');
+        assert.equal(m.parent_header.msg_id, reply.parent_header.msg_id, 'iopub message with a foreign parent');
+      }
+    });
+
+    step('execute_result carries text/plain and the execution count', async () => {
+      const { reply, iopub } = await execute(kernel, '6*7');
+      assert.equal(reply.content.status, 'ok');
+      const results = iopub.filter((m) => m.header.msg_type === 'execute_result');
+      assert.equal(results.length, 1, 'expected exactly one execute_result');
+      assert.equal(results[0].content.data['text/plain'], '42');
+      assert.equal(results[0].content.execution_count, reply.content.execution_count);
+      assert.ok(reply.content.execution_count >= 2);
+    });
+
+    step('an exception gives an error reply and an iopub error', async () => {
+      const { reply, iopub } = await execute(kernel, '1/0');
+      assert.equal(reply.content.status, 'error');
+      assert.equal(reply.content.ename, 'ZeroDivisionError');
+      const errors = iopub.filter((m) => m.header.msg_type === 'error');
+      assert.equal(errors.length, 1);
+      assert.equal(errors[0].content.ename, 'ZeroDivisionError');
+      assert.ok(Array.isArray(errors[0].content.traceback) && errors[0].content.traceback.length > 0);
+    });
+
+    step('input() is answered through the stdin channel', async () => {
+      const prompts = [];
+      const { reply, stdout } = await execute(kernel, "name = input('Who? ')\nprint('hello ' + name)", {
+        onStdin: (msg, future) => {
+          prompts.push(msg);
+          future.sendInputReply({ status: 'ok', value: 'kernelgate' }, msg.header);
+        },
+      });
+      assert.equal(prompts.length, 1, 'expected one input_request');
+      assert.equal(prompts[0].header.msg_type, 'input_request');
+      assert.equal(prompts[0].channel, 'stdin');
+      assert.equal(prompts[0].content.prompt, 'Who? ');
+      assert.equal(reply.content.status, 'ok');
+      assert.equal(stdout, 'hello kernelgate\n');
+    });
+
+    step('a comm echoes binary buffers back intact', async () => {
+      // Kernel side: a comm target that answers every message with the sizes and hashes of the buffers
+      // it received and echoes the buffers themselves.
+      const setup = await execute(
+        kernel,
+        [
+          'import hashlib',
+          'def _kg_echo_target(comm, open_msg):',
+          '    @comm.on_msg',
+          '    def _recv(msg):',
+          "        bufs = [bytes(b) for b in msg['buffers']]",
+          "        comm.send(data={'tag': msg['content']['data'].get('tag'),",
+          "                        'sizes': [len(b) for b in bufs],",
+          "                        'sha256': [hashlib.sha256(b).hexdigest() for b in bufs]},",
+          '                  buffers=bufs)',
+          "get_ipython().kernel.comm_manager.register_target('kg_echo', _kg_echo_target)",
+        ].join('\n')
+      );
+      assert.equal(setup.reply.content.status, 'ok', JSON.stringify(setup.reply.content));
+
+      const big = new Uint8Array(70_000).map((_, i) => (i * 7 + (i >> 8)) & 0xff); // > 64 KiB, every byte value
+      const small = new Uint8Array([0, 255, 10, 13, 0x7b, 0x22]); // NUL, 0xff, newline, '{', '"'
+      const sock = kernelSockets(sockets, kernel.id)[0];
+      const binaryBefore = sock.frames.binary;
+
+      const comm = kernel.createComm('kg_echo');
+      const echoed = new Promise((resolve) => {
+        comm.onMsg = (msg) => resolve(msg);
+      });
+      await withDeadline(comm.open({}).done, EXEC_TIMEOUT, 'comm_open to be processed');
+      // One plain ArrayBuffer and one DataView (the library serializes a view's whole underlying
+      // buffer, so the view spans all of it).
+      comm.send({ tag: 'bin' }, {}, [big.buffer, new DataView(small.buffer)]);
+      const msg = await withDeadline(echoed, EXEC_TIMEOUT, 'comm_msg echo from the kernel');
+
+      assert.equal(msg.header.msg_type, 'comm_msg');
+      assert.equal(msg.channel, 'iopub');
+      assert.equal(msg.content.comm_id, comm.commId);
+      const d = msg.content.data;
+      assert.equal(d.tag, 'bin');
+      // What the kernel received (client -> gateway -> kernel).
+      assert.deepEqual(d.sizes, [big.length, small.length]);
+      assert.deepEqual(d.sha256, [sha256(big), sha256(small)]);
+      // What came back (kernel -> gateway -> client).
+      assert.equal(msg.buffers?.length, 2, `echo carried ${msg.buffers?.length} buffers`);
+      const got = msg.buffers.map((b) => (b instanceof ArrayBuffer ? new Uint8Array(b) : bytesOf(b)));
+      assert.equal(got[0].length, big.length);
+      assert.ok(Buffer.from(got[0]).equals(Buffer.from(big)), '70000-byte buffer changed on the way back');
+      assert.ok(Buffer.from(got[1]).equals(Buffer.from(small)), `small buffer came back as ${Array.from(got[1])}`);
+
+      if (mode === 'legacy') {
+        assert.ok(sock.frames.binary > binaryBefore, 'legacy mode: the echo did not arrive as a binary frame');
+        assert.ok(sock.binaryMsgTypes.includes('comm_msg'), `legacy binary frames carried ${sock.binaryMsgTypes}`);
+        assert.ok(sock.binaryMsgTypes.every((t) => t === 'comm_msg'), `unexpected legacy binary frames: ${sock.binaryMsgTypes}`);
+      }
+      comm.close();
+    });
+
+    step('the websocket used the negotiated framing throughout', async () => {
+      const sock = kernelSockets(sockets, kernel.id)[0];
+      if (mode === 'v1') {
+        assert.equal(sock.frames.text, 0, `v1: server sent ${sock.frames.text} text frames`);
+        assert.ok(sock.frames.binary > 10, `v1: only ${sock.frames.binary} binary frames`);
+      } else {
+        assert.ok(sock.frames.text > 10, `legacy: only ${sock.frames.text} text frames`);
+      }
+    });
+
+    step('interrupt stops a running sleep', async () => {
+      const before = await execute(kernel, 'import os\nprint(os.getpid())');
+      kernelPid = Number(before.stdout.trim());
+      assert.ok(kernelPid > 0);
+
+      let sleeping;
+      const started = new Promise((resolve) => {
+        sleeping = resolve;
+      });
+      const run = execute(kernel, "import time\nprint('sleeping', flush=True)\ntime.sleep(60)\nprint('woke')", {
+        timeoutMs: 30_000,
+        onIOPub: (m) => {
+          if (m.header.msg_type === 'stream' && m.content.text.includes('sleeping')) sleeping();
+        },
+      });
+      await withDeadline(started, 15_000, "the cell to print 'sleeping'");
+      const t0 = Date.now();
+      await withDeadline(kernel.interrupt(), 10_000, 'POST interrupt');
+      const { reply, iopub, stdout } = await run;
+      assert.ok(Date.now() - t0 < 15_000, 'interrupt took too long');
+      assert.equal(reply.content.status, 'error');
+      assert.equal(reply.content.ename, 'KeyboardInterrupt');
+      assert.ok(iopub.some((m) => m.header.msg_type === 'error' && m.content.ename === 'KeyboardInterrupt'));
+      assert.equal(stdout, 'sleeping\n');
+      const after = await execute(kernel, 'print(os.getpid(), 6*7)');
+      assert.equal(after.stdout, `${kernelPid} 42\n`, 'kernel did not survive the interrupt');
+    });
+
+    step('restart clears kernel state and keeps the kernel id', async () => {
+      const id = kernel.id;
+      const set = await execute(kernel, 'kg_state = 123\nprint(kg_state)');
+      assert.equal(set.stdout, '123\n');
+      await withDeadline(kernel.restart(), 60_000, 'POST restart');
+      assert.equal(kernel.id, id);
+      await withDeadline(kernel.info, 20_000, 'kernel_info after restart');
+      const check = await execute(kernel, "import os\nprint('kg_state' in globals(), os.getpid())");
+      const [present, pid] = check.stdout.trim().split(' ');
+      assert.equal(present, 'False', 'variable survived the restart');
+      assert.notEqual(Number(pid), kernelPid, 'same kernel process after restart');
+      assert.equal(check.reply.content.execution_count, 1, 'execution count not reset');
+      const model = await KernelAPI.getKernelModel(id, serverSettings);
+      assert.equal(model?.id, id);
+      kernelPid = Number(pid);
+    });
+
+    step('shutdown removes the kernel and ends its process', async () => {
+      const id = kernel.id;
+      await withDeadline(kernel.shutdown(), 30_000, 'DELETE kernel');
+      assert.equal(kernel.status, 'dead');
+      const running = await KernelAPI.listRunning(serverSettings);
+      assert.ok(!running.some((k) => k.id === id), 'kernel still listed after shutdown');
+      assert.equal(await KernelAPI.getKernelModel(id, serverSettings), undefined, 'GET kernel did not 404');
+      await waitUntil(() => isZombie(kernelPid), {
+        timeoutMs: 15_000,
+        what: `kernel process ${kernelPid} to exit`,
+      });
+    });
+
+    step('sessions: start by path, list, rename, reuse, shut down', async () => {
+      sessionManager = new SessionManager({ kernelManager, serverSettings });
+      await withDeadline(sessionManager.ready, 15_000, 'SessionManager.ready');
+      const path = `clients/${mode}/x.ipynb`;
+      const session = await withDeadline(
+        sessionManager.startNew({ path, type: 'notebook', name: 'x.ipynb', kernel: { name: 'python3' } }),
+        60_000,
+        'SessionManager.startNew'
+      );
+      assert.match(session.id, UUID_RE);
+      assert.equal(session.path, path);
+      assert.equal(session.type, 'notebook');
+      assert.equal(session.name, 'x.ipynb');
+      assert.ok(session.kernel, 'session has no kernel');
+      assert.equal(session.kernel.name, 'python3');
+      const kernelId = session.kernel.id;
+
+      const { stdout } = await execute(session.kernel, 'print(6*7)');
+      assert.equal(stdout, '42\n');
+
+      let list = await SessionAPI.listRunning(serverSettings);
+      const listed = list.find((s) => s.id === session.id);
+      assert.ok(listed, 'session missing from GET /api/sessions');
+      assert.equal(listed.path, path);
+      assert.equal(listed.kernel.id, kernelId);
+      const found = await sessionManager.findByPath(path);
+      assert.equal(found?.id, session.id);
+
+      // POST with an existing path returns the existing session.
+      const again = await SessionAPI.startSession({ path, type: 'notebook', name: 'x.ipynb', kernel: { name: 'python3' } }, serverSettings);
+      assert.equal(again.id, session.id);
+      assert.equal(again.kernel.id, kernelId);
+
+      // Rename (PATCH).
+      const newPath = `clients/${mode}/y.ipynb`;
+      await withDeadline(session.setPath(newPath), 10_000, 'PATCH session path');
+      const model = await SessionAPI.getSessionModel(session.id, serverSettings);
+      assert.equal(model.path, newPath);
+      assert.equal(model.kernel.id, kernelId);
+
+      await withDeadline(session.shutdown(), 30_000, 'DELETE session');
+      list = await SessionAPI.listRunning(serverSettings);
+      assert.ok(!list.some((s) => s.id === session.id), 'session still listed after shutdown');
+      assert.equal(await KernelAPI.getKernelModel(kernelId, serverSettings), undefined, "session's kernel survived its shutdown");
+    });
+
+    step('the gateway stops on SIGTERM without leaving kernels behind', async () => {
+      // One more kernel, left running on purpose: the gateway must shut it down when it stops.
+      const k = await withDeadline(kernelManager.startNew({ name: 'python3' }), 60_000, 'startNew');
+      const { stdout } = await execute(k, 'import os\nprint(os.getpid())');
+      const pid = Number(stdout.trim());
+      sessionManager.dispose();
+      kernelManager.dispose();
+      specManager.dispose();
+      const res = await gw.stop();
+      assert.ok(res.graceful, 'gateway did not exit within 15 s of SIGTERM');
+      assert.equal(res.code, 0, `gateway exit code ${res.code} signal ${res.signal}`);
+      assert.deepEqual(res.leftovers, [], 'processes left running after the gateway exited');
+      assert.ok(isZombie(pid), `kernel ${pid} still running`);
+    });
+  });
+}
+
+/** True when `pid` is gone or a zombie (exited, not yet reaped by its parent). */
+function isZombie(pid) {
+  try {
+    return /\) [ZX] /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true;
+  }
+}
