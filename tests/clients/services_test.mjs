@@ -105,8 +105,14 @@ for (const mode of ['v1', 'legacy']) {
     let kernelPid;
     const sockets = [];
 
+    let failed = false;
     // Every test body goes through this so that a failure prints the gateway log.
-    const step = (name, fn) => it(name, { timeout: STEP_TIMEOUT }, () => dumpLogsOnFailure([gw], fn));
+    const step = (name, fn) =>
+      it(name, { timeout: STEP_TIMEOUT }, () =>
+        dumpLogsOnFailure([gw], fn).catch((e) => {
+          failed = true;
+          throw e;
+        }));
 
     before(async () => {
       gw = await startGateway({ label: `services-${mode}` });
@@ -129,6 +135,9 @@ for (const mode of ['v1', 'legacy']) {
       specManager?.dispose();
       for (const s of sockets) s.ws.terminate();
       if (gw) await gw.stop();
+      // Keep the temp root (logs, data dir) of a failed run for inspection.
+      if (gw && !failed) gw.cleanup();
+      else if (gw) process.stderr.write(`# [${mode}] kept ${gw.root}\n`);
     });
 
     step('lists kernelspecs, including python3 with resources', async () => {
