@@ -12,6 +12,7 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import net from 'node:net';
 import { existsSync, readFileSync } from 'node:fs';
 import {
   requireNodeModules, startGateway, withDeadline, waitUntil, dumpLogsOnFailure,
@@ -38,14 +39,54 @@ const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 const STEP_TIMEOUT = 30_000; // per test
 const EXEC_TIMEOUT = 20_000; // per execute request
 
-/** A `ws` WebSocket subclass that records what was offered, what the server chose and the frame kinds. */
-function recordingWebSocket(mode, sockets) {
+/**
+ * A TCP socket that holds back everything written to it until `delayMs` after its creation: the
+ * connection is made at once, but the server sees the WebSocket upgrade request only later.
+ */
+class DelayedWriteSocket extends net.Socket {
+  constructor(delayMs) {
+    super();
+    this.releaseAt = Date.now() + delayMs;
+  }
+  _later(fn) {
+    const wait = this.releaseAt - Date.now();
+    if (wait > 0) setTimeout(fn, wait);
+    else fn();
+  }
+  _write(chunk, encoding, cb) {
+    this._later(() => super._write(chunk, encoding, cb));
+  }
+  _writev(chunks, cb) {
+    this._later(() => super._writev(chunks, cb));
+  }
+}
+
+/**
+ * A `ws` WebSocket subclass that records what was offered, what the server chose and the frame kinds.
+ * `control.delayNextMs` > 0 makes the next socket send its upgrade request that much later.
+ */
+function recordingWebSocket(mode, sockets, control) {
   return class RecordingWebSocket extends WebSocket {
     constructor(url, protocols) {
       const offered = mode === 'legacy' ? [] : [].concat(protocols ?? []);
-      super(url, offered);
-      const entry = { url: String(url), offered, frames: { text: 0, binary: 0 }, binaryMsgTypes: [], ws: this };
+      const delayMs = control.delayNextMs;
+      control.delayNextMs = 0;
+      const options = {};
+      if (delayMs > 0) {
+        options.createConnection = (opts) => {
+          const sock = new DelayedWriteSocket(delayMs);
+          return sock.connect({ ...opts, path: opts.socketPath });
+        };
+      }
+      super(url, offered, options);
+      const entry = {
+        url: String(url), offered, frames: { text: 0, binary: 0 }, binaryMsgTypes: [], ws: this,
+        createdAt: Date.now(), openedAt: null,
+      };
       sockets.push(entry);
+      this.on('open', () => {
+        entry.openedAt = Date.now();
+      });
       this.on('message', (data, isBinary) => {
         entry.frames[isBinary ? 'binary' : 'text']++;
         if (isBinary && mode === 'legacy') entry.binaryMsgTypes.push(legacyBinaryMsgType(data));
@@ -90,8 +131,12 @@ async function execute(kernel, code, { onStdin, timeoutMs = EXEC_TIMEOUT, onIOPu
   return { reply, iopub, stdout: stream('stdout'), stderr: stream('stderr') };
 }
 
-function kernelSockets(sockets, kernelId) {
-  return sockets.filter((s) => s.url.includes(`/api/kernels/${kernelId}/channels`));
+/** The websockets opened by one KernelConnection (same kernel, same client session id), oldest first. */
+function kernelSockets(sockets, conn) {
+  return sockets.filter((s) => {
+    const u = new URL(s.url);
+    return u.pathname.endsWith(`/api/kernels/${conn.id}/channels`) && u.searchParams.get('session_id') === conn.clientId;
+  });
 }
 
 for (const mode of ['v1', 'legacy']) {
@@ -104,6 +149,7 @@ for (const mode of ['v1', 'legacy']) {
     let kernel;
     let kernelPid;
     const sockets = [];
+    const wsControl = { delayNextMs: 0 };
 
     let failed = false;
     // Every test body goes through this so that a failure prints the gateway log.
@@ -122,7 +168,7 @@ for (const mode of ['v1', 'legacy']) {
         wsUrl: `${gw.wsUrl}/`,
         token: gw.token,
         appendToken: true,
-        WebSocket: recordingWebSocket(mode, sockets),
+        WebSocket: recordingWebSocket(mode, sockets, wsControl),
         fetch,
         Request,
         Headers,
@@ -185,7 +231,7 @@ for (const mode of ['v1', 'legacy']) {
       assert.match(info.protocol_version, /^5\./);
       await waitUntil(() => kernel.connectionStatus === 'connected', { timeoutMs: 10_000, what: 'connectionStatus connected' });
 
-      const mine = kernelSockets(sockets, kernel.id);
+      const mine = kernelSockets(sockets, kernel);
       assert.equal(mine.length, 1, `expected one websocket to the kernel, saw ${mine.length}`);
       const [sock] = mine;
       assert.match(sock.url, /[?&]session_id=/, 'websocket URL carries no session_id');
@@ -279,7 +325,7 @@ for (const mode of ['v1', 'legacy']) {
 
       const big = new Uint8Array(70_000).map((_, i) => (i * 7 + (i >> 8)) & 0xff); // > 64 KiB, every byte value
       const small = new Uint8Array([0, 255, 10, 13, 0x7b, 0x22]); // NUL, 0xff, newline, '{', '"'
-      const sock = kernelSockets(sockets, kernel.id)[0];
+      const sock = kernelSockets(sockets, kernel)[0];
       const binaryBefore = sock.frames.binary;
 
       const comm = kernel.createComm('kg_echo');
@@ -316,13 +362,70 @@ for (const mode of ['v1', 'legacy']) {
     });
 
     step('the websocket used the negotiated framing throughout', async () => {
-      const sock = kernelSockets(sockets, kernel.id)[0];
+      const sock = kernelSockets(sockets, kernel)[0];
       if (mode === 'v1') {
         assert.equal(sock.frames.text, 0, `v1: server sent ${sock.frames.text} text frames`);
         assert.ok(sock.frames.binary > 10, `v1: only ${sock.frames.binary} binary frames`);
       } else {
         assert.ok(sock.frames.text > 10, `legacy: only ${sock.frames.text} text frames`);
       }
+    });
+
+    step('a second connection to the same kernel sees the iopub of the first', async () => {
+      const other = kernelManager.connectTo({ model: kernel.model, handleComms: false });
+      try {
+        await withDeadline(other.info, 20_000, 'kernel_info on the second connection');
+        assert.notEqual(other.clientId, kernel.clientId);
+        const seen = [];
+        other.iopubMessage.connect((_, msg) => seen.push(msg));
+        const { reply, stdout } = await execute(kernel, "print('shared')");
+        assert.equal(stdout, 'shared\n');
+        const parent = reply.parent_header.msg_id;
+        await waitUntil(
+          () => seen.some((m) => m.header.msg_type === 'status' && m.content.execution_state === 'idle' && m.parent_header.msg_id === parent),
+          { timeoutMs: 10_000, what: 'the idle status of the first connection\'s request on the second connection' }
+        );
+        const streams = seen.filter((m) => m.header.msg_type === 'stream' && m.parent_header.msg_id === parent);
+        assert.deepEqual(streams.map((m) => m.content.text), ['shared\n']);
+        const model = await KernelAPI.getKernelModel(kernel.id, serverSettings);
+        assert.ok(model.connections >= 2, `connections ${model.connections} with two clients`);
+      } finally {
+        other.dispose();
+      }
+    });
+
+    step('output produced while the websocket is down is replayed on reconnect', async () => {
+      const before = kernelSockets(sockets, kernel).length;
+      const current = kernelSockets(sockets, kernel).at(-1);
+      let dropped = false;
+      const run = execute(kernel, "import time\nprint('before', flush=True)\ntime.sleep(0.5)\nprint('after', flush=True)", {
+        timeoutMs: 30_000,
+        onIOPub: (m) => {
+          if (!dropped && m.header.msg_type === 'stream' && m.content.text.includes('before')) {
+            dropped = true;
+            // The library reconnects at once with the same session id; hold that reconnection's
+            // upgrade request back for 2.5 s so that 'after', the reply and idle happen while no
+            // socket is connected.
+            wsControl.delayNextMs = 2500;
+            current.ws.terminate();
+          }
+        },
+      });
+      const { reply, stdout, iopub } = await run;
+      assert.ok(dropped, "never saw 'before'");
+      assert.equal(reply.content.status, 'ok');
+      assert.equal(stdout, 'before\nafter\n', 'output lost or duplicated across the reconnect');
+      const mine = kernelSockets(sockets, kernel);
+      assert.equal(mine.length, before + 1, 'the library did not reconnect exactly once');
+      const again = mine.at(-1);
+      assert.ok(again.openedAt, 'reconnected socket never opened');
+      assert.equal(new URL(again.url).searchParams.get('session_id'), new URL(current.url).searchParams.get('session_id'));
+      // 'after' was produced by the kernel before the new socket was open, so it was replayed.
+      const after = iopub.find((m) => m.header.msg_type === 'stream' && m.content.text.includes('after'));
+      assert.ok(Date.parse(after.header.date) < again.openedAt, `'after' at ${after.header.date} is not older than the reconnect at ${new Date(again.openedAt).toISOString()}`);
+      await waitUntil(() => kernel.connectionStatus === 'connected', { timeoutMs: 10_000, what: 'connectionStatus connected' });
+      const check = await execute(kernel, 'print(6*7)');
+      assert.equal(check.stdout, '42\n');
     });
 
     step('interrupt stops a running sleep', async () => {
