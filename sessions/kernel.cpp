@@ -33,7 +33,7 @@ std::string iso8601(kernel::clock::time_point tp)
     const std::time_t secs = static_cast<std::time_t>(us / 1000000);
     std::tm tm{};
     gmtime_r(&secs, &tm);
-    char buf[40];
+    char buf[96];
     std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%06lldZ", tm.tm_year + 1900,
                   tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                   static_cast<long long>(us % 1000000));
@@ -187,6 +187,15 @@ void kernel::on_kernel_message(zp::channel ch, zp::message&& msg)
     }
 
     if (ch == zp::channel::iopub) {
+        // Output caused by our own kernel_info nudges is not the user's: it neither changes
+        // the execution state nor reaches clients.
+        if (!nudge_ids_.empty()) {
+            const auto parent = zp::json_string_field(msg.parent_header, "msg_id");
+            if (parent && std::find(nudge_ids_.begin(), nudge_ids_.end(), *parent) !=
+                              nudge_ids_.end()) {
+                return;
+            }
+        }
         if (ev->msg_type == "status") {
             if (auto st = zp::json_string_field(msg.content, "execution_state")) {
                 state_ = *st;

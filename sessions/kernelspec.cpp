@@ -136,7 +136,10 @@ std::vector<conda_env> find_conda_envs(const fs::path& home)
             continue;
         }
         const fs::path p(line);
-        add(p, p.parent_path().filename() == "envs" ? p.filename().string() : "base");
+        // A conda install's root is "base"; any other env is named after its directory.
+        add(p, fs::is_directory(p / "envs", ec) || fs::exists(p / "condabin", ec)
+                   ? std::string("base")
+                   : p.filename().string());
     }
     return envs;
 }

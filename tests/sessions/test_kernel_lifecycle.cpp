@@ -1,0 +1,321 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// Real ipykernel kernels (Debian's python3-ipykernel) driven through the registry, the local
+// host and the ZeroMQ channels: no mocks. Kernel-side faults that a real kernel cannot produce
+// are covered by the fake-kernel integration tests.
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+
+#include <catch2/catch.hpp>
+#include <spdlog/spdlog.h>
+
+#include "sessions/local_host.hpp"
+#include "sessions/registry.hpp"
+#include "zmq_protocol/json_scan.hpp"
+#include "zmq_protocol/wire_codec.hpp"
+
+namespace fs = std::filesystem;
+namespace zp = kernelgate::zmq_protocol;
+using namespace kernelgate::sessions;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct sink final : client_sink
+{
+    std::string sid = zp::new_uuid();
+    std::vector<kernel_event_ptr> events;
+    std::optional<std::uint16_t> closed;
+    void deliver(const kernel_event_ptr& ev) override { events.push_back(ev); }
+    void close_from_kernel(std::uint16_t code, const std::string&) override { closed = code; }
+    const std::string& session_id() const override { return sid; }
+
+    bool saw(const std::string& msg_type, const std::string& needle = "") const
+    {
+        for (const auto& e : events) {
+            if (e->msg_type == msg_type && e->msg.content.find(needle) != std::string::npos) {
+                return true;
+            }
+        }
+        return false;
+    }
+};
+
+struct fixture
+{
+    boost::asio::io_context ioc;
+    zmq::context_t zctx{1};
+    fs::path dir;
+    std::unique_ptr<store> db;
+    std::unique_ptr<local_host> host;
+    std::unique_ptr<registry> reg;
+
+    explicit fixture(registry_config cfg = {}, discovery_options disc = {})
+    {
+        char tmpl[] = "/tmp/kg-life-XXXXXX";
+        dir = ::mkdtemp(tmpl);
+        db = std::make_unique<store>(dir / "kg.db");
+        host = std::make_unique<local_host>(ioc, dir / "runtime");
+        cfg.launch_timeout = 30s;
+        cfg.shutdown_wait = 4s;
+        reg = std::make_unique<registry>(ioc, zctx, *host, *db, cfg, disc);
+    }
+    ~fixture()
+    {
+        bool done = false;
+        reg->shutdown_all([&] { done = true; });
+        run_until([&] { return done; }, 15s);
+        reg.reset();
+        host.reset();
+        fs::remove_all(dir);
+    }
+
+    template <class Pred>
+    bool run_until(Pred pred, std::chrono::milliseconds limit)
+    {
+        const auto end = std::chrono::steady_clock::now() + limit;
+        while (!pred()) {
+            if (std::chrono::steady_clock::now() > end) {
+                return false;
+            }
+            ioc.run_one_for(20ms);
+        }
+        return true;
+    }
+
+    kernel_ptr start(const std::string& name = "python3")
+    {
+        kernel_ptr k;
+        std::optional<failure> f;
+        bool done = false;
+        reg->start(name, nlohmann::json::object(), "tester", [&](kernel_ptr kk, auto ff) {
+            k = std::move(kk);
+            f = std::move(ff);
+            done = true;
+        });
+        REQUIRE(run_until([&] { return done; }, 40s));
+        if (f) {
+            FAIL("start failed: " << f->message);
+        }
+        return k;
+    }
+
+    std::string execute(kernel& k, const sink& from, const std::string& code)
+    {
+        zp::message m;
+        const auto id = zp::new_uuid();
+        m.header = zp::make_header("execute_request", from.sid, "tester", id);
+        m.parent_header = "{}";
+        m.metadata = "{}";
+        m.content = nlohmann::json{{"code", code}, {"silent", false}, {"allow_stdin", false}, {"stop_on_error", false}}
+                        .dump();
+        REQUIRE(k.send_from_client(from, zp::channel::shell, std::move(m)));
+        return id;
+    }
+
+    bool wait_reply(sink& s, const std::string& parent, std::chrono::milliseconds limit = 20s)
+    {
+        return run_until(
+            [&] {
+                for (const auto& e : s.events) {
+                    if (e->msg_type == "execute_reply" &&
+                        zp::json_string_field(e->msg.parent_header, "msg_id") == parent) {
+                        return true;
+                    }
+                }
+                return false;
+            },
+            limit);
+    }
+};
+
+} // namespace
+
+TEST_CASE("real kernel: start, execute, stream, error")
+{
+    fixture fx;
+    auto k = fx.start();
+    CHECK(k->execution_state() == "idle");
+    CHECK(fx.host->alive(k->id()));
+    CHECK(fx.db->kernels().size() == 1);
+    auto s = std::make_shared<sink>();
+    k->attach(s);
+    auto id = fx.execute(*k, *s, "print('hello from kernel')");
+    REQUIRE(fx.wait_reply(*s, id));
+    CHECK(fx.run_until([&] { return s->saw("stream", "hello from kernel"); }, 5s));
+    id = fx.execute(*k, *s, "1/0");
+    REQUIRE(fx.wait_reply(*s, id));
+    CHECK(fx.run_until([&] { return s->saw("error", "ZeroDivisionError"); }, 5s));
+    CHECK(k->rejected_total() == 0);
+}
+
+TEST_CASE("real kernel: killed from outside is restarted under the same id")
+{
+    fixture fx;
+    auto k = fx.start();
+    const auto id = k->id();
+    auto s = std::make_shared<sink>();
+    k->attach(s);
+    const int pid = fx.host->pid(id);
+    REQUIRE(pid > 0);
+    ::kill(pid, SIGKILL);
+    REQUIRE(fx.run_until([&] { return s->saw("status", "restarting"); }, 10s));
+    REQUIRE(fx.run_until([&] { return fx.host->alive(id) && k->execution_state() == "idle"; },
+                         40s));
+    CHECK(fx.host->pid(id) != pid);
+    CHECK(fx.reg->find(id) == k);
+    CHECK(fx.reg->kernels_died_total() == 1);
+    const auto mid = fx.execute(*k, *s, "print(40+2)");
+    REQUIRE(fx.wait_reply(*s, mid));
+    CHECK(fx.run_until([&] { return s->saw("stream", "42"); }, 5s));
+}
+
+TEST_CASE("real kernel: restart clears state, interrupt stops a sleep, shutdown cleans up")
+{
+    fixture fx;
+    auto k = fx.start();
+    auto s = std::make_shared<sink>();
+    k->attach(s);
+    auto id = fx.execute(*k, *s, "x = 41");
+    REQUIRE(fx.wait_reply(*s, id));
+
+    std::optional<failure> rf{failure{}};
+    bool restarted = false;
+    fx.reg->restart(k, [&](std::optional<failure> f) {
+        rf = std::move(f);
+        restarted = true;
+    });
+    REQUIRE(fx.run_until([&] { return restarted; }, 40s));
+    CHECK_FALSE(rf);
+    CHECK(fx.run_until([&] { return s->saw("status", "restarting"); }, 5s));
+    s->events.clear();
+    id = fx.execute(*k, *s, "x");
+    REQUIRE(fx.wait_reply(*s, id));
+    CHECK(fx.run_until([&] { return s->saw("error", "NameError"); }, 5s));
+
+    s->events.clear();
+    const auto t0 = std::chrono::steady_clock::now();
+    id = fx.execute(*k, *s, "import time; time.sleep(30)");
+    REQUIRE(fx.run_until([&] { return k->execution_state() == "busy"; }, 10s));
+    fx.run_until([] { return false; }, 300ms);  // let the sleep begin
+    CHECK_FALSE(fx.reg->interrupt(k));
+    REQUIRE(fx.wait_reply(*s, id, 15s));
+    const bool interrupted = fx.run_until([&] { return s->saw("error", "KeyboardInterrupt"); }, 5s);
+    if (!interrupted) {
+        for (const auto& e : s->events) {
+            UNSCOPED_INFO(e->msg_type << ": " << e->msg.content.substr(0, 200));
+        }
+    }
+    CHECK(interrupted);
+    CHECK(std::chrono::steady_clock::now() - t0 < 15s);
+
+    const auto kid = k->id();
+    bool down = false;
+    fx.reg->shutdown(k, [&](std::optional<failure>) { down = true; });
+    REQUIRE(fx.run_until([&] { return down; }, 15s));
+    CHECK_FALSE(fx.host->alive(kid));
+    CHECK(fx.reg->find(kid) == nullptr);
+    CHECK(fx.db->kernels().empty());
+    CHECK(s->closed == 1000);
+    CHECK_FALSE(fs::exists(fx.dir / "runtime" / ("kernel-" + kid + ".json")));
+}
+
+TEST_CASE("replay: output while disconnected reaches the same session_id on reconnect")
+{
+    fixture fx;
+    auto k = fx.start();
+    auto s = std::make_shared<sink>();
+    k->attach(s);
+    const auto id = fx.execute(*k, *s, "import time; time.sleep(0.5); print('while away')");
+    k->detach(s.get());
+    REQUIRE(fx.run_until([&] { return k->execution_state() == "idle" && !s->saw("stream"); },
+                         10s));
+    fx.run_until([] { return false; }, 1500ms);
+    CHECK_FALSE(s->saw("stream", "while away"));  // it was not delivered while detached
+
+    auto other = std::make_shared<sink>();
+    other->sid = s->sid;
+    k->attach(other);
+    CHECK(other->saw("stream", "while away"));
+    bool got_reply = false;
+    for (const auto& e : other->events) {
+        got_reply |= e->msg_type == "execute_reply" &&
+                     zp::json_string_field(e->msg.parent_header, "msg_id") == id;
+    }
+    CHECK(got_reply);
+
+    // A different session id gets nothing from the buffer.
+    k->detach(other.get());
+    const auto id2 = fx.execute(*k, *other, "print('second')");
+    (void)id2;
+    fx.run_until([] { return false; }, 1500ms);
+    auto stranger = std::make_shared<sink>();
+    k->attach(stranger);
+    CHECK_FALSE(stranger->saw("stream", "second"));
+}
+
+TEST_CASE("a spec whose program does not exist fails with a clear error")
+{
+    char tmpl[] = "/tmp/kg-badspec-XXXXXX";
+    const fs::path d = ::mkdtemp(tmpl);
+    fs::create_directories(d / "nope");
+    std::ofstream(d / "nope" / "kernel.json")
+        << R"({"argv":["/nonexistent/python","-f","{connection_file}"],"display_name":"x"})";
+    discovery_options disc;
+    disc.extra_kernel_dirs = {d};
+    fixture fx({}, disc);
+    std::optional<failure> f;
+    bool done = false;
+    fx.reg->start("nope", nlohmann::json::object(), "t", [&](kernel_ptr, auto ff) {
+        f = std::move(ff);
+        done = true;
+    });
+    REQUIRE(fx.run_until([&] { return done; }, 10s));
+    REQUIRE(f);
+    CHECK(f->status == 500);
+    CHECK_THAT(f->message, Catch::Contains("No such file"));
+    CHECK(fx.reg->size() == 0);
+    fs::remove_all(d);
+}
+
+TEST_CASE("env from a request: KERNEL_* only, values checked")
+{
+    fixture fx;
+    std::map<std::string, std::string> out;
+    CHECK_FALSE(fx.reg->filter_env({{"KERNEL_USERNAME", "ann"}, {"LD_PRELOAD", "/x.so"},
+                                    {"PATH", "/evil"}},
+                                   out));
+    CHECK(out == std::map<std::string, std::string>{{"KERNEL_USERNAME", "ann"}});
+    out.clear();
+    CHECK(fx.reg->filter_env({{"KERNEL_X", "a\nb"}}, out));
+    CHECK(fx.reg->filter_env({{"KERNEL_X", std::string(5000, 'a')}}, out));
+    CHECK(fx.reg->filter_env({{"KERNEL_X", 5}}, out));
+    CHECK(fx.reg->filter_env(nlohmann::json::array(), out)->status == 400);
+}
+
+TEST_CASE("a conda environment with ipykernel runs as its own kernel")
+{
+    // A real environment: a venv over Debian's python (which has ipykernel), marked as a conda
+    // env the way conda marks them (conda-meta/ with the ipykernel package record).
+    char tmpl[] = "/tmp/kg-conda-XXXXXX";
+    const fs::path home = ::mkdtemp(tmpl);
+    const auto env = home / "miniconda3" / "envs" / "lab";
+    fs::create_directories(home / "miniconda3" / "conda-meta");
+    REQUIRE(std::system(("/usr/bin/python3 -m venv --system-site-packages --without-pip " +
+                         env.string())
+                            .c_str()) == 0);
+    fs::create_directories(env / "conda-meta");
+    std::ofstream(env / "conda-meta" / "ipykernel-6.17.0-py311.json") << "{}";
+    discovery_options disc;
+    disc.home = home;
+    fixture fx({}, disc);
+    REQUIRE(fx.reg->find_spec("conda-env-lab-py") != nullptr);
+    auto k = fx.start("conda-env-lab-py");
+    auto s = std::make_shared<sink>();
+    k->attach(s);
+    const auto id = fx.execute(*k, *s, "import sys; print('PREFIX=' + sys.prefix)");
+    REQUIRE(fx.wait_reply(*s, id));
+    CHECK(fx.run_until([&] { return s->saw("stream", "PREFIX=" + fs::canonical(env).string()); }, 5s));
+    fs::remove_all(home);
+}
