@@ -12,6 +12,7 @@ stopped with SIGTERM (then SIGKILL) at teardown, and its log is attached to fail
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import shutil
@@ -119,6 +120,15 @@ def _pids_with_marker(marker: str) -> List[int]:
     return found
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the test process dies (e.g. killed by a ctest timeout)."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -139,7 +149,8 @@ class ManagedProcess:
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(argv, env=env, cwd=str(cwd), stdin=subprocess.DEVNULL,
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
         self.stopped_rc: Optional[int] = None
 
     @property
