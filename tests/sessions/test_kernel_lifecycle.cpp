@@ -319,3 +319,66 @@ TEST_CASE("a conda environment with ipykernel runs as its own kernel")
     CHECK(fx.run_until([&] { return s->saw("stream", "PREFIX=" + fs::canonical(env).string()); }, 5s));
     fs::remove_all(home);
 }
+
+TEST_CASE("interrupt_mode message sends interrupt_request on control")
+{
+    char tmpl[] = "/tmp/kg-msgint-XXXXXX";
+    const fs::path d = ::mkdtemp(tmpl);
+    fs::create_directories(d / "pymsg");
+    std::ofstream(d / "pymsg" / "kernel.json")
+        << R"J({"argv":["/usr/bin/python3","-m","ipykernel_launcher","-f","{connection_file}"],
+              "display_name":"Python (message interrupts)","language":"python",
+              "interrupt_mode":"message"})J";
+    discovery_options disc;
+    disc.extra_kernel_dirs = {d};
+    fixture fx({}, disc);
+    auto k = fx.start("pymsg");
+    auto s = std::make_shared<sink>();
+    k->attach(s);
+    const auto id = fx.execute(*k, *s, "import time; time.sleep(30)");
+    REQUIRE(fx.run_until([&] { return k->execution_state() == "busy"; }, 10s));
+    fx.run_until([] { return false; }, 300ms);
+    const auto before = k->stats()->sent;
+    CHECK_FALSE(fx.reg->interrupt(k));
+    CHECK(k->stats()->sent == before + 1);  // a message went out instead of a signal
+    REQUIRE(fx.wait_reply(*s, id, 15s));
+    CHECK(fx.run_until([&] { return s->saw("error", "KeyboardInterrupt"); }, 5s));
+    fs::remove_all(d);
+}
+
+TEST_CASE("a kernel that keeps dying is declared dead after the restart limit")
+{
+    registry_config cfg;
+    cfg.restart_limit = 1;
+    fixture fx(cfg);
+    auto k = fx.start();
+    auto s = std::make_shared<sink>();
+    k->attach(s);
+    ::kill(fx.host->pid(k->id()), SIGKILL);
+    REQUIRE(fx.run_until([&] { return s->saw("status", "restarting"); }, 10s));
+    REQUIRE(fx.run_until([&] { return fx.host->alive(k->id()) && !k->restarting; }, 40s));
+    ::kill(fx.host->pid(k->id()), SIGKILL);
+    REQUIRE(fx.run_until([&] { return s->saw("status", "dead"); }, 10s));
+    CHECK(k->execution_state() == "dead");
+    CHECK_FALSE(fx.host->alive(k->id()));
+    CHECK(fx.reg->find(k->id()) == k);  // still listed (as dead) until deleted
+    CHECK(fx.db->kernels().at(0).state == "dead");
+}
+
+TEST_CASE("idle culling shuts down idle kernels without clients only")
+{
+    registry_config cfg;
+    cfg.cull_idle_timeout = 1s;
+    cfg.cull_interval = 1s;
+    fixture fx(cfg);
+    auto idle = fx.start();
+    auto watched = fx.start();
+    auto s = std::make_shared<sink>();
+    watched->attach(s);
+    const auto idle_id = idle->id();
+    idle.reset();
+    REQUIRE(fx.run_until([&] { return fx.reg->find(idle_id) == nullptr; }, 10s));
+    CHECK(fx.reg->kernels_culled_total() == 1);
+    CHECK(fx.reg->find(watched->id()) != nullptr);  // it has a client
+    CHECK_FALSE(s->closed);
+}
