@@ -14,8 +14,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import {
-  PYTHON, ManagedProcess, requireNodeModules, startGateway, freePort, randomToken, waitUntil, withDeadline,
-  dumpLogsOnFailure,
+  requireNodeModules, startGateway, startGatewayFront, waitUntil, withDeadline, dumpLogsOnFailure,
 } from './lib/gateway.mjs';
 
 requireNodeModules(['playwright-core']);
@@ -40,50 +39,6 @@ function notebookJson() {
   }, null, 1);
 }
 
-/** Start `jupyter notebook` 6.4 with --gateway-url=gw. Resolves when its kernelspecs (from the gateway) answer. */
-async function startNotebookFront(gw) {
-  const root = path.join(gw.root, 'front');
-  const nbDir = path.join(root, 'notebooks');
-  for (const d of [nbDir, path.join(root, 'runtime'), path.join(root, 'config'), path.join(root, 'data')]) {
-    mkdirSync(d, { recursive: true });
-  }
-  const port = await freePort();
-  const token = randomToken();
-  const logFile = path.join(root, 'notebook.log');
-  const args = [
-    '-m', 'notebook', '--no-browser', '--allow-root',
-    `--port=${port}`, '--port-retries=0', '--ip=127.0.0.1',
-    `--NotebookApp.token=${token}`,
-    `--gateway-url=http://127.0.0.1:${gw.port}`,
-    `--GatewayClient.auth_token=${gw.token}`,
-    `--notebook-dir=${nbDir}`,
-  ];
-  const env = {
-    ...process.env,
-    JUPYTER_RUNTIME_DIR: path.join(root, 'runtime'),
-    JUPYTER_CONFIG_DIR: path.join(root, 'config'),
-    JUPYTER_DATA_DIR: path.join(root, 'data'),
-    PYTHONDONTWRITEBYTECODE: '1',
-  };
-  const proc = new ManagedProcess('notebook-front', PYTHON, args, { env, cwd: nbDir, logFile });
-  const baseUrl = `http://127.0.0.1:${port}`;
-  try {
-    await waitUntil(
-      async () => {
-        if (proc.exit) throw Object.assign(new Error(`notebook exited (code ${proc.exit.code})`), { fatal: true });
-        const r = await fetch(`${baseUrl}/api/kernelspecs`, { headers: { Authorization: `token ${token}` } });
-        const body = await r.text();
-        return r.status === 200 && JSON.parse(body).kernelspecs?.python3;
-      },
-      { timeoutMs: 40_000, intervalMs: 200, what: `the notebook front on port ${port} to list python3 from the gateway` }
-    );
-  } catch (e) {
-    await proc.stop(5000);
-    throw new Error(`${e.message}\n--- notebook log (${logFile}) ---\n${proc.tail()}`);
-  }
-  return { proc, port, token, baseUrl, nbDir, root };
-}
-
 describe('classic notebook UI through --gateway-url', () => {
   let gw;
   let front;
@@ -96,7 +51,7 @@ describe('classic notebook UI through --gateway-url', () => {
   before(async () => {
     gw = await startGateway({ label: 'notebook-ui' });
     process.stderr.write(`# ${gw.kind} at ${gw.baseUrl}, log ${gw.logFile}\n`);
-    front = await dumpLogsOnFailure([gw], () => startNotebookFront(gw));
+    front = await dumpLogsOnFailure([gw], () => startGatewayFront(gw, { kind: 'notebook' }));
     process.stderr.write(`# notebook front at ${front.baseUrl}, log ${front.proc.logFile}\n`);
     shotDir = path.join(gw.root, 'screenshots');
     mkdirSync(shotDir, { recursive: true });

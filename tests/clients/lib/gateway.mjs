@@ -331,3 +331,59 @@ export async function dumpLogsOnFailure(procs, fn) {
     throw e;
   }
 }
+
+/**
+ * Start a Jupyter front end whose kernels live on `gw` (`--gateway-url`), on a free port with its own
+ * token and temp dirs under gw.root. kind: 'notebook' (classic Notebook 6.4, has the UI) or
+ * 'jupyter-server' (Jupyter Server 1.23, REST/WebSocket only). Resolves when the front lists python3
+ * from the gateway. Returns {kind, proc, port, token, baseUrl, wsUrl, nbDir, root}.
+ */
+export async function startGatewayFront(gw, { kind = 'notebook', timeoutMs = 40_000 } = {}) {
+  const root = path.join(gw.root, `front-${kind}`);
+  const nbDir = path.join(root, 'notebooks');
+  for (const d of [nbDir, path.join(root, 'runtime'), path.join(root, 'config'), path.join(root, 'data')]) {
+    mkdirSync(d, { recursive: true });
+  }
+  const port = await freePort();
+  const token = randomToken();
+  const logFile = path.join(root, `${kind}.log`);
+  const gatewayArgs = [`--gateway-url=http://127.0.0.1:${gw.port}`, `--GatewayClient.auth_token=${gw.token}`];
+  let args;
+  if (kind === 'notebook') {
+    args = [
+      '-m', 'notebook', '--no-browser', '--allow-root', `--port=${port}`, '--port-retries=0', '--ip=127.0.0.1',
+      `--NotebookApp.token=${token}`, ...gatewayArgs, `--notebook-dir=${nbDir}`,
+    ];
+  } else if (kind === 'jupyter-server') {
+    args = [
+      '-m', 'jupyter_server', '--no-browser', '--allow-root', `--ServerApp.port=${port}`, '--ServerApp.port_retries=0',
+      '--ServerApp.ip=127.0.0.1', `--ServerApp.token=${token}`, ...gatewayArgs, `--ServerApp.root_dir=${nbDir}`,
+    ];
+  } else {
+    throw new Error(`unknown front kind ${kind}`);
+  }
+  const env = {
+    ...process.env,
+    JUPYTER_RUNTIME_DIR: path.join(root, 'runtime'),
+    JUPYTER_CONFIG_DIR: path.join(root, 'config'),
+    JUPYTER_DATA_DIR: path.join(root, 'data'),
+    PYTHONDONTWRITEBYTECODE: '1',
+  };
+  const proc = new ManagedProcess(`${kind}-front`, PYTHON, args, { env, cwd: nbDir, logFile });
+  const baseUrl = `http://127.0.0.1:${port}`;
+  try {
+    await waitUntil(
+      async () => {
+        if (proc.exit) throw new Error(`${kind} front exited (code ${proc.exit.code}, signal ${proc.exit.signal})`);
+        const r = await fetch(`${baseUrl}/api/kernelspecs`, { headers: { Authorization: `token ${token}` } });
+        const body = await r.text();
+        return r.status === 200 && JSON.parse(body).kernelspecs?.python3;
+      },
+      { timeoutMs, intervalMs: 200, what: `the ${kind} front on port ${port} to list python3 from the gateway` }
+    );
+  } catch (e) {
+    await proc.stop(5000);
+    throw new Error(`${e.message}\n--- ${kind} front log (${logFile}) ---\n${proc.tail()}`);
+  }
+  return { kind, proc, port, token, baseUrl, wsUrl: `ws://127.0.0.1:${port}`, nbDir, root };
+}
