@@ -236,6 +236,8 @@ std::string metrics_text(server& srv)
     counter("kernelgate_auth_failures_total", "Requests refused for a bad or missing token",
             m.auth_failures);
     gauge("kernelgate_websockets", "Open kernel WebSockets", srv.ws_count());
+    gauge("kernelgate_ws_queued_bytes", "Bytes waiting in WebSocket send queues",
+          srv.ws_queued_bytes());
     counter("kernelgate_websockets_opened_total", "Kernel WebSockets opened", m.ws_opened);
     counter("kernelgate_ws_messages_in_total", "Frames received from clients", m.ws_messages_in);
     counter("kernelgate_ws_messages_out_total", "Frames sent to clients", m.ws_messages_out);

@@ -92,6 +92,15 @@ void server::remove_ws(ws_session* s)
     }
 }
 
+std::size_t server::ws_queued_bytes() const
+{
+    std::size_t n = 0;
+    for (const auto& s : ws_) {
+        n += s->queued_bytes();
+    }
+    return n;
+}
+
 void server::stop(std::function<void()> done)
 {
     if (stopping_) {

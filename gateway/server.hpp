@@ -60,6 +60,7 @@ public:
     void add_ws(const std::shared_ptr<ws_session>& s);
     void remove_ws(ws_session* s);
     std::size_t ws_count() const noexcept { return ws_.size(); }
+    std::size_t ws_queued_bytes() const;
     std::size_t http_connections() const noexcept { return http_connections_; }
     void http_connection_delta(int d) { http_connections_ += static_cast<std::size_t>(d); }
 

@@ -36,6 +36,9 @@ public:
     void deliver(const sessions::kernel_event_ptr& ev) override;
     void close_from_kernel(std::uint16_t code, const std::string& reason) override;
     const std::string& session_id() const override { return session_id_; }
+    std::size_t queued_bytes() const noexcept { return queued_bytes_; }
+    std::size_t queued_messages() const noexcept { return queue_.size(); }
+    bool writing() const noexcept { return writing_; }
 
 private:
     struct outgoing

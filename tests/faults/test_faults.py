@@ -1,0 +1,320 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Faults a real kernel or a polite client cannot produce, against the real gateway.
+
+The kernel here is kg-echo-kernel (bench/echo_kernel.cpp, built on kernelgate's own wire
+library), told by the code of each cell to forge signatures, replay frames, flood output or die.
+Clients are raw WebSocket/HTTP sockets sending hostile input. Each test asserts what the
+gateway must do: drop and count, bound memory, answer with the right status or close code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import socket
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+import websocket
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from conftest import ManagedProcess, clean_child_env, free_port, kernelgate_binary  # noqa: E402
+from kg_client import (LEGACY, V1, ChannelClient, Deadline, RestClient, encode_v1,  # noqa: E402
+                       expect, make_msg, poll_until)
+
+# websocket-client 1.2.3 refuses close code 1013 ("Try Again Later", registered with IANA for
+# RFC 6455 and accepted by browsers); let it through so the test can read the code we send.
+import websocket._abnf as _abnf  # noqa: E402
+if 1013 not in _abnf.VALID_CLOSE_STATUS:
+    _abnf.VALID_CLOSE_STATUS = _abnf.VALID_CLOSE_STATUS + (1013,)
+
+ECHO = os.environ.get("KG_ECHO_KERNEL") or str(Path(kernelgate_binary()).parent / "kg-echo-kernel")
+
+
+class FaultGateway(RestClient):
+    def __init__(self, tmp: Path, extra):
+        self.tmp = tmp
+        self.token = secrets.token_hex(16)
+        self.port = free_port()
+        specs = tmp / "kernels"
+        for name, argv in {
+            "echo": [ECHO, "-f", "{connection_file}"],
+            "dies": ["/bin/false", "{connection_file}"],
+            "hangs": ["/bin/sleep", "1000"],
+        }.items():
+            (specs / name).mkdir(parents=True, exist_ok=True)
+            (specs / name / "kernel.json").write_text(json.dumps(
+                {"argv": argv, "display_name": name, "language": "echo",
+                 "interrupt_mode": "message"}))
+        super().__init__(f"http://127.0.0.1:{self.port}", self.token)
+        marker = uuid.uuid4().hex
+        argv = [kernelgate_binary(), "serve", "--ip", "127.0.0.1", "--port", str(self.port),
+                "--data-dir", str(tmp / "data"), "--auth-token", self.token,
+                "--kernel-dir", str(specs), *extra]
+        self.process = ManagedProcess("kernelgate", argv, clean_child_env(tmp, marker), tmp,
+                                      tmp / "gateway.log", marker)
+
+        def probe():
+            r = self.get("/api", timeout=2)
+            return r.status_code == 200, f"GET /api -> {r.status_code}"
+        self.process.wait_ready(probe, 30)
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return self.process.log_tail(chars)
+
+    def metric(self, name: str) -> int:
+        text = expect(self.get("/metrics"), 200).text
+        m = re.search(rf"^{re.escape(name)} (\d+)$", text, re.M)
+        assert m, f"metric {name} missing from /metrics"
+        return int(m.group(1))
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.process.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def channel(self, kernel_id: str, protocol: str = LEGACY, session_id=None) -> ChannelClient:
+        return ChannelClient(self.ws_url(f"/api/kernels/{kernel_id}/channels"),
+                             [f"Authorization: token {self.token}"], protocol,
+                             session_id or uuid.uuid4().hex)
+
+    def start(self, name: str = "echo") -> str:
+        return expect(self.post("/api/kernels", {"name": name}), 201).json()["id"]
+
+
+@pytest.fixture(scope="module")
+def fgw(tmp_path_factory):
+    g = FaultGateway(tmp_path_factory.mktemp("faults"),
+                     ["--launch-timeout", "3", "--ws-max-message", str(1 << 20),
+                      "--ws-high-watermark", str(1 << 20), "--ws-low-watermark", str(256 << 10),
+                      "--ws-hard-limit", str(8 << 20)])
+    yield g
+    crashed = g.process.proc.poll()
+    g.process.stop()
+    assert crashed is None, f"gateway died with {crashed}:\n{g.log_tail()}"
+
+
+def test_forged_missing_and_replayed_signatures_are_dropped_and_counted(fgw):
+    kid = fgw.start()
+    ch = fgw.channel(kid)
+    before = fgw.metric("kernelgate_kernel_messages_rejected_total")
+    for code, good in (("badsig:good-after-bad", "good-after-bad"),
+                       ("nosig:good-after-none", "good-after-none"),
+                       ("replay:only-once", "only-once")):
+        res = ch.run(code, timeout=20)
+        assert res.reply is not None and res.reply.content["status"] == "ok", res
+        assert "FORGED" not in res.stdout(), res
+        assert res.stdout().count(good) == 1, res
+    # One forged, one unsigned, one replayed frame.
+    assert poll_until(lambda: fgw.metric("kernelgate_kernel_messages_rejected_total") - before >= 3,
+                      10, "rejections counted")
+    assert fgw.metric("kernelgate_kernel_messages_rejected_total") - before == 3
+    ch.close()
+
+
+def test_slow_client_memory_is_bounded_and_output_dropped_with_a_notice(fgw):
+    slow_kid = fgw.start()
+    other_kid = fgw.start()
+    slow = fgw.channel(slow_kid)
+    other = fgw.channel(other_kid)
+    assert other.run("warm-up", timeout=20).reply is not None
+    rss0 = fgw.rss_kib()
+    dropped0 = fgw.metric("kernelgate_ws_slow_client_dropped_total")
+    # 60,000 x 2 KiB = ~120 MiB of stream output while the client reads nothing.
+    req = slow.execute("flood:60000:2048")
+    assert poll_until(lambda: fgw.metric("kernelgate_ws_slow_client_dropped_total") > dropped0,
+                      60, "output dropped for the slow client")
+    peak = 0
+    deadline = Deadline(60, "the flood to finish")
+    while not deadline.expired():
+        peak = max(peak, fgw.rss_kib())
+        if fgw.get(f"/api/kernels/{slow_kid}").json()["execution_state"] == "idle":
+            break
+        # Another user's kernel keeps answering while the flood is on.
+        r = other.run("still-here", timeout=10)
+        assert r.reply is not None and "still-here" in r.stdout()
+    # The queue is capped at the hard limit (8 MiB) plus frames in flight: far below 120 MiB.
+    assert peak - rss0 < 48 * 1024, f"gateway grew by {(peak - rss0) // 1024} MiB"
+    # Now read: the reply was not dropped, and a notice says how much output was lost.
+    res = slow.collect_execution(req, timeout=120)
+    assert res.reply is not None and res.reply.content["status"] == "ok"
+    # The notice comes once the client's queue has drained, so possibly after the reply.
+    notice = slow.wait_for(lambda m: m.msg_type == "stream" and
+                           re.search(r"\d+ output messages were dropped", m.content.get("text", "")),
+                           30, "the drop notice")
+    assert notice.content["name"] == "stderr"
+    dropped = int(re.search(r"(\d+) output", notice.content["text"]).group(1))
+    assert dropped > 0
+    assert fgw.metric("kernelgate_ws_slow_client_dropped_total") - dropped0 >= dropped
+    slow.close()
+    other.close()
+
+
+def test_client_that_cannot_keep_up_with_unskippable_output_is_closed_1013(fgw):
+    kid = fgw.start()
+    ch = fgw.channel(kid)
+    closed0 = fgw.metric("kernelgate_ws_slow_client_closed_total")
+    ch.execute("results:20000:4096")  # ~80 MiB of execute_result, which is never dropped
+    assert poll_until(lambda: fgw.metric("kernelgate_ws_slow_client_closed_total") > closed0,
+                      60, "the slow client to be closed")
+    code = None
+    deadline = Deadline(60, "close frame")
+    while not deadline.expired():
+        frame = ch.ws.recv_frame()
+        if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
+            code = int.from_bytes(frame.data[:2], "big")
+            reason = frame.data[2:].decode()
+            break
+    assert code == 1013, code
+    assert "too slow" in reason
+    # The kernel itself is fine once its flood is over.
+    poll_until(lambda: fgw.get(f"/api/kernels/{kid}").json()["execution_state"] == "idle", 60,
+               "the flood to end")
+    ch2 = fgw.channel(kid)
+    assert ch2.run("after", timeout=20).reply is not None
+    ch2.close()
+
+
+def test_kernel_that_exits_at_start_fails_fast_with_500(fgw):
+    t0 = time.monotonic()
+    r = fgw.post("/api/kernels", {"name": "dies"})
+    assert r.status_code == 500
+    assert r.json()["reason"] and "exited" in r.json()["message"]
+    assert time.monotonic() - t0 < 3, "failure was not detected before the launch timeout"
+    assert all(k["name"] != "dies" for k in fgw.get("/api/kernels").json())
+
+
+def test_kernel_that_never_answers_times_out_with_500(fgw):
+    r = fgw.post("/api/kernels", {"name": "hangs"})
+    assert r.status_code == 500
+    assert "did not become ready" in r.json()["message"]
+    assert all(k["name"] != "hangs" for k in fgw.get("/api/kernels").json())
+
+
+def test_message_mode_interrupt_reaches_a_hanging_cell(fgw):
+    kid = fgw.start()
+    ch = fgw.channel(kid, V1)
+    req = ch.execute("hang")
+    poll_until(lambda: fgw.get(f"/api/kernels/{kid}").json()["execution_state"] == "busy", 10,
+               "busy")
+    expect(fgw.post(f"/api/kernels/{kid}/interrupt", {}), 204)
+    res = ch.collect_execution(req, timeout=10)
+    assert res.reply.content["status"] == "error"
+    assert res.reply.content["ename"] == "KeyboardInterrupt"
+    ch.close()
+
+
+def _close_code(ws: websocket.WebSocket, timeout: float = 10):
+    ws.settimeout(timeout)
+    while True:
+        frame = ws.recv_frame()
+        if frame.opcode == websocket.ABNF.OPCODE_CLOSE:
+            return int.from_bytes(frame.data[:2], "big"), frame.data[2:].decode("utf-8", "replace")
+
+
+@pytest.mark.parametrize("protocol,payload,binary,expected", [
+    (LEGACY, "{not json", False, 1007),
+    (LEGACY, "[" * 100000 + "]" * 100000, False, 1007),
+    (LEGACY, b"\xff\xff\xff\xff garbage", True, 1007),
+    (V1, (2 ** 63).to_bytes(8, "little") + b"\0" * 64, True, 1007),
+    (V1, b"\x01", True, 1007),
+    (LEGACY, "x" * (2 << 20), False, 1009),
+])
+def test_hostile_frames_close_with_a_code_and_reason(fgw, protocol, payload, binary, expected):
+    kid = fgw.start()
+    opts = {"header": [f"Authorization: token {fgw.token}"]}
+    if protocol == V1:
+        opts["subprotocols"] = ["v1.kernel.websocket.jupyter.org"]
+    ws = websocket.create_connection(fgw.ws_url(f"/api/kernels/{kid}/channels"), **opts)
+    if binary:
+        ws.send_binary(payload)
+    else:
+        ws.send(payload)
+    code, reason = _close_code(ws)
+    assert code == expected, (code, reason)
+    if expected == 1007:
+        assert reason, "a close reason is given"
+    ws.close()
+    # The gateway and the kernel are still fine.
+    ch = fgw.channel(kid)
+    assert ch.run("ok", timeout=20).reply is not None
+    ch.close()
+
+
+def test_client_writes_to_iopub_or_unknown_channels_are_dropped(fgw):
+    kid = fgw.start()
+    ch = fgw.channel(kid)
+    bad0 = fgw.metric("kernelgate_ws_bad_frames_total")
+    for chan in ("iopub", "hb", "foo"):
+        ch.send(make_msg("execute_request", {"code": "should-not-run", "silent": False},
+                         channel=chan, session=ch.session_id))
+    res = ch.run("after-bad-channels", timeout=20)
+    assert "should-not-run" not in res.stdout()
+    assert res.reply.content["execution_count"] == 1  # nothing else was executed
+    assert fgw.metric("kernelgate_ws_bad_frames_total") - bad0 == 3
+    ch.close()
+
+
+def _raw_http(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        out = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+def test_hostile_http_gets_clear_errors(fgw):
+    h = f"Authorization: token {fgw.token}\r\n"
+    # Body over the limit.
+    r = fgw.post("/api/kernels", data=b"{" + b" " * (2 << 20) + b"}",
+                 headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    # Deep JSON, invalid JSON.
+    for body in ("[" * 5000 + "]" * 5000, "{bad", '{"name": 5}', '{"env": []}'):
+        r = fgw.post("/api/kernels", data=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400, (body[:20], r.status_code)
+        assert set(r.json()) >= {"reason", "message"}
+    # Oversized headers.
+    out = _raw_http(fgw.port, (f"GET /api HTTP/1.1\r\nHost: x\r\n{h}X-Big: " + "a" * 40000 +
+                               "\r\n\r\n").encode())
+    assert out.startswith(b"HTTP/1.1 431"), out[:80]
+    # Request smuggling: both Content-Length and Transfer-Encoding.
+    out = _raw_http(fgw.port, (f"POST /api/kernels HTTP/1.1\r\nHost: x\r\n{h}Content-Length: 4\r\n"
+                               "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n").encode())
+    assert out.startswith(b"HTTP/1.1 400"), out[:80]
+    # Reflected input is JSON, escaped, and not sniffable.
+    r = fgw.get("/api/kernels/<script>alert(1)</script>")
+    assert r.status_code == 404
+    assert r.headers["Content-Type"] == "application/json"
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert "<script>" not in r.text
+    assert fgw.process.proc.poll() is None
+
+
+def test_tokens_never_reach_the_log(fgw):
+    kid = fgw.start()
+    fgw.get(f"/api/kernels?token={fgw.token}", auth=False)
+    fgw.get("/api/kernels", auth=False, headers={"Authorization": f"Bearer {fgw.token}"})
+    fgw.get("/api/kernels?token=wrong-token-value", auth=False)
+    ws = websocket.create_connection(
+        fgw.ws_url(f"/api/kernels/{kid}/channels?token={fgw.token}&session_id=s"))
+    ws.close()
+    time.sleep(0.2)
+    log = fgw.process.log_text()
+    assert fgw.token not in log
+    assert "wrong-token-value" not in log
+    assert "/api/kernels" in log  # requests are logged, without their query
