@@ -5,14 +5,14 @@
 //   v1      the library's default: it offers the `v1.kernel.websocket.jupyter.org` subprotocol;
 //   legacy  the WebSocket class is wrapped so that it offers no subprotocol, so the server must speak
 //           legacy JSON text frames (and legacy binary frames for messages with buffers);
-//   front   the library talks to Debian's Jupyter Server 1.23 started with --gateway-url pointing at the
-//           gateway: the server's GatewayClient (legacy protocol, no subprotocol, no session_id) is then
-//           the gateway's client, as in a real deployment. The library talks legacy to the server. Jupyter Server 1.23 cannot replay output across a reconnect (it does not
-//           forward session_id upstream; fixed upstream in 2.x), and it forwards a client's binary frame
-//           upstream as a text frame (tornado write_message without binary=True), and a message that a
-//           client sends before the server's upstream websocket exists can be lost (it waits on a future
-//           that is replaced, never resolved). So the replay, binary comm and second-client scenarios
-//           are not run there; they fail there whatever the gateway does.
+//   front   the library talks to Debian's Jupyter Server 1.23 started with --gateway-url pointing at
+//           the gateway, so that server's GatewayClient (legacy frames, no subprotocol, no session_id)
+//           is the gateway's client, as in a real deployment; the library talks legacy to the server.
+//           Three scenarios are not run in this mode because Jupyter Server 1.23 itself breaks them,
+//           whatever the gateway does: replay after a reconnect (it does not forward session_id
+//           upstream; fixed in 2.x), binary comm buffers (it forwards a client's binary frame upstream
+//           as a text frame), and a second client (a message sent before its upstream websocket exists
+//           waits on a future that is replaced and never resolved, so it can be lost).
 //
 // Run: node --test tests/clients/services_test.mjs   (needs `npm ci --prefix tests/clients` first;
 // the gateway comes from KG_BIN, or KG_REFERENCE=jupyter-server; see lib/gateway.mjs).
@@ -21,7 +21,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import net from 'node:net';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import {
   requireNodeModules, startGateway, startGatewayFront, withDeadline, waitUntil, dumpLogsOnFailure,
 } from './lib/gateway.mjs';

@@ -14,7 +14,7 @@
 
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, createWriteStream } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, createWriteStream, symlinkSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -90,7 +90,10 @@ export function randomToken() {
 
 /** Which gateway to run, from the environment. */
 export function gatewayKind() {
-  if (process.env.KG_BIN) return { kind: 'kernelgate', bin: process.env.KG_BIN };
+  if (process.env.KG_BIN) {
+    if (!existsSync(process.env.KG_BIN)) throw new Error(`KG_BIN=${process.env.KG_BIN} does not exist (build kernelgate first)`);
+    return { kind: 'kernelgate', bin: process.env.KG_BIN };
+  }
   const ref = process.env.KG_REFERENCE;
   if (ref === 'jupyter-server') return { kind: 'jupyter-server' };
   if (ref) throw new Error(`unknown KG_REFERENCE=${ref} (supported: jupyter-server)`);
@@ -157,6 +160,7 @@ export class ManagedProcess {
     this.logFile = logFile;
     this.output = '';
     this.exit = null; // {code, signal}
+    this.stopping = false; // set when the test itself sends SIGTERM
     const logStream = createWriteStream(logFile, { flags: 'a' });
     this.child = spawn(cmd, args, { env, cwd, stdio: ['ignore', 'pipe', 'pipe'] });
     this.pid = this.child.pid;
@@ -176,6 +180,10 @@ export class ManagedProcess {
       });
       this.child.on('exit', (code, signal) => {
         this.exit = { code, signal };
+        if (!this.stopping) {
+          onData(Buffer.from(`\n[kg-clients: ${name} (pid ${this.pid}) exited on its own or was signalled by ` +
+            `someone else: code ${code}, signal ${signal}; the tests had not stopped it]\n`));
+        }
         // Let the pipes drain before declaring the log complete.
         setImmediate(() => logStream.end());
         resolve(this.exit);
@@ -196,6 +204,7 @@ export class ManagedProcess {
   async stop(timeoutMs = 15000) {
     if (this.exit) return { ...this.exit, graceful: true, leftovers: [] };
     const before = descendants(this.pid);
+    this.stopping = true;
     this.child.kill('SIGTERM');
     let graceful = true;
     try {
@@ -242,7 +251,11 @@ export async function startGateway({ label = 'gateway', readyTimeoutMs = Number(
     let cmd;
     let args;
     if (sel.kind === 'kernelgate') {
-      cmd = sel.bin;
+      // Run the binary through a symlink with another name: on a shared development machine a
+      // `pkill kernelgate` aimed at someone else's server would otherwise stop the gateway under test
+      // in the middle of a test. The binary and its arguments are unchanged.
+      cmd = path.join(root, 'kg-under-test');
+      if (!existsSync(cmd)) symlinkSync(path.resolve(sel.bin), cmd);
       args = ['serve', '--ip', '127.0.0.1', '--port', String(port), '--data-dir', dataDir, '--auth-token', token];
     } else {
       cmd = PYTHON;
@@ -307,7 +320,8 @@ export async function startGateway({ label = 'gateway', readyTimeoutMs = Number(
       return gw;
     } catch (e) {
       await proc.stop(5000);
-      lastError = new Error(`${e.message}\ncommand: ${cmd} ${args.join(' ')}\n--- ${label} log (${logFile}) ---\n${proc.tail()}`);
+      const real = sel.kind === 'kernelgate' ? ` (${cmd} -> ${path.resolve(sel.bin)})` : '';
+      lastError = new Error(`${e.message}\ncommand: ${cmd} ${args.join(' ')}${real}\n--- ${label} log (${logFile}) ---\n${proc.tail()}`);
       // A port race shows up as an early exit; try another port. A hang is not retried.
       if (!e.exitedEarly || !/address already in use|EADDRINUSE|port .* in use/i.test(proc.output)) break;
     }
