@@ -264,6 +264,10 @@ class ExecResult:
         return "".join(m.content.get("text", "") for m in self.iopub
                        if m.msg_type == "stream" and m.content.get("name") == "stderr")
 
+    def __repr__(self) -> str:
+        return (f"<ExecResult {self.msg_id} status={self.status} "
+                f"reply={self.reply.content if self.reply else None} iopub={self.iopub}>")
+
     def states(self) -> List[str]:
         return [m.content.get("execution_state") for m in self.iopub if m.msg_type == "status"]
 
@@ -306,10 +310,12 @@ class ChannelClient:
         return msg
 
     def execute(self, code: str, allow_stdin: bool = False, silent: bool = False,
-                store_history: bool = True) -> Message:
+                store_history: bool = True, stop_on_error: bool = True) -> Message:
+        # Note: with stop_on_error, ipykernel answers requests that arrive right after a failed
+        # cell with status "aborted"; cells expected to fail should pass stop_on_error=False.
         return self.send(self.new_msg("execute_request", {
             "code": code, "silent": silent, "store_history": store_history,
-            "user_expressions": {}, "allow_stdin": allow_stdin, "stop_on_error": True,
+            "user_expressions": {}, "allow_stdin": allow_stdin, "stop_on_error": stop_on_error,
         }))
 
     # -- receiving ---------------------------------------------------------------------
@@ -429,6 +435,33 @@ class ChannelClient:
 
     def kernel_info(self, timeout: float = 30.0) -> ExecResult:
         return self.collect_execution(self.send(self.new_msg("kernel_info_request")), timeout=timeout)
+
+    def nudge(self, timeout: float = 30.0, interval: float = 0.5) -> None:
+        """Send kernel_info_request every `interval` until one gets both its reply and iopub idle.
+
+        The way Jupyter Server makes sure a (re)started kernel's iopub reaches the client.
+        """
+        deadline = Deadline(timeout, "a kernel_info round trip with iopub (nudge)")
+        sent = set()
+        replied, idle = set(), set()
+        next_send = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_send:
+                sent.add(self.send(self.new_msg("kernel_info_request")).msg_id)
+                next_send = now + interval
+            m = self._recv_wire(max(min(next_send - time.monotonic(), deadline.remaining()), 0.001))
+            if m is not None:
+                if m.parent_id in sent:
+                    if m.msg_type == "kernel_info_reply":
+                        replied.add(m.parent_id)
+                    elif m.msg_type == "status" and m.content.get("execution_state") == "idle":
+                        idle.add(m.parent_id)
+                    if replied & idle:
+                        return
+                else:
+                    self._pending.append(m)
+            deadline.check(f"last messages: {self.history[-6:]}")
 
     def close(self) -> None:
         try:

@@ -106,8 +106,11 @@ def test_kernelspec_resource_logo(gw):
     r = expect(gw.get(_resource_path(url)), 200)
     assert r.headers.get("Content-Type", "").split(";")[0] == "image/png", r.headers
     assert r.content == (SPEC_DIR / "logo-64x64.png").read_bytes()
-    r2 = expect(gw.get("/kernelspecs/python3/kernel.json"), 200)
-    assert json.loads(r2.content) == json.loads((SPEC_DIR / "kernel.json").read_text())
+    head = expect(gw.request("HEAD", _resource_path(url)), 200)
+    assert head.headers.get("Content-Type", "").split(";")[0] == "image/png", head.headers
+    if (SPEC_DIR / "logo-svg.svg").exists():
+        svg = expect(gw.get("/kernelspecs/python3/logo-svg.svg"), 200)
+        assert svg.content == (SPEC_DIR / "logo-svg.svg").read_bytes()
 
 
 def test_kernelspec_resource_missing_file_is_404(gw):
@@ -262,7 +265,7 @@ AUTH_ROUTES = [
     ("POST", "/api/kernels/{kid}/restart"),
     ("GET", "/api/kernelspecs"),
     ("GET", "/api/kernelspecs/python3"),
-    ("GET", "/kernelspecs/python3/kernel.json"),
+    ("GET", "/kernelspecs/python3/logo-svg.svg"),
     ("GET", "/kernelspecs/python3/logo-64x64.png"),
     ("GET", "/api/sessions"),
     ("POST", "/api/sessions"),
