@@ -141,6 +141,42 @@ describe('classic notebook UI through --gateway-url', () => {
     assert.ok(existsSync(shot));
   });
 
+  step('input() gets its answer from the page and an exception shows a traceback', async () => {
+    // Shift+Enter on the last cell added a second one; run input() there.
+    const cells = page.locator('#notebook-container .cell.code_cell');
+    await waitUntil(async () => (await cells.count()) >= 2, { timeoutMs: 10_000, what: 'a second cell' });
+    const second = cells.nth(1);
+    await second.locator('.CodeMirror').click();
+    await page.keyboard.type("name = input('Who? ')");
+    await page.keyboard.press('Enter');
+    await page.keyboard.type("print('hello ' + name)");
+    await page.keyboard.press('Shift+Enter');
+    // The kernel's input_request comes back over the stdin channel as a text box in the output area.
+    const box = second.locator('.output_area input.raw_input');
+    await box.waitFor({ state: 'visible', timeout: 20_000 });
+    assert.match(await second.locator('.output_area .raw_input_prompt').innerText(), /Who\?/);
+    await box.fill('kernelgate');
+    await box.press('Enter');
+    await waitUntil(async () => (await second.locator('.output_area').innerText()).includes('hello kernelgate'), {
+      timeoutMs: 20_000,
+      what: "the output 'hello kernelgate'",
+    });
+    await page.waitForSelector('#kernel_indicator_icon.kernel_idle_icon', { timeout: 20_000 });
+
+    const third = cells.nth(2);
+    await waitUntil(async () => (await cells.count()) >= 3, { timeoutMs: 10_000, what: 'a third cell' });
+    await third.locator('.CodeMirror').click();
+    await page.keyboard.type('1/0');
+    await page.keyboard.press('Shift+Enter');
+    const err = third.locator('.output_area .output_error');
+    await err.waitFor({ state: 'visible', timeout: 20_000 });
+    assert.match(await err.innerText(), /ZeroDivisionError/);
+    await page.waitForSelector('#kernel_indicator_icon.kernel_idle_icon', { timeout: 20_000 });
+    const shot = path.join(shotDir, 'notebook-input-error.png');
+    await page.screenshot({ path: shot, fullPage: true });
+    process.stderr.write(`# screenshot: ${shot}\n`);
+  });
+
   step('the notebook front and the gateway stop cleanly on SIGTERM', async () => {
     await browser.close();
     browser = null;
