@@ -10,6 +10,7 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <zmq.hpp>
@@ -57,14 +58,44 @@ std::string default_data_dir()
     return "./kernelgate-data";
 }
 
+/// The log message as a JSON string body (quotes, backslashes and control bytes escaped), so
+/// every line of --log-format json is one valid JSON object.
+class json_message_flag final : public spdlog::custom_flag_formatter
+{
+public:
+    void format(const spdlog::details::log_msg& msg, const std::tm&,
+                spdlog::memory_buf_t& dest) override
+    {
+        static constexpr char hex[] = "0123456789abcdef";
+        for (const char c : std::string_view(msg.payload.data(), msg.payload.size())) {
+            const auto u = static_cast<unsigned char>(c);
+            if (c == '"' || c == '\\') {
+                dest.push_back('\\');
+                dest.push_back(c);
+            } else if (u < 0x20) {
+                const char esc[] = {'\\', 'u', '0', '0', hex[u >> 4], hex[u & 15]};
+                dest.append(esc, esc + sizeof(esc));
+            } else {
+                dest.push_back(c);
+            }
+        }
+    }
+    std::unique_ptr<custom_flag_formatter> clone() const override
+    {
+        return std::make_unique<json_message_flag>();
+    }
+};
+
 void setup_logging(const std::string& level, const std::string& format)
 {
     auto logger = spdlog::stderr_color_mt("kernelgate");
     spdlog::set_default_logger(logger);
     spdlog::set_level(spdlog::level::from_str(level));
     if (format == "json") {
-        spdlog::set_pattern(R"({"time":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","pid":%P,"msg":"%v"})",
-                            spdlog::pattern_time_type::utc);
+        auto f = std::make_unique<spdlog::pattern_formatter>(spdlog::pattern_time_type::utc);
+        f->add_flag<json_message_flag>('*').set_pattern(
+            R"({"time":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","pid":%P,"msg":"%*"})");
+        spdlog::set_formatter(std::move(f));
     } else {
         spdlog::set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%^%l%$] %v");
     }

@@ -318,3 +318,20 @@ def test_tokens_never_reach_the_log(fgw):
     assert fgw.token not in log
     assert "wrong-token-value" not in log
     assert "/api/kernels" in log  # requests are logged, without their query
+
+
+def test_json_logs_are_one_valid_object_per_line(tmp_path):
+    g = FaultGateway(tmp_path, ["--log-format", "json"])
+    try:
+        kid = g.start()
+        g.get('/api/kernels/"quoted\\path\x01')
+        g.delete(f"/api/kernels/{kid}")
+        lines = [l for l in g.process.log_text().splitlines() if l.startswith("{")]
+        assert len(lines) >= 5
+        for line in lines:
+            rec = json.loads(line)
+            assert set(rec) >= {"time", "level", "msg", "pid"}
+            assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$", rec["time"])
+        assert any("shut down" in json.loads(l)["msg"] for l in lines)
+    finally:
+        g.process.stop()
