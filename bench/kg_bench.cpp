@@ -1,0 +1,2206 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// kg-bench: the measuring instrument of kernelgate (issue 4).
+//
+// Two client kinds run the same scenarios against the same kernels:
+//   --target gateway   a WebSocket client through a gateway (kernelgate, Jupyter Server):
+//                      POST /api/kernels, then /api/kernels/{id}/channels with the
+//                      v1.kernel.websocket.jupyter.org subprotocol or legacy JSON frames;
+//   --target direct    a ZeroMQ client talking to a kernel it launches itself (connection file
+//                      with fresh ports and key, DEALER + SUB sockets, HMAC-signed): the
+//                      physical limit any gateway is measured against.
+//
+// Scenarios (--scenarios, comma separated; default all):
+//   start        kernel start: to kernel_info_reply in the client's hands, and to "ready"
+//                (a reply and an iopub message seen); for gateways also the POST itself
+//   kernel_info  sequential kernel_info round trips (p50/p99/mean)
+//   execute      sequential execute round trips (execute_reply and iopub idle)
+//   flood        pipelined kernel_info requests, --window in flight (requests/s, msgs/s)
+//   iopub_flood  one execute that makes the kernel publish --iopub-flood stream messages
+//   stream       one execute that streams --stream-bytes of output (MB/s)
+//   fanout       1/4/16/32 kernels, one client each, round trips concurrently (aggregate/s)
+//   idle_ws      --idle WebSockets held open on one kernel; gateway RSS per connection
+//                (needs --gateway-pid; not applicable to direct). Run once per invocation,
+//                best on a fresh gateway: memory freed by earlier work is reused and hides
+//                the cost.
+//   broadcast    --broadcast-clients clients on one kernel all receiving the same iopub
+//
+// Every wait has a deadline (--timeout) and every measuring loop a time budget (--budget);
+// a scenario that fails is reported with its error and the others still run.
+// Output: a table on stdout and, with --json FILE, a JSON document (runs and medians).
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+#include "common/asio_fwd.hpp"
+#include "gateway/ws_frames.hpp"
+#include "zmq_protocol/connection_info.hpp"
+#include "zmq_protocol/signer.hpp"
+#include "zmq_protocol/wire_codec.hpp"
+
+extern char** environ;  // NOLINT(readability-redundant-declaration)
+
+namespace kernelgate::bench {
+
+namespace zp = zmq_protocol;
+namespace fs = std::filesystem;
+using tcp = net::ip::tcp;
+using clock_type = std::chrono::steady_clock;
+using time_point = clock_type::time_point;
+using namespace std::chrono_literals;
+
+/// A failure of one measurement (timeout, refused request, closed connection).
+class bench_error : public std::runtime_error
+{
+public:
+    using std::runtime_error::runtime_error;
+};
+
+/// A scenario that does not apply to this target (reported as skipped, not failed).
+class not_applicable : public std::runtime_error
+{
+public:
+    using std::runtime_error::runtime_error;
+};
+
+double ms_since(time_point t0, time_point t1)
+{
+    return std::chrono::duration<double, std::milli>(t1 - t0).count();
+}
+
+double us_since(time_point t0, time_point t1)
+{
+    return std::chrono::duration<double, std::micro>(t1 - t0).count();
+}
+
+double seconds_between(time_point t0, time_point t1)
+{
+    return std::chrono::duration<double>(t1 - t0).count();
+}
+
+/// Nearest-rank percentile of an unsorted sample (p in [0, 100]).
+double percentile(std::vector<double> v, double p)
+{
+    if (v.empty()) {
+        return std::nan("");
+    }
+    std::sort(v.begin(), v.end());
+    const auto rank = static_cast<std::size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
+    return v[std::clamp<std::size_t>(rank, 1, v.size()) - 1];
+}
+
+double mean_of(const std::vector<double>& v)
+{
+    double s = 0;
+    for (const double x : v) {
+        s += x;
+    }
+    return v.empty() ? std::nan("") : s / static_cast<double>(v.size());
+}
+
+// ---------------------------------------------------------------------------------------
+// Minimal JSON scanning: the client only needs msg_type, the parent's msg_id, the status
+// execution_state and the length of stream text, so it never builds a DOM.
+// ---------------------------------------------------------------------------------------
+
+constexpr std::size_t npos = std::string_view::npos;
+
+/// s[i] is '"': index one past the closing quote, or npos.
+std::size_t skip_string(std::string_view s, std::size_t i)
+{
+    std::size_t j = i + 1;
+    while (j < s.size()) {
+        const void* hit = std::memchr(s.data() + j, '"', s.size() - j);
+        if (hit == nullptr) {
+            return npos;
+        }
+        const std::size_t q = static_cast<std::size_t>(static_cast<const char*>(hit) - s.data());
+        std::size_t backslashes = 0;
+        while (q - backslashes > i + 1 && s[q - backslashes - 1] == '\\') {
+            ++backslashes;
+        }
+        if (backslashes % 2 == 0) {
+            return q + 1;
+        }
+        j = q + 1;
+    }
+    return npos;
+}
+
+bool is_space(char c)
+{
+    return c == ' ' || c == '\n' || c == '\r' || c == '\t';
+}
+
+/// s[i] starts a value: index one past its end, or npos.
+std::size_t skip_value(std::string_view s, std::size_t i)
+{
+    if (i >= s.size()) {
+        return npos;
+    }
+    if (s[i] == '"') {
+        return skip_string(s, i);
+    }
+    if (s[i] == '{' || s[i] == '[') {
+        int depth = 0;
+        while (i < s.size()) {
+            const char c = s[i];
+            if (c == '"') {
+                i = skip_string(s, i);
+                if (i == npos) {
+                    return npos;
+                }
+                continue;
+            }
+            if (c == '{' || c == '[') {
+                ++depth;
+            } else if (c == '}' || c == ']') {
+                if (--depth == 0) {
+                    return i + 1;
+                }
+            }
+            ++i;
+        }
+        return npos;
+    }
+    while (i < s.size() && s[i] != ',' && s[i] != '}' && s[i] != ']' && !is_space(s[i])) {
+        ++i;
+    }
+    return i;
+}
+
+/// Calls f(raw_key, raw_value) for each member of a top-level JSON object (key without its
+/// quotes, escapes left as they are). Stops early when f returns false.
+template <class F>
+bool for_each_member(std::string_view s, F&& f)
+{
+    std::size_t i = 0;
+    auto ws = [&] {
+        while (i < s.size() && is_space(s[i])) {
+            ++i;
+        }
+    };
+    ws();
+    if (i >= s.size() || s[i] != '{') {
+        return false;
+    }
+    ++i;
+    for (;;) {
+        ws();
+        if (i >= s.size()) {
+            return false;
+        }
+        if (s[i] == '}') {
+            return true;
+        }
+        if (s[i] != '"') {
+            return false;
+        }
+        const std::size_t key_end = skip_string(s, i);
+        if (key_end == npos) {
+            return false;
+        }
+        const std::string_view key = s.substr(i + 1, key_end - i - 2);
+        i = key_end;
+        ws();
+        if (i >= s.size() || s[i] != ':') {
+            return false;
+        }
+        ++i;
+        ws();
+        const std::size_t value_end = skip_value(s, i);
+        if (value_end == npos) {
+            return false;
+        }
+        if (!f(key, s.substr(i, value_end - i))) {
+            return true;
+        }
+        i = value_end;
+        ws();
+        if (i < s.size() && s[i] == ',') {
+            ++i;
+        }
+    }
+}
+
+std::string_view member(std::string_view obj, std::string_view key)
+{
+    std::string_view out;
+    for_each_member(obj, [&](std::string_view k, std::string_view v) {
+        if (k == key) {
+            out = v;
+            return false;
+        }
+        return true;
+    });
+    return out;
+}
+
+/// The raw text between the quotes of a string member ("" when absent or not a string).
+std::string_view string_member(std::string_view obj, std::string_view key)
+{
+    const auto v = member(obj, key);
+    if (v.size() >= 2 && v.front() == '"') {
+        return v.substr(1, v.size() - 2);
+    }
+    return {};
+}
+
+/// What a scenario needs to know about one message from the kernel.
+struct incoming
+{
+    std::string channel;
+    std::string msg_type;
+    std::string parent_id;
+    std::string state;           ///< execution_state of a status message
+    std::size_t text_bytes = 0;  ///< length of a stream message's text (raw JSON bytes)
+};
+
+incoming summarize(std::string_view channel,
+                   std::string_view header,
+                   std::string_view parent,
+                   std::string_view content)
+{
+    incoming m;
+    m.channel.assign(channel);
+    m.msg_type.assign(string_member(header, "msg_type"));
+    m.parent_id.assign(string_member(parent, "msg_id"));
+    if (m.msg_type == "status") {
+        m.state.assign(string_member(content, "execution_state"));
+    } else if (m.msg_type == "stream") {
+        m.text_bytes = string_member(content, "text").size();
+    }
+    return m;
+}
+
+// ---------------------------------------------------------------------------------------
+// Clients: one interface, a WebSocket and a ZeroMQ implementation.
+// ---------------------------------------------------------------------------------------
+
+/// One client connection to a kernel. Received messages are queued by a reader coroutine;
+/// scenarios take them with recv().
+///
+/// Thread safety: everything on the single io_context thread of kg-bench.
+class client : public std::enable_shared_from_this<client>
+{
+public:
+    explicit client(net::io_context& ioc) : signal_(ioc), session_(zp::new_uuid()) {}
+    virtual ~client() = default;
+    client(const client&) = delete;
+    client& operator=(const client&) = delete;
+
+    virtual net::awaitable<void> send(std::string_view channel, zp::message msg) = 0;
+    virtual void close() = 0;
+
+    const std::string& session() const noexcept { return session_; }
+    std::uint64_t received() const noexcept { return received_; }
+    std::uint64_t rejected() const noexcept { return rejected_; }
+    /// Idle clients only count what they receive (their queue would grow for nothing).
+    void keep_messages(bool keep) noexcept { keep_ = keep; }
+
+    /// The next message, or nullopt once `until` has passed. Throws if the connection failed.
+    net::awaitable<std::optional<incoming>> try_recv(time_point until)
+    {
+        while (queue_.empty()) {
+            if (!failure_.empty()) {
+                throw bench_error(failure_);
+            }
+            if (clock_type::now() >= until) {
+                co_return std::nullopt;
+            }
+            signal_.expires_at(until);
+            waiting_ = true;
+            boost::system::error_code ec;
+            co_await signal_.async_wait(net::redirect_error(net::use_awaitable, ec));
+            waiting_ = false;
+        }
+        incoming m = std::move(queue_.front());
+        queue_.pop_front();
+        co_return m;
+    }
+
+    net::awaitable<incoming> recv(time_point deadline)
+    {
+        auto m = co_await try_recv(deadline);
+        if (!m) {
+            throw bench_error("timed out waiting for a message from the kernel");
+        }
+        co_return std::move(*m);
+    }
+
+protected:
+    void deliver(incoming&& m)
+    {
+        ++received_;
+        if (!keep_) {
+            return;
+        }
+        queue_.push_back(std::move(m));
+        if (waiting_) {
+            signal_.cancel();
+        }
+    }
+
+    void fail(std::string why)
+    {
+        if (failure_.empty()) {
+            failure_ = why.empty() ? std::string("connection failed") : std::move(why);
+        }
+        if (waiting_) {
+            signal_.cancel();
+        }
+    }
+
+    void count_rejected() noexcept { ++rejected_; }
+
+private:
+    std::deque<incoming> queue_;
+    net::steady_timer signal_;  // a condition variable: cancelled when a message is queued
+    bool waiting_ = false;
+    bool keep_ = true;
+    std::string failure_;
+    std::string session_;
+    std::uint64_t received_ = 0;
+    std::uint64_t rejected_ = 0;
+};
+
+using client_ptr = std::shared_ptr<client>;
+
+/// Closes every client of a scenario however it ends.
+class client_set
+{
+public:
+    client_set() = default;
+    client_set(const client_set&) = delete;
+    client_set& operator=(const client_set&) = delete;
+    ~client_set() { close_all(); }
+    void add(client_ptr c) { all_.push_back(std::move(c)); }
+    client& operator[](std::size_t i) { return *all_.at(i); }
+    std::size_t size() const noexcept { return all_.size(); }
+    void close_all()
+    {
+        for (auto& c : all_) {
+            if (c) {
+                c->close();
+            }
+        }
+        all_.clear();
+    }
+
+private:
+    std::vector<client_ptr> all_;
+};
+
+/// host:port plus the base path of a gateway URL.
+struct gateway_url
+{
+    std::string host = "127.0.0.1";
+    std::uint16_t port = 8888;
+    std::string base;  ///< "" or "/prefix" (no trailing slash)
+
+    static gateway_url parse(std::string_view url)
+    {
+        gateway_url out;
+        constexpr std::string_view scheme = "http://";
+        if (url.substr(0, scheme.size()) != scheme) {
+            throw std::invalid_argument("only http:// gateway URLs are supported");
+        }
+        url.remove_prefix(scheme.size());
+        const auto slash = url.find('/');
+        const auto authority = url.substr(0, slash);
+        std::string_view path = slash == npos ? std::string_view{} : url.substr(slash);
+        while (!path.empty() && path.back() == '/') {
+            path.remove_suffix(1);
+        }
+        out.base.assign(path);
+        const auto colon = authority.rfind(':');
+        out.host.assign(authority.substr(0, colon));
+        if (colon != npos) {
+            out.port = static_cast<std::uint16_t>(std::stoul(std::string(authority.substr(colon + 1))));
+        } else {
+            out.port = 80;
+        }
+        return out;
+    }
+
+    tcp::endpoint endpoint() const { return {net::ip::make_address(host), port}; }
+    std::string host_header() const { return host + ":" + std::to_string(port); }
+};
+
+/// WebSocket client through a gateway (Boost.Beast), v1 or legacy frames.
+class ws_client final : public client
+{
+public:
+    ws_client(net::io_context& ioc, bool v1) : client(ioc), ws_(ioc), v1_(v1) {}
+
+    net::awaitable<void> open(const gateway_url& gw,
+                              const std::string& token,
+                              const std::string& kernel_id,
+                              time_point deadline)
+    {
+        auto& tcp_layer = beast::get_lowest_layer(ws_);
+        tcp_layer.expires_at(deadline);
+        co_await tcp_layer.async_connect(gw.endpoint(), net::use_awaitable);
+        tcp_layer.socket().set_option(tcp::no_delay(true));
+        tcp_layer.expires_never();
+        websocket::stream_base::timeout to{};
+        to.handshake_timeout = std::max<clock_type::duration>(deadline - clock_type::now(), 1ms);
+        to.idle_timeout = websocket::stream_base::none();
+        to.keep_alive_pings = false;
+        ws_.set_option(to);
+        ws_.read_message_max(1ULL << 30);
+        ws_.auto_fragment(false);
+        const std::string auth = "token " + token;
+        const bool v1 = v1_;
+        ws_.set_option(websocket::stream_base::decorator([auth, v1](websocket::request_type& req) {
+            req.set(http::field::authorization, auth);
+            if (v1) {
+                req.set(http::field::sec_websocket_protocol, std::string(gateway::v1_subprotocol));
+            }
+        }));
+        websocket::response_type res;
+        const std::string target =
+            gw.base + "/api/kernels/" + kernel_id + "/channels?session_id=" + session();
+        co_await ws_.async_handshake(res, gw.host_header(), target, net::use_awaitable);
+        // A server that does not take the subprotocol speaks legacy JSON.
+        v1_ = v1_ && to_sv(res[http::field::sec_websocket_protocol]) == gateway::v1_subprotocol;
+        ws_.binary(v1_);
+        open_ = true;
+        auto self = std::static_pointer_cast<ws_client>(shared_from_this());
+        net::co_spawn(ws_.get_executor(), self->pump(self), [](std::exception_ptr) {});
+    }
+
+    bool v1() const noexcept { return v1_; }
+
+    net::awaitable<void> send(std::string_view channel, zp::message msg) override
+    {
+        if (!open_) {
+            throw bench_error("send on a closed WebSocket");
+        }
+        if (writing_) {
+            throw bench_error("kg-bench bug: two writes in flight on one WebSocket");
+        }
+        if (v1_) {
+            out_ = gateway::encode_v1(channel, msg);
+        } else {
+            auto f = gateway::encode_legacy(channel, msg);
+            out_ = std::move(f.data);
+        }
+        writing_ = true;
+        beast::error_code ec;
+        co_await ws_.async_write(net::buffer(out_), net::redirect_error(net::use_awaitable, ec));
+        writing_ = false;
+        if (ec) {
+            throw bench_error("WebSocket write: " + ec.message());
+        }
+    }
+
+    /// Starts a polite close (close frame, one second at most), then drops the socket.
+    void close() override
+    {
+        if (closed_) {
+            return;
+        }
+        closed_ = true;
+        if (!open_) {
+            drop();
+            return;
+        }
+        open_ = false;
+        websocket::stream_base::timeout to{};
+        to.handshake_timeout = 1s;  // also bounds the closing handshake
+        to.idle_timeout = websocket::stream_base::none();
+        to.keep_alive_pings = false;
+        ws_.set_option(to);
+        auto self = std::static_pointer_cast<ws_client>(shared_from_this());
+        ws_.async_close(websocket::close_code::normal,
+                        [self](beast::error_code) { self->drop(); });
+    }
+
+private:
+    void drop()
+    {
+        beast::error_code ignored;
+        auto& sock = beast::get_lowest_layer(ws_).socket();
+        sock.shutdown(tcp::socket::shutdown_both, ignored);
+        sock.close(ignored);
+    }
+
+    net::awaitable<void> pump(std::shared_ptr<ws_client> /*keeps this alive*/)
+    {
+        for (;;) {
+            beast::error_code ec;
+            co_await ws_.async_read(buf_, net::redirect_error(net::use_awaitable, ec));
+            if (ec) {
+                open_ = false;
+                fail(closed_ ? "closed by kg-bench" : "WebSocket read: " + ec.message());
+                co_return;
+            }
+            const auto data = buf_.data();
+            decode({static_cast<const char*>(data.data()), data.size()}, ws_.got_binary());
+            buf_.consume(buf_.size());
+        }
+    }
+
+    static std::uint64_t le64(std::string_view s, std::size_t at)
+    {
+        std::uint64_t v = 0;
+        for (int b = 7; b >= 0; --b) {
+            v = (v << 8) | static_cast<unsigned char>(s[at + static_cast<std::size_t>(b)]);
+        }
+        return v;
+    }
+
+    static std::uint32_t be32(std::string_view s, std::size_t at)
+    {
+        std::uint32_t v = 0;
+        for (std::size_t b = 0; b < 4; ++b) {
+            v = (v << 8) | static_cast<unsigned char>(s[at + b]);
+        }
+        return v;
+    }
+
+    void decode(std::string_view frame, bool binary)
+    {
+        if (binary && v1_) {
+            if (frame.size() < 8) {
+                count_rejected();
+                return;
+            }
+            const std::uint64_t n = le64(frame, 0);
+            if (n < 6 || n > frame.size() / 8 - 1) {
+                count_rejected();
+                return;
+            }
+            std::array<std::size_t, 6> off{};
+            for (std::size_t i = 0; i < 6; ++i) {
+                off[i] = static_cast<std::size_t>(le64(frame, 8 * (i + 1)));
+                if (off[i] > frame.size() || (i > 0 && off[i] < off[i - 1])) {
+                    count_rejected();
+                    return;
+                }
+            }
+            auto part = [&](std::size_t i) { return frame.substr(off[i], off[i + 1] - off[i]); };
+            deliver(summarize(part(0), part(1), part(2), part(4)));
+            return;
+        }
+        std::string_view text = frame;
+        if (binary) {  // legacy binary frame: the JSON is the first part
+            if (frame.size() < 8) {
+                count_rejected();
+                return;
+            }
+            const std::size_t nbufs = be32(frame, 0);
+            if (nbufs == 0 || 4 * (nbufs + 1) > frame.size()) {
+                count_rejected();
+                return;
+            }
+            const std::size_t start = be32(frame, 4);
+            const std::size_t end = nbufs > 1 ? be32(frame, 8) : frame.size();
+            if (start > end || end > frame.size()) {
+                count_rejected();
+                return;
+            }
+            text = frame.substr(start, end - start);
+        }
+        std::string_view channel;
+        std::string_view header;
+        std::string_view parent;
+        std::string_view content;
+        const bool ok = for_each_member(text, [&](std::string_view k, std::string_view v) {
+            if (k == "channel" && v.size() >= 2) {
+                channel = v.substr(1, v.size() - 2);
+            } else if (k == "header") {
+                header = v;
+            } else if (k == "parent_header") {
+                parent = v;
+            } else if (k == "content") {
+                content = v;
+            }
+            return true;
+        });
+        if (!ok || header.empty()) {
+            count_rejected();
+            return;
+        }
+        deliver(summarize(channel, header, parent, content));
+    }
+
+    websocket::stream<beast::tcp_stream> ws_;
+    beast::flat_buffer buf_;
+    std::string out_;
+    bool v1_;
+    bool open_ = false;
+    bool closed_ = false;
+    bool writing_ = false;
+};
+
+/// Direct ZeroMQ client of a kernel: shell and control DEALERs, an iopub SUB, driven by the
+/// Asio loop through ZMQ_FD (drained to EAGAIN on every wake-up; re-checked after sends).
+class zmq_client final : public client
+{
+public:
+    zmq_client(net::io_context& ioc, zmq::context_t& ctx, const zp::connection_info& info)
+        : client(ioc), signer_(info.key)
+    {
+        struct spec
+        {
+            zmq::socket_type type;
+            std::uint16_t port;
+            const char* name;
+        };
+        const std::array<spec, 3> specs{{{zmq::socket_type::dealer, info.shell_port, "shell"},
+                                         {zmq::socket_type::dealer, info.control_port, "control"},
+                                         {zmq::socket_type::sub, info.iopub_port, "iopub"}}};
+        for (std::size_t i = 0; i < specs.size(); ++i) {
+            auto p = std::make_unique<port>(ioc, ctx, specs[i].type, specs[i].name);
+            p->sock.set(zmq::sockopt::linger, 0);
+            p->sock.set(zmq::sockopt::rcvhwm, 0);  // a measuring client never drops
+            p->sock.set(zmq::sockopt::sndhwm, 0);
+            p->sock.set(zmq::sockopt::reconnect_ivl, 2);  // a starting kernel binds late
+            if (specs[i].type == zmq::socket_type::dealer) {
+                p->sock.set(zmq::sockopt::routing_id, session());
+            } else {
+                p->sock.set(zmq::sockopt::subscribe, "");
+            }
+            p->sock.connect(info.endpoint(specs[i].port));
+            p->fd.assign(p->sock.get(zmq::sockopt::fd));
+            ports_.at(i) = std::move(p);
+        }
+    }
+
+    ~zmq_client() override { close(); }
+    zmq_client(const zmq_client&) = delete;
+    zmq_client& operator=(const zmq_client&) = delete;
+
+    void start()
+    {
+        auto self = std::static_pointer_cast<zmq_client>(shared_from_this());
+        for (std::size_t i = 0; i < ports_.size(); ++i) {
+            net::co_spawn(ports_[i]->fd.get_executor(), self->pump(self, i),
+                          [](std::exception_ptr) {});
+        }
+    }
+
+    net::awaitable<void> send(std::string_view channel, zp::message msg) override
+    {
+        if (closed_) {
+            throw bench_error("send on a closed ZeroMQ client");
+        }
+        port& p = channel == "control" ? *ports_[1] : *ports_[0];
+        const auto frames = zp::encode_frames(msg, signer_);
+        for (std::size_t i = 0; i < frames.size(); ++i) {
+            auto flags = zmq::send_flags::dontwait;
+            if (i + 1 < frames.size()) {
+                flags = flags | zmq::send_flags::sndmore;
+            }
+            if (!p.sock.send(zmq::buffer(frames[i]), flags)) {
+                throw bench_error("ZeroMQ send would block");
+            }
+        }
+        // A send can consume the read edge of ZMQ_FD: wake the reader if input is pending.
+        if (p.waiting && (p.sock.get(zmq::sockopt::events) & ZMQ_POLLIN) != 0) {
+            p.fd.cancel();
+        }
+        co_return;
+    }
+
+    void close() override
+    {
+        if (closed_) {
+            return;
+        }
+        closed_ = true;
+        for (auto& p : ports_) {
+            if (p) {
+                boost::system::error_code ignored;
+                p->fd.cancel(ignored);
+                (void)p->fd.release();  // the descriptor is libzmq's
+                p->sock.close();
+            }
+        }
+    }
+
+private:
+    struct port
+    {
+        port(net::io_context& ioc, zmq::context_t& ctx, zmq::socket_type type, const char* name)
+            : sock(ctx, type), fd(ioc), channel(name)
+        {
+        }
+        zmq::socket_t sock;
+        net::posix::stream_descriptor fd;
+        std::string_view channel;
+        bool waiting = false;
+    };
+
+    net::awaitable<void> pump(std::shared_ptr<zmq_client> /*keeps this alive*/, std::size_t which)
+    {
+        port& p = *ports_[which];
+        std::vector<zmq::message_t> frames;
+        for (;;) {
+            for (int batch = 0;; ++batch) {
+                if (closed_) {
+                    co_return;
+                }
+                if (batch == 256) {  // let the scenario run between long bursts
+                    co_await net::post(p.fd.get_executor(), net::use_awaitable);
+                    batch = 0;
+                    continue;
+                }
+                frames.clear();
+                if (!zmq::recv_multipart(p.sock, std::back_inserter(frames),
+                                         zmq::recv_flags::dontwait)) {
+                    break;
+                }
+                on_frames(p.channel, frames);
+            }
+            boost::system::error_code ec;
+            p.waiting = true;
+            co_await p.fd.async_wait(net::posix::stream_descriptor::wait_read,
+                                     net::redirect_error(net::use_awaitable, ec));
+            p.waiting = false;
+        }
+    }
+
+    void on_frames(std::string_view channel, std::vector<zmq::message_t>& frames)
+    {
+        std::size_t d = 0;
+        while (d < frames.size() && frames[d].to_string_view() != zp::delimiter) {
+            ++d;
+        }
+        if (d + 6 > frames.size()) {
+            count_rejected();
+            return;
+        }
+        const auto sig = frames[d + 1].to_string_view();
+        const auto header = frames[d + 2].to_string_view();
+        const auto parent = frames[d + 3].to_string_view();
+        const auto metadata = frames[d + 4].to_string_view();
+        const auto content = frames[d + 5].to_string_view();
+        // Authenticate as every real client does before it believes a message.
+        if (!signer_.verify(sig, header, parent, metadata, content)) {
+            count_rejected();
+            return;
+        }
+        deliver(summarize(channel, header, parent, content));
+    }
+
+    zp::signer signer_;
+    std::array<std::unique_ptr<port>, 3> ports_;
+    bool closed_ = false;
+};
+
+// ---------------------------------------------------------------------------------------
+// Kernels launched by kg-bench itself (direct target).
+// ---------------------------------------------------------------------------------------
+
+struct kernelspec
+{
+    std::vector<std::string> argv;
+    std::vector<std::pair<std::string, std::string>> env;
+    fs::path resource_dir;
+};
+
+kernelspec read_kernelspec(fs::path path)
+{
+    if (fs::is_directory(path)) {
+        path /= "kernel.json";
+    }
+    std::ifstream in(path);
+    if (!in) {
+        throw std::runtime_error("cannot read kernelspec " + path.string());
+    }
+    const auto j = nlohmann::json::parse(in);
+    kernelspec ks;
+    ks.argv = j.at("argv").get<std::vector<std::string>>();
+    if (ks.argv.empty()) {
+        throw std::runtime_error("kernelspec " + path.string() + " has an empty argv");
+    }
+    if (j.contains("env") && j["env"].is_object()) {
+        for (const auto& [k, v] : j["env"].items()) {
+            ks.env.emplace_back(k, v.get<std::string>());
+        }
+    }
+    ks.resource_dir = path.parent_path();
+    return ks;
+}
+
+/// Pids of live kernels, for the signal handler (fixed slots: async-signal-safe to read).
+std::array<std::atomic<pid_t>, 256> g_kernel_pids{};
+
+void track_pid(pid_t pid, bool add)
+{
+    for (auto& slot : g_kernel_pids) {
+        pid_t expected = add ? 0 : pid;
+        if (slot.compare_exchange_strong(expected, add ? pid : 0)) {
+            return;
+        }
+    }
+}
+
+void kill_all_kernels() noexcept
+{
+    for (auto& slot : g_kernel_pids) {
+        const pid_t pid = slot.load();
+        if (pid > 0) {
+            ::kill(-pid, SIGKILL);
+        }
+    }
+}
+
+/// Free TCP ports on 127.0.0.1 (bound together so they are distinct, then released).
+std::vector<std::uint16_t> free_ports(std::size_t n)
+{
+    net::io_context ioc;
+    std::vector<tcp::acceptor> held;
+    std::vector<std::uint16_t> out;
+    for (std::size_t i = 0; i < n; ++i) {
+        held.emplace_back(ioc, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+        out.push_back(held.back().local_endpoint().port());
+    }
+    return out;
+}
+
+/// A kernel process in its own process group; killed (group) when destroyed.
+class local_kernel
+{
+public:
+    local_kernel(const kernelspec& spec, const fs::path& runtime_dir)
+    {
+        const auto ports = free_ports(5);
+        info_.ip = "127.0.0.1";
+        info_.shell_port = ports[0];
+        info_.iopub_port = ports[1];
+        info_.stdin_port = ports[2];
+        info_.control_port = ports[3];
+        info_.hb_port = ports[4];
+        info_.key = zp::new_key();
+        const std::string id = zp::new_uuid();
+        file_ = runtime_dir / ("kernel-" + id + ".json");
+        zp::write_connection_file(file_, info_);
+        log_ = runtime_dir / ("kernel-" + id + ".log");
+
+        // Everything the child needs is prepared before fork (only async-signal-safe calls
+        // happen between fork and exec).
+        std::vector<std::string> args;
+        for (const auto& a : spec.argv) {
+            std::string s = a;
+            auto subst = [&s](std::string_view key, const std::string& value) {
+                for (auto at = s.find(key); at != npos; at = s.find(key, at + value.size())) {
+                    s.replace(at, key.size(), value);
+                }
+            };
+            subst("{connection_file}", file_.string());
+            subst("{resource_dir}", spec.resource_dir.string());
+            subst("{kernel_id}", id);
+            args.push_back(std::move(s));
+        }
+        std::vector<std::string> env;
+        for (char** e = environ; *e != nullptr; ++e) {
+            const std::string_view kv(*e);
+            const auto name = kv.substr(0, kv.find('='));
+            const bool overridden = std::any_of(spec.env.begin(), spec.env.end(),
+                                                [&](const auto& p) { return p.first == name; });
+            if (!overridden) {
+                env.emplace_back(kv);
+            }
+        }
+        for (const auto& [k, v] : spec.env) {
+            env.push_back(k + "=" + v);
+        }
+        std::vector<char*> argv_c;
+        std::vector<char*> env_c;
+        for (auto& a : args) {
+            argv_c.push_back(a.data());
+        }
+        argv_c.push_back(nullptr);
+        for (auto& e : env) {
+            env_c.push_back(e.data());
+        }
+        env_c.push_back(nullptr);
+        const int log_fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        const int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+        const pid_t parent = ::getpid();
+        pid_ = ::fork();
+        if (pid_ < 0) {
+            throw std::system_error(errno, std::generic_category(), "fork");
+        }
+        if (pid_ == 0) {
+            ::setpgid(0, 0);
+            ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive kg-bench
+            if (::getppid() != parent) {
+                ::_exit(127);
+            }
+            if (null_fd >= 0) {
+                ::dup2(null_fd, 0);
+            }
+            if (log_fd >= 0) {
+                ::dup2(log_fd, 1);
+                ::dup2(log_fd, 2);
+            }
+            ::execvpe(argv_c[0], argv_c.data(), env_c.data());
+            ::_exit(127);
+        }
+        ::setpgid(pid_, pid_);  // also from the parent: no race with the first kill
+        track_pid(pid_, true);
+        if (log_fd >= 0) {
+            ::close(log_fd);
+        }
+        if (null_fd >= 0) {
+            ::close(null_fd);
+        }
+    }
+
+    ~local_kernel() { terminate(); }
+    local_kernel(const local_kernel&) = delete;
+    local_kernel& operator=(const local_kernel&) = delete;
+
+    const zp::connection_info& info() const noexcept { return info_; }
+
+    /// true while the process has not exited.
+    bool alive()
+    {
+        if (pid_ <= 0) {
+            return false;
+        }
+        int status = 0;
+        if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+            track_pid(pid_, false);
+            pid_ = -1;
+            return false;
+        }
+        return true;
+    }
+
+    void terminate() noexcept
+    {
+        if (pid_ > 0) {
+            ::kill(-pid_, SIGKILL);
+            int status = 0;
+            ::waitpid(pid_, &status, 0);
+            track_pid(pid_, false);
+            pid_ = -1;
+        }
+        std::error_code ignored;
+        fs::remove(file_, ignored);
+    }
+
+    std::string log_tail() const
+    {
+        std::ifstream in(log_);
+        std::stringstream ss;
+        ss << in.rdbuf();
+        auto s = ss.str();
+        return s.size() > 2000 ? s.substr(s.size() - 2000) : s;
+    }
+
+private:
+    zp::connection_info info_;
+    fs::path file_;
+    fs::path log_;
+    pid_t pid_ = -1;
+};
+
+// ---------------------------------------------------------------------------------------
+// Targets: where kernels come from and how a client reaches them.
+// ---------------------------------------------------------------------------------------
+
+struct kernel_ref
+{
+    std::string id;                       ///< gateway kernel id
+    std::unique_ptr<local_kernel> local;  ///< direct: the process
+};
+using kernel_ptr = std::shared_ptr<kernel_ref>;
+
+class target
+{
+public:
+    target() = default;
+    virtual ~target() = default;
+    target(const target&) = delete;
+    target& operator=(const target&) = delete;
+
+    virtual bool is_gateway() const noexcept = 0;
+    /// Starts a kernel. Direct: returns once the process runs; gateway: when POST answered.
+    virtual net::awaitable<kernel_ptr> start_kernel(time_point deadline) = 0;
+    /// A connected client (not yet known to be ready: see wait_ready()).
+    virtual net::awaitable<client_ptr> connect(const kernel_ref& k, time_point deadline) = 0;
+    virtual net::awaitable<void> stop_kernel(kernel_ref& k, time_point deadline) = 0;
+};
+
+class direct_target final : public target
+{
+public:
+    direct_target(net::io_context& ioc, zmq::context_t& ctx, kernelspec spec, fs::path runtime)
+        : ioc_(ioc), ctx_(ctx), spec_(std::move(spec)), runtime_(std::move(runtime))
+    {
+    }
+
+    bool is_gateway() const noexcept override { return false; }
+
+    net::awaitable<kernel_ptr> start_kernel(time_point /*deadline*/) override
+    {
+        auto k = std::make_shared<kernel_ref>();
+        k->local = std::make_unique<local_kernel>(spec_, runtime_);
+        co_return k;
+    }
+
+    net::awaitable<client_ptr> connect(const kernel_ref& k, time_point /*deadline*/) override
+    {
+        if (!k.local->alive()) {
+            throw bench_error("kernel exited: " + k.local->log_tail());
+        }
+        auto c = std::make_shared<zmq_client>(ioc_, ctx_, k.local->info());
+        c->start();
+        co_return c;
+    }
+
+    net::awaitable<void> stop_kernel(kernel_ref& k, time_point /*deadline*/) override
+    {
+        if (k.local) {
+            k.local->terminate();
+        }
+        co_return;
+    }
+
+private:
+    net::io_context& ioc_;
+    zmq::context_t& ctx_;
+    kernelspec spec_;
+    fs::path runtime_;
+};
+
+struct http_reply
+{
+    unsigned status = 0;
+    std::string body;
+};
+
+class gateway_target final : public target
+{
+public:
+    gateway_target(net::io_context& ioc, gateway_url url, std::string token, std::string kernel,
+                   bool v1)
+        : ioc_(ioc), url_(std::move(url)), token_(std::move(token)), kernel_(std::move(kernel)),
+          v1_(v1)
+    {
+    }
+
+    bool is_gateway() const noexcept override { return true; }
+
+    net::awaitable<http_reply> call(http::verb verb, std::string path, std::string body,
+                                    time_point deadline)
+    {
+        beast::tcp_stream stream(ioc_);
+        stream.expires_at(deadline);
+        co_await stream.async_connect(url_.endpoint(), net::use_awaitable);
+        stream.socket().set_option(tcp::no_delay(true));
+        http::request<http::string_body> req{verb, url_.base + path, 11};
+        req.set(http::field::host, url_.host_header());
+        req.set(http::field::authorization, "token " + token_);
+        req.set(http::field::user_agent, "kg-bench");
+        if (!body.empty()) {
+            req.set(http::field::content_type, "application/json");
+        }
+        req.body() = std::move(body);
+        req.prepare_payload();
+        co_await http::async_write(stream, req, net::use_awaitable);
+        beast::flat_buffer buf;
+        http::response<http::string_body> res;
+        co_await http::async_read(stream, buf, res, net::use_awaitable);
+        beast::error_code ignored;
+        stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+        co_return http_reply{res.result_int(), std::move(res.body())};
+    }
+
+    net::awaitable<kernel_ptr> start_kernel(time_point deadline) override
+    {
+        // (g++ 12 cannot take an init-list temporary inside a co_await operand.)
+        std::string body = nlohmann::json{{"name", kernel_}}.dump();
+        auto r = co_await call(http::verb::post, std::string("/api/kernels"), std::move(body),
+                               deadline);
+        if (r.status != 201 && r.status != 200) {
+            throw bench_error("POST /api/kernels -> " + std::to_string(r.status) + ": " +
+                              r.body.substr(0, 300));
+        }
+        auto k = std::make_shared<kernel_ref>();
+        k->id = nlohmann::json::parse(r.body).at("id").get<std::string>();
+        co_return k;
+    }
+
+    net::awaitable<client_ptr> connect(const kernel_ref& k, time_point deadline) override
+    {
+        auto c = std::make_shared<ws_client>(ioc_, v1_);
+        co_await c->open(url_, token_, k.id, deadline);
+        if (v1_ && !c->v1()) {
+            v1_refused_ = true;
+        }
+        co_return c;
+    }
+
+    net::awaitable<void> stop_kernel(kernel_ref& k, time_point deadline) override
+    {
+        if (k.id.empty()) {
+            co_return;
+        }
+        auto r = co_await call(http::verb::delete_, "/api/kernels/" + k.id, {}, deadline);
+        if (r.status != 204 && r.status != 200) {
+            throw bench_error("DELETE /api/kernels/" + k.id + " -> " + std::to_string(r.status));
+        }
+        k.id.clear();
+    }
+
+    bool v1_refused() const noexcept { return v1_refused_; }
+
+private:
+    net::io_context& ioc_;
+    gateway_url url_;
+    std::string token_;
+    std::string kernel_;
+    bool v1_;
+    bool v1_refused_ = false;
+};
+
+// ---------------------------------------------------------------------------------------
+// Protocol helpers shared by all scenarios.
+// ---------------------------------------------------------------------------------------
+
+/// Sends a request and returns its msg_id.
+net::awaitable<std::string> send_request(client& c,
+                                         std::string_view channel,
+                                         std::string_view type,
+                                         std::string content)
+{
+    std::string id = zp::new_uuid();
+    zp::message m;
+    m.header = zp::make_header(type, c.session(), "kg-bench", id);
+    m.parent_header = "{}";
+    m.metadata = "{}";
+    m.content = std::move(content);
+    co_await c.send(channel, std::move(m));
+    co_return id;
+}
+
+net::awaitable<std::string> send_kernel_info(client& c)
+{
+    std::string content = "{}";
+    co_return co_await send_request(c, "shell", "kernel_info_request", std::move(content));
+}
+
+std::string execute_content(const std::string& code)
+{
+    return nlohmann::json{{"code", code},
+                          {"silent", false},
+                          {"store_history", false},
+                          {"user_expressions", nlohmann::json::object()},
+                          {"allow_stdin", false},
+                          {"stop_on_error", true}}
+        .dump();
+}
+
+net::awaitable<std::string> send_execute(client& c, const std::string& code)
+{
+    std::string content = execute_content(code);
+    co_return co_await send_request(c, "shell", "execute_request", std::move(content));
+}
+
+struct ready_times
+{
+    time_point first_reply;
+    time_point ready;
+};
+
+/// Sends kernel_info_request until a reply and an iopub message have both arrived, which
+/// proves shell works and the iopub subscription is live (the "nudge" of Jupyter Server).
+net::awaitable<ready_times> wait_ready(client& c, time_point deadline)
+{
+    std::set<std::string> ids;
+    ids.insert(co_await send_kernel_info(c));
+    bool reply = false;
+    bool iopub = false;
+    ready_times t{};
+    auto resend = clock_type::now() + 1s;
+    while (!(reply && iopub)) {
+        const auto now = clock_type::now();
+        if (now >= deadline) {
+            throw bench_error(std::string("kernel not ready before the deadline (") +
+                              (reply ? "no iopub message" : "no kernel_info_reply") + ")");
+        }
+        if (now >= resend) {
+            ids.insert(co_await send_kernel_info(c));
+            resend = now + (reply ? 20ms : 1000ms);
+        }
+        auto m = co_await c.try_recv(std::min(resend, deadline));
+        if (!m) {
+            continue;
+        }
+        if (m->channel == "iopub") {
+            iopub = true;
+        } else if (m->msg_type == "kernel_info_reply" && ids.count(m->parent_id) != 0) {
+            if (!reply) {
+                t.first_reply = clock_type::now();
+                resend = t.first_reply + 20ms;
+            }
+            reply = true;
+        }
+    }
+    t.ready = clock_type::now();
+    co_return t;
+}
+
+/// Waits for the reply of type `reply_type` to `id` and, when `want_idle`, the iopub idle
+/// status with that parent.
+net::awaitable<void> wait_reply(client& c,
+                                const std::string& id,
+                                std::string_view reply_type,
+                                bool want_idle,
+                                time_point deadline)
+{
+    bool reply = false;
+    bool idle = !want_idle;
+    while (!(reply && idle)) {
+        const incoming m = co_await c.recv(deadline);
+        if (m.parent_id != id) {
+            continue;
+        }
+        if (m.msg_type == reply_type) {
+            reply = true;
+        } else if (m.msg_type == "status" && m.state == "idle") {
+            idle = true;
+        }
+    }
+}
+
+struct output_count
+{
+    std::uint64_t streams = 0;
+    std::uint64_t text_bytes = 0;
+};
+
+/// Consumes everything an execute_request `id` produces until its iopub idle (and its reply
+/// when `want_reply`), counting stream messages and their bytes.
+net::awaitable<output_count> consume_output(client& c,
+                                            const std::string& id,
+                                            bool want_reply,
+                                            time_point deadline)
+{
+    output_count out;
+    bool reply = !want_reply;
+    bool idle = false;
+    while (!(reply && idle)) {
+        const incoming m = co_await c.recv(deadline);
+        if (m.parent_id != id) {
+            continue;
+        }
+        if (m.msg_type == "stream") {
+            ++out.streams;
+            out.text_bytes += m.text_bytes;
+        } else if (m.msg_type == "execute_reply") {
+            reply = true;
+        } else if (m.msg_type == "status" && m.state == "idle") {
+            idle = true;
+        }
+    }
+    co_return out;
+}
+
+/// Runs fn(i) for i in [0, n) with at most `limit` in flight; rethrows the first failure
+/// once all have finished.
+template <class F>
+net::awaitable<void> parallel_for(std::size_t n, std::size_t limit, F fn)
+{
+    auto ex = co_await net::this_coro::executor;
+    std::size_t next = 0;
+    std::size_t running = 0;
+    std::exception_ptr first;
+    net::steady_timer done(ex, time_point::max());
+    auto worker = [&]() -> net::awaitable<void> {
+        while (next < n && !first) {
+            const std::size_t i = next++;
+            co_await fn(i);
+        }
+    };
+    const std::size_t workers = std::min(std::max<std::size_t>(limit, 1), n);
+    for (std::size_t w = 0; w < workers; ++w) {
+        ++running;
+        net::co_spawn(ex, worker(), [&](std::exception_ptr e) {
+            if (e && !first) {
+                first = e;
+            }
+            if (--running == 0) {
+                done.cancel();
+            }
+        });
+    }
+    while (running > 0) {
+        boost::system::error_code ec;
+        co_await done.async_wait(net::redirect_error(net::use_awaitable, ec));
+    }
+    if (first) {
+        std::rethrow_exception(first);
+    }
+}
+
+net::awaitable<void> sleep_for(clock_type::duration d)
+{
+    net::steady_timer t(co_await net::this_coro::executor, d);
+    boost::system::error_code ec;
+    co_await t.async_wait(net::redirect_error(net::use_awaitable, ec));
+}
+
+long read_rss_kib(int pid)
+{
+    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.rfind("VmRSS:", 0) == 0) {
+            return std::stol(line.substr(6));
+        }
+    }
+    throw bench_error("cannot read VmRSS of pid " + std::to_string(pid));
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------------------
+
+struct options
+{
+    std::string target_kind = "direct";
+    std::string label;
+    std::string kernelspec_path;
+    std::string url = "http://127.0.0.1:8888";
+    std::string token;
+    std::string kernel_name = "echo";
+    std::string protocol = "v1";
+    int gateway_pid = 0;
+    std::string dialect = "echo";
+    std::string scenarios = "all";
+    std::string json_path;
+    std::string runtime_dir;
+    int repeat = 3;
+    int start_n = 3;
+    int rt = 2000;
+    int flood = 20000;
+    int window = 64;
+    int iopub_flood = 20000;
+    int iopub_size = 64;
+    long long stream_bytes = 32LL << 20;
+    std::string fanout = "1,4,16,32";
+    int fanout_rt = 500;
+    int idle = 10000;
+    int idle_concurrency = 64;
+    int broadcast_clients = 16;
+    int broadcast_msgs = 2000;
+    double budget = 10;
+    double timeout = 60;
+};
+
+using metrics = std::vector<std::pair<std::string, double>>;
+
+const std::vector<std::string>& all_scenarios()
+{
+    static const std::vector<std::string> names{"start",  "kernel_info", "execute",
+                                                "flood",  "iopub_flood", "stream",
+                                                "fanout", "idle_ws",     "broadcast"};
+    return names;
+}
+
+std::vector<int> parse_int_list(const std::string& s)
+{
+    std::vector<int> out;
+    std::stringstream ss(s);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+        if (!item.empty()) {
+            out.push_back(std::stoi(item));
+        }
+    }
+    return out;
+}
+
+/// Code the kernel runs, per kernel language ("echo" is kg-echo-kernel's command language).
+struct dialect
+{
+    std::string name;
+
+    std::string execute_code() const { return name == "python" ? "pass" : "hello"; }
+
+    std::string flood_code(int n, int size) const
+    {
+        if (name == "python") {
+            return "import sys\nfor _ in range(" + std::to_string(n) + "):\n    sys.stdout.write('y' * " +
+                   std::to_string(size) + ")\n    sys.stdout.flush()\n";
+        }
+        return "flood:" + std::to_string(n) + ":" + std::to_string(size);
+    }
+
+    /// Streams `bytes` (a multiple of 64 KiB) in 64 KiB messages.
+    std::string stream_code(long long bytes) const
+    {
+        if (name == "python") {
+            return "import sys\nfor _ in range(" + std::to_string(bytes / 65536) +
+                   "):\n    sys.stdout.write('x' * 65536)\n    sys.stdout.flush()\n";
+        }
+        return "stream:" + std::to_string(bytes);
+    }
+};
+
+class bench
+{
+public:
+    bench(options opts, target& tgt) : opts_(std::move(opts)), target_(tgt), dialect_{opts_.dialect}
+    {
+    }
+
+    const options& opts() const noexcept { return opts_; }
+
+    time_point deadline() const
+    {
+        return clock_type::now() +
+               std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(opts_.timeout));
+    }
+
+    time_point budget_end() const
+    {
+        return clock_type::now() +
+               std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(opts_.budget));
+    }
+
+    /// The kernel shared by the single-kernel scenarios (started on first use).
+    net::awaitable<kernel_ptr> main_kernel()
+    {
+        if (!main_) {
+            main_ = co_await target_.start_kernel(deadline());
+            // Prove it answers before any measurement uses it.
+            client_set cs;
+            cs.add(co_await target_.connect(*main_, deadline()));
+            co_await wait_ready(cs[0], deadline());
+        }
+        co_return main_;
+    }
+
+    net::awaitable<void> stop_main()
+    {
+        if (main_) {
+            co_await target_.stop_kernel(*main_, deadline());
+            main_.reset();
+        }
+    }
+
+    net::awaitable<client_ptr> ready_client(const kernel_ref& k)
+    {
+        auto c = co_await target_.connect(k, deadline());
+        try {
+            co_await wait_ready(*c, deadline());
+        } catch (...) {
+            c->close();
+            throw;
+        }
+        co_return c;
+    }
+
+    net::awaitable<metrics> run(const std::string& name)
+    {
+        if (name == "start") {
+            co_return co_await start();
+        }
+        if (name == "kernel_info") {
+            co_return co_await round_trips(false);
+        }
+        if (name == "execute") {
+            co_return co_await round_trips(true);
+        }
+        if (name == "flood") {
+            co_return co_await flood();
+        }
+        if (name == "iopub_flood") {
+            co_return co_await iopub_flood();
+        }
+        if (name == "stream") {
+            co_return co_await stream();
+        }
+        if (name == "fanout") {
+            co_return co_await fanout();
+        }
+        if (name == "idle_ws") {
+            co_return co_await idle_ws();
+        }
+        if (name == "broadcast") {
+            co_return co_await broadcast();
+        }
+        throw std::invalid_argument("unknown scenario " + name);
+    }
+
+    /// Kernels for the fan-out scenario, kept across its repeats.
+    net::awaitable<void> stop_fanout_kernels()
+    {
+        for (auto& k : fanout_kernels_) {
+            co_await target_.stop_kernel(*k, deadline());
+        }
+        fanout_kernels_.clear();
+    }
+
+private:
+    net::awaitable<metrics> start()
+    {
+        std::vector<double> post_ms;
+        std::vector<double> ki_ms;
+        std::vector<double> ready_ms;
+        for (int i = 0; i < std::max(1, opts_.start_n); ++i) {
+            const auto dl = deadline();
+            const auto t0 = clock_type::now();
+            auto k = co_await target_.start_kernel(dl);
+            const auto t_started = clock_type::now();
+            std::exception_ptr failure;
+            try {
+                client_set cs;
+                cs.add(co_await target_.connect(*k, dl));
+                const auto t = co_await wait_ready(cs[0], dl);
+                post_ms.push_back(ms_since(t0, t_started));
+                ki_ms.push_back(ms_since(t0, t.first_reply));
+                ready_ms.push_back(ms_since(t0, t.ready));
+            } catch (...) {
+                failure = std::current_exception();
+            }
+            co_await target_.stop_kernel(*k, deadline());
+            if (failure) {
+                std::rethrow_exception(failure);
+            }
+        }
+        metrics m{{"kernel_info_ms", percentile(ki_ms, 50)}, {"ready_ms", percentile(ready_ms, 50)}};
+        if (target_.is_gateway()) {
+            m.emplace_back("post_ms", percentile(post_ms, 50));
+        }
+        m.emplace_back("n", static_cast<double>(ki_ms.size()));
+        co_return m;
+    }
+
+    net::awaitable<metrics> round_trips(bool execute)
+    {
+        const kernel_ptr kp = co_await main_kernel();
+        const kernel_ref& k = *kp;
+        client_set cs;
+        cs.add(co_await ready_client(k));
+        client& c = cs[0];
+        const std::string code = dialect_.execute_code();
+        auto one = [&](time_point dl) -> net::awaitable<void> {
+            if (execute) {
+                const auto id = co_await send_execute(c, code);
+                co_await wait_reply(c, id, "execute_reply", true, dl);
+            } else {
+                const auto id = co_await send_kernel_info(c);
+                co_await wait_reply(c, id, "kernel_info_reply", false, dl);
+            }
+        };
+        for (int i = 0; i < std::min(20, opts_.rt); ++i) {  // warm-up, not measured
+            co_await one(deadline());
+        }
+        std::vector<double> us;
+        us.reserve(static_cast<std::size_t>(opts_.rt));
+        const auto stop = budget_end();
+        const auto dl = deadline();
+        for (int i = 0; i < opts_.rt && clock_type::now() < stop; ++i) {
+            const auto t0 = clock_type::now();
+            co_await one(dl);
+            us.push_back(us_since(t0, clock_type::now()));
+        }
+        co_return metrics{{"p50_us", percentile(us, 50)},
+                          {"p99_us", percentile(us, 99)},
+                          {"mean_us", mean_of(us)},
+                          {"n", static_cast<double>(us.size())}};
+    }
+
+    net::awaitable<metrics> flood()
+    {
+        const kernel_ptr kp = co_await main_kernel();
+        const kernel_ref& k = *kp;
+        client_set cs;
+        cs.add(co_await ready_client(k));
+        client& c = cs[0];
+        const auto window = static_cast<std::uint64_t>(std::max(1, opts_.window));
+        const auto total = static_cast<std::uint64_t>(std::max(1, opts_.flood));
+        const auto dl = deadline();
+        const auto stop = budget_end();
+        const auto received0 = c.received();
+        std::uint64_t sent = 0;
+        std::uint64_t replies = 0;
+        const auto t0 = clock_type::now();
+        while (replies < sent || sent == 0) {
+            // Keep `window` requests in flight until the total (or the budget) is reached.
+            while (sent - replies < window && sent < total && clock_type::now() < stop) {
+                co_await send_kernel_info(c);
+                ++sent;
+            }
+            if (replies == sent) {
+                break;
+            }
+            const incoming m = co_await c.recv(dl);
+            if (m.msg_type == "kernel_info_reply") {
+                ++replies;
+            }
+        }
+        const double secs = seconds_between(t0, clock_type::now());
+        // Every message that reached the client in the window: replies and iopub status.
+        const auto expected = c.received() - received0;
+        co_return metrics{{"req_per_s", static_cast<double>(replies) / secs},
+                          {"msgs_per_s", static_cast<double>(expected) / secs},
+                          {"requests", static_cast<double>(replies)},
+                          {"window", static_cast<double>(window)}};
+    }
+
+    net::awaitable<metrics> iopub_flood()
+    {
+        const kernel_ptr kp = co_await main_kernel();
+        const kernel_ref& k = *kp;
+        client_set cs;
+        cs.add(co_await ready_client(k));
+        client& c = cs[0];
+        const auto t0 = clock_type::now();
+        const auto id = co_await send_execute(c, dialect_.flood_code(opts_.iopub_flood, opts_.iopub_size));
+        const auto got = co_await consume_output(c, id, true, deadline());
+        const double secs = seconds_between(t0, clock_type::now());
+        co_return metrics{{"msgs_per_s", static_cast<double>(got.streams) / secs},
+                          {"complete", static_cast<double>(got.streams) / opts_.iopub_flood},
+                          {"messages", static_cast<double>(got.streams)},
+                          {"size", static_cast<double>(opts_.iopub_size)}};
+    }
+
+    net::awaitable<metrics> stream()
+    {
+        const kernel_ptr kp = co_await main_kernel();
+        const kernel_ref& k = *kp;
+        client_set cs;
+        cs.add(co_await ready_client(k));
+        client& c = cs[0];
+        const long long bytes = std::max(1LL, opts_.stream_bytes / 65536) * 65536;
+        const auto t0 = clock_type::now();
+        const auto id = co_await send_execute(c, dialect_.stream_code(bytes));
+        const auto got = co_await consume_output(c, id, true, deadline());
+        const double secs = seconds_between(t0, clock_type::now());
+        co_return metrics{{"mb_per_s", static_cast<double>(got.text_bytes) / secs / 1e6},
+                          {"complete", static_cast<double>(got.text_bytes) / static_cast<double>(bytes)},
+                          {"bytes", static_cast<double>(got.text_bytes)},
+                          {"messages", static_cast<double>(got.streams)}};
+    }
+
+    net::awaitable<metrics> fanout()
+    {
+        const auto levels = parse_int_list(opts_.fanout);
+        if (levels.empty()) {
+            throw std::invalid_argument("--fanout needs at least one level");
+        }
+        const auto kmax = static_cast<std::size_t>(*std::max_element(levels.begin(), levels.end()));
+        // Kernels start in parallel (4 at a time), once for all repeats of the scenario.
+        const std::size_t have = fanout_kernels_.size();
+        if (have < kmax) {
+            fanout_kernels_.resize(kmax);
+            co_await parallel_for(kmax - have, 4, [&](std::size_t i) -> net::awaitable<void> {
+                fanout_kernels_[have + i] = co_await target_.start_kernel(deadline());
+                auto c = co_await ready_client(*fanout_kernels_[have + i]);
+                c->close();
+            });
+        }
+        metrics m;
+        for (const int level : levels) {
+            const auto kn = static_cast<std::size_t>(level);
+            std::vector<client_ptr> clients(kn);
+            client_set cs;
+            co_await parallel_for(kn, 8, [&](std::size_t i) -> net::awaitable<void> {
+                clients[i] = co_await ready_client(*fanout_kernels_[i]);
+            });
+            for (auto& c : clients) {
+                cs.add(c);
+            }
+            std::uint64_t done = 0;
+            std::vector<double> us;
+            const auto stop = budget_end();
+            const auto dl = deadline();
+            const auto t0 = clock_type::now();
+            co_await parallel_for(kn, kn, [&](std::size_t i) -> net::awaitable<void> {
+                client& c = *clients[i];
+                for (int r = 0; r < opts_.fanout_rt && clock_type::now() < stop; ++r) {
+                    const auto t1 = clock_type::now();
+                    const auto id = co_await send_kernel_info(c);
+                    co_await wait_reply(c, id, "kernel_info_reply", false, dl);
+                    us.push_back(us_since(t1, clock_type::now()));
+                    ++done;
+                }
+            });
+            const double secs = seconds_between(t0, clock_type::now());
+            const std::string k = "k" + std::to_string(level);
+            m.emplace_back(k + "_rt_per_s", static_cast<double>(done) / secs);
+            m.emplace_back(k + "_p50_us", percentile(us, 50));
+        }
+        co_return m;
+    }
+
+    net::awaitable<metrics> idle_ws()
+    {
+        if (!target_.is_gateway()) {
+            throw not_applicable("not applicable to a direct ZeroMQ client");
+        }
+        if (opts_.gateway_pid <= 0) {
+            throw std::invalid_argument("needs --gateway-pid (the gateway's RSS is measured)");
+        }
+        const kernel_ptr kp = co_await main_kernel();
+        const kernel_ref& k = *kp;
+        client_set cs;
+        cs.add(co_await ready_client(k));
+        const auto n = static_cast<std::size_t>(std::max(1, opts_.idle));
+        co_await sleep_for(300ms);
+        const long rss0 = read_rss_kib(opts_.gateway_pid);
+        std::vector<client_ptr> idle(n);
+        const auto t0 = clock_type::now();
+        co_await parallel_for(n, static_cast<std::size_t>(std::max(1, opts_.idle_concurrency)),
+                              [&](std::size_t i) -> net::awaitable<void> {
+                                  idle[i] = co_await target_.connect(k, deadline());
+                                  idle[i]->keep_messages(false);
+                              });
+        const double open_s = seconds_between(t0, clock_type::now());
+        for (auto& c : idle) {
+            cs.add(c);
+        }
+        co_await sleep_for(1s);  // let the gateway finish per-connection work (nudges, buffers)
+        const long rss1 = read_rss_kib(opts_.gateway_pid);
+        // The gateway must still answer with all of them open.
+        const auto t1 = clock_type::now();
+        const auto id = co_await send_kernel_info(cs[0]);
+        co_await wait_reply(cs[0], id, "kernel_info_reply", false, deadline());
+        const double rt_us = us_since(t1, clock_type::now());
+        co_return metrics{{"kib_per_conn", static_cast<double>(rss1 - rss0) / static_cast<double>(n)},
+                          {"connections", static_cast<double>(n)},
+                          {"rss_before_kib", static_cast<double>(rss0)},
+                          {"rss_after_kib", static_cast<double>(rss1)},
+                          {"open_s", open_s},
+                          {"rt_after_us", rt_us}};
+    }
+
+    net::awaitable<metrics> broadcast()
+    {
+        const kernel_ptr kp = co_await main_kernel();
+        const kernel_ref& k = *kp;
+        const auto n = static_cast<std::size_t>(std::max(1, opts_.broadcast_clients));
+        std::vector<client_ptr> clients(n);
+        client_set cs;
+        co_await parallel_for(n, 8, [&](std::size_t i) -> net::awaitable<void> {
+            clients[i] = co_await ready_client(k);
+        });
+        for (auto& c : clients) {
+            cs.add(c);
+        }
+        // Let every client's nudge output pass before the measured burst.
+        co_await sleep_for(100ms);
+        const auto dl = deadline();
+        const auto t0 = clock_type::now();
+        const auto id = co_await send_execute(*clients[0],
+                                              dialect_.flood_code(opts_.broadcast_msgs, opts_.iopub_size));
+        std::vector<output_count> got(n);
+        co_await parallel_for(n, n, [&](std::size_t i) -> net::awaitable<void> {
+            got[i] = co_await consume_output(*clients[i], id, i == 0, dl);
+        });
+        const double secs = seconds_between(t0, clock_type::now());
+        std::uint64_t total = 0;
+        std::uint64_t least = got.empty() ? 0 : got[0].streams;
+        for (const auto& g : got) {
+            total += g.streams;
+            least = std::min(least, g.streams);
+        }
+        co_return metrics{{"delivered_per_s", static_cast<double>(total) / secs},
+                          {"complete", static_cast<double>(least) / opts_.broadcast_msgs},
+                          {"clients", static_cast<double>(n)},
+                          {"messages", static_cast<double>(opts_.broadcast_msgs)}};
+    }
+
+    options opts_;
+    target& target_;
+    dialect dialect_;
+    kernel_ptr main_;
+    std::vector<kernel_ptr> fanout_kernels_;
+};
+
+
+// ---------------------------------------------------------------------------------------
+// Running, reporting
+// ---------------------------------------------------------------------------------------
+
+struct scenario_result
+{
+    std::vector<metrics> runs;
+    std::string error;
+    std::string skipped;
+};
+
+/// Runs a coroutine to completion on the (single-threaded) io_context. Every wait inside has
+/// its own deadline; the hard limit only guards against a bug in kg-bench itself.
+template <class T>
+T run_sync(net::io_context& ioc, net::awaitable<T> aw, double hard_limit_s)
+{
+    std::optional<T> out;
+    std::exception_ptr failure;
+    bool done = false;
+    net::co_spawn(ioc, std::move(aw), [&](std::exception_ptr e, T v) {
+        done = true;
+        failure = e;
+        if (!e) {
+            out.emplace(std::move(v));
+        }
+    });
+    const auto hard = clock_type::now() + std::chrono::duration_cast<clock_type::duration>(
+                                              std::chrono::duration<double>(hard_limit_s));
+    while (!done) {
+        if (clock_type::now() > hard) {
+            std::cerr << "kg-bench: hard time limit exceeded; giving up\n";
+            kill_all_kernels();
+            std::_Exit(3);
+        }
+        if (ioc.stopped()) {
+            ioc.restart();
+        }
+        ioc.run_one_for(200ms);
+    }
+    if (failure) {
+        std::rethrow_exception(failure);
+    }
+    return std::move(*out);
+}
+
+std::map<std::string, double> medians(const std::vector<metrics>& runs)
+{
+    std::map<std::string, std::vector<double>> by_key;
+    for (const auto& run : runs) {
+        for (const auto& [k, v] : run) {
+            if (!std::isnan(v)) {
+                by_key[k].push_back(v);
+            }
+        }
+    }
+    std::map<std::string, double> out;
+    for (auto& [k, v] : by_key) {
+        std::sort(v.begin(), v.end());
+        const std::size_t n = v.size();
+        out[k] = n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+    }
+    return out;
+}
+
+nlohmann::ordered_json json_number(double v)
+{
+    if (std::isnan(v) || std::isinf(v)) {
+        return nullptr;
+    }
+    return v;
+}
+
+std::string format_number(double v)
+{
+    if (std::isnan(v)) {
+        return "-";
+    }
+    char buf[64];
+    const double a = std::fabs(v);
+    if (a >= 1e5 || (a == std::floor(a) && a < 1e15)) {
+        std::snprintf(buf, sizeof buf, "%.0f", v);
+    } else if (a >= 100) {
+        std::snprintf(buf, sizeof buf, "%.1f", v);
+    } else {
+        std::snprintf(buf, sizeof buf, "%.3g", v);
+    }
+    return buf;
+}
+
+int run_main(options& o)
+{
+    // Many idle WebSockets need many descriptors: take the hard limit.
+    rlimit lim{};
+    if (::getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < lim.rlim_max) {
+        lim.rlim_cur = lim.rlim_max;
+        ::setrlimit(RLIMIT_NOFILE, &lim);
+    }
+    std::vector<std::string> wanted;
+    if (o.scenarios == "all") {
+        wanted = all_scenarios();
+    } else {
+        std::stringstream ss(o.scenarios);
+        std::string item;
+        while (std::getline(ss, item, ',')) {
+            if (item.empty()) {
+                continue;
+            }
+            if (std::find(all_scenarios().begin(), all_scenarios().end(), item) ==
+                all_scenarios().end()) {
+                std::cerr << "kg-bench: unknown scenario '" << item << "'\n";
+                return 2;
+            }
+            wanted.push_back(item);
+        }
+    }
+    if (o.idle > 0 && static_cast<rlim_t>(o.idle) + 200 > lim.rlim_cur &&
+        std::find(wanted.begin(), wanted.end(), "idle_ws") != wanted.end()) {
+        std::cerr << "kg-bench: --idle " << o.idle << " needs more file descriptors than "
+                  << lim.rlim_cur << " (ulimit -n); lowering it\n";
+        o.idle = static_cast<int>(lim.rlim_cur) - 200;
+    }
+
+    zmq::context_t zctx;
+    net::io_context ioc(1);
+    std::unique_ptr<target> tgt;
+    fs::path runtime;
+    bool own_runtime = false;
+    std::string protocol;
+    if (o.target_kind == "direct") {
+        if (o.kernelspec_path.empty()) {
+            std::cerr << "kg-bench: --target direct needs --kernelspec\n";
+            return 2;
+        }
+        if (o.runtime_dir.empty()) {
+            char tmpl[] = "/tmp/kg-bench-XXXXXX";
+            if (::mkdtemp(tmpl) == nullptr) {
+                std::cerr << "kg-bench: mkdtemp failed\n";
+                return 1;
+            }
+            runtime = tmpl;
+            own_runtime = true;
+        } else {
+            runtime = o.runtime_dir;
+            fs::create_directories(runtime);
+        }
+        fs::permissions(runtime, fs::perms::owner_all, fs::perm_options::replace);
+        tgt = std::make_unique<direct_target>(ioc, zctx, read_kernelspec(o.kernelspec_path), runtime);
+        protocol = "zmq";
+    } else {
+        if (o.token.empty()) {
+            if (const char* t = std::getenv("KG_BENCH_TOKEN")) {
+                o.token = t;
+            }
+        }
+        tgt = std::make_unique<gateway_target>(ioc, gateway_url::parse(o.url), o.token,
+                                               o.kernel_name, o.protocol == "v1");
+        protocol = o.protocol;
+    }
+    if (o.label.empty()) {
+        o.label = o.target_kind;
+    }
+
+    bench b(o, *tgt);
+    const double hard_limit = std::max(120.0, 10 * o.timeout + 4 * o.budget);
+    std::map<std::string, scenario_result> results;
+    for (const auto& name : wanted) {
+        auto& res = results[name];
+        // Memory the gateway freed after one idle_ws run is reused by the next, so that one
+        // is measured once per gateway process (bench/run.sh restarts the gateway per repeat).
+        const int runs = name == "idle_ws" ? 1 : std::max(1, o.repeat);
+        for (int r = 0; r < runs; ++r) {
+            try {
+                res.runs.push_back(run_sync(ioc, b.run(name), hard_limit));
+                std::cerr << "kg-bench: " << o.label << " " << name << " run " << r + 1 << " done\n";
+            } catch (const not_applicable& e) {
+                res.skipped = e.what();
+                break;
+            } catch (const std::exception& e) {
+                res.error = e.what();
+                std::cerr << "kg-bench: " << o.label << " " << name << ": " << e.what() << "\n";
+                // The shared kernel may be what broke: the next scenario gets a fresh one.
+                try {
+                    run_sync(ioc, [&]() -> net::awaitable<int> { co_await b.stop_main(); co_return 0; }(),
+                             hard_limit);
+                } catch (const std::exception&) {
+                }
+                break;
+            }
+        }
+        if (name == "fanout") {
+            try {
+                run_sync(ioc, [&]() -> net::awaitable<int> { co_await b.stop_fanout_kernels(); co_return 0; }(),
+                         hard_limit);
+            } catch (const std::exception& e) {
+                std::cerr << "kg-bench: stopping fan-out kernels: " << e.what() << "\n";
+            }
+        }
+    }
+    try {
+        run_sync(ioc, [&]() -> net::awaitable<int> { co_await b.stop_main(); co_return 0; }(), hard_limit);
+    } catch (const std::exception& e) {
+        std::cerr << "kg-bench: stopping the kernel: " << e.what() << "\n";
+    }
+    if (auto* gw = dynamic_cast<gateway_target*>(tgt.get()); gw != nullptr && gw->v1_refused()) {
+        protocol = "legacy (v1 refused)";
+    }
+
+    // Table
+    std::cout << "kg-bench: " << o.label << " (" << o.target_kind << ", kernel "
+              << (o.target_kind == "direct" ? o.kernelspec_path : o.kernel_name) << ", "
+              << protocol << ", " << o.repeat << " repeat(s))\n";
+    std::printf("%-12s %-18s %14s   %s\n", "scenario", "metric", "median", "runs");
+    nlohmann::ordered_json doc;
+    doc["tool"] = "kg-bench";
+    doc["format"] = 1;
+    doc["label"] = o.label;
+    doc["target"] = o.target_kind;
+    doc["kernel"] = o.target_kind == "direct" ? o.kernelspec_path : o.kernel_name;
+    doc["dialect"] = o.dialect;
+    doc["protocol"] = protocol;
+    doc["settings"] = {{"repeat", o.repeat},       {"start_n", o.start_n},
+                       {"rt", o.rt},               {"flood", o.flood},
+                       {"window", o.window},       {"iopub_flood", o.iopub_flood},
+                       {"iopub_size", o.iopub_size}, {"stream_bytes", o.stream_bytes},
+                       {"fanout", o.fanout},       {"fanout_rt", o.fanout_rt},
+                       {"idle", o.idle},           {"broadcast_clients", o.broadcast_clients},
+                       {"broadcast_msgs", o.broadcast_msgs}, {"budget_s", o.budget},
+                       {"timeout_s", o.timeout}};
+    auto& out = doc["scenarios"];
+    out = nlohmann::ordered_json::object();
+    for (const auto& name : wanted) {
+        const auto& res = results[name];
+        auto& j = out[name];
+        j = nlohmann::ordered_json::object();
+        if (!res.skipped.empty()) {
+            j["skipped"] = res.skipped;
+            std::printf("%-12s %-18s %14s   %s\n", name.c_str(), "-", "skipped", res.skipped.c_str());
+            continue;
+        }
+        if (!res.error.empty()) {
+            j["error"] = res.error;
+            std::printf("%-12s %-18s %14s   %s\n", name.c_str(), "-", "ERROR", res.error.c_str());
+        }
+        j["runs"] = nlohmann::ordered_json::array();
+        for (const auto& run : res.runs) {
+            nlohmann::ordered_json rj = nlohmann::ordered_json::object();
+            for (const auto& [k, v] : run) {
+                rj[k] = json_number(v);
+            }
+            j["runs"].push_back(rj);
+        }
+        const auto med = medians(res.runs);
+        nlohmann::ordered_json mj = nlohmann::ordered_json::object();
+        if (!res.runs.empty()) {
+            for (const auto& [k, v] : res.runs.front()) {
+                const auto it = med.find(k);
+                const double m = it == med.end() ? std::nan("") : it->second;
+                mj[k] = json_number(m);
+                std::string all;
+                for (const auto& run : res.runs) {
+                    for (const auto& [k2, v2] : run) {
+                        if (k2 == k) {
+                            all += format_number(v2) + " ";
+                        }
+                    }
+                }
+                std::printf("%-12s %-18s %14s   %s\n", name.c_str(), k.c_str(),
+                            format_number(m).c_str(), all.c_str());
+            }
+        }
+        j["median"] = mj;
+    }
+    std::cout.flush();
+    if (!o.json_path.empty()) {
+        std::ofstream f(o.json_path);
+        f << doc.dump(2) << "\n";
+        if (!f) {
+            std::cerr << "kg-bench: cannot write " << o.json_path << "\n";
+            return 1;
+        }
+    }
+    if (own_runtime) {
+        std::error_code ignored;
+        fs::remove_all(runtime, ignored);
+    }
+    return 0;
+}
+
+}  // namespace kernelgate::bench
+
+namespace {
+
+extern "C" void on_signal(int sig)
+{
+    kernelgate::bench::kill_all_kernels();
+    ::_exit(128 + sig);
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    kernelgate::bench::options o;
+    CLI::App app{"kg-bench: benchmark a Jupyter gateway against direct ZeroMQ to the kernel.\n"
+                 "Scenarios: start, kernel_info, execute, flood, iopub_flood, stream, fanout, "
+                 "idle_ws, broadcast (see the comment at the top of bench/kg_bench.cpp)."};
+    app.add_option("--target", o.target_kind, "direct (ZeroMQ to a kernel kg-bench launches) or gateway (WebSocket)")
+        ->check(CLI::IsMember({"direct", "gateway"}));
+    app.add_option("--label", o.label, "name of this target in the output");
+    app.add_option("--kernelspec", o.kernelspec_path, "direct: kernel.json (or its directory) to launch");
+    app.add_option("--runtime-dir", o.runtime_dir, "direct: where connection files and kernel logs go (default: a temp dir)");
+    app.add_option("--url", o.url, "gateway: base URL")->capture_default_str();
+    app.add_option("--token", o.token, "gateway: token (default: $KG_BENCH_TOKEN)");
+    app.add_option("--kernel", o.kernel_name, "gateway: kernelspec name to start")->capture_default_str();
+    app.add_option("--protocol", o.protocol, "gateway: v1 or legacy WebSocket frames")
+        ->check(CLI::IsMember({"v1", "legacy"}))
+        ->capture_default_str();
+    app.add_option("--gateway-pid", o.gateway_pid, "gateway: pid whose VmRSS idle_ws measures");
+    app.add_option("--dialect", o.dialect, "code the kernel runs: echo (kg-echo-kernel) or python")
+        ->check(CLI::IsMember({"echo", "python"}))
+        ->capture_default_str();
+    app.add_option("--scenarios", o.scenarios, "comma-separated scenarios, or all")->capture_default_str();
+    app.add_option("--repeat", o.repeat, "runs of each scenario (medians are reported)")->capture_default_str();
+    app.add_option("--start-n", o.start_n, "start: kernel starts per run (median)")->capture_default_str();
+    app.add_option("--rt", o.rt, "kernel_info/execute: round trips per run")->capture_default_str();
+    app.add_option("--flood", o.flood, "flood: requests per run")->capture_default_str();
+    app.add_option("--window", o.window, "flood: requests in flight")->capture_default_str();
+    app.add_option("--iopub-flood", o.iopub_flood, "iopub_flood: stream messages per run")->capture_default_str();
+    app.add_option("--iopub-size", o.iopub_size, "iopub_flood/broadcast: bytes per stream message")->capture_default_str();
+    app.add_option("--stream-bytes", o.stream_bytes, "stream: bytes of output (64 KiB messages)")->capture_default_str();
+    app.add_option("--fanout", o.fanout, "fanout: kernel counts")->capture_default_str();
+    app.add_option("--fanout-rt", o.fanout_rt, "fanout: round trips per client")->capture_default_str();
+    app.add_option("--idle", o.idle, "idle_ws: WebSockets to hold open")->capture_default_str();
+    app.add_option("--idle-concurrency", o.idle_concurrency, "idle_ws: handshakes in flight")->capture_default_str();
+    app.add_option("--broadcast-clients", o.broadcast_clients, "broadcast: clients on one kernel")->capture_default_str();
+    app.add_option("--broadcast-msgs", o.broadcast_msgs, "broadcast: stream messages")->capture_default_str();
+    app.add_option("--budget", o.budget, "seconds a measuring loop may run before it stops early")->capture_default_str();
+    app.add_option("--timeout", o.timeout, "seconds any single wait may take")->capture_default_str();
+    app.add_option("--json", o.json_path, "write the results as JSON to this file");
+    CLI11_PARSE(app, argc, argv);
+
+    struct sigaction sa{};
+    sa.sa_handler = on_signal;
+    ::sigaction(SIGINT, &sa, nullptr);
+    ::sigaction(SIGTERM, &sa, nullptr);
+    ::signal(SIGPIPE, SIG_IGN);
+    try {
+        return kernelgate::bench::run_main(o);
+    } catch (const std::exception& e) {
+        kernelgate::bench::kill_all_kernels();
+        std::cerr << "kg-bench: " << e.what() << "\n";
+        return 1;
+    }
+}
