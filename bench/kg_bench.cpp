@@ -2058,8 +2058,7 @@ int run_main(options& o)
     }
 
     // Table
-    std::cout << "kg-bench: " << o.label << " (" << o.target_kind << ", kernel "
-              << (o.target_kind == "direct" ? o.kernelspec_path : o.kernel_name) << ", "
+    std::cout << "kg-bench: " << o.label << " (" << o.target_kind << ", kernel " << o.kernel_name << ", "
               << protocol << ", " << o.repeat << " repeat(s))\n";
     std::printf("%-12s %-18s %14s   %s\n", "scenario", "metric", "median", "runs");
     nlohmann::ordered_json doc;
@@ -2067,7 +2066,10 @@ int run_main(options& o)
     doc["format"] = 1;
     doc["label"] = o.label;
     doc["target"] = o.target_kind;
-    doc["kernel"] = o.target_kind == "direct" ? o.kernelspec_path : o.kernel_name;
+    doc["kernel"] = o.kernel_name;
+    if (o.target_kind == "direct") {
+        doc["kernelspec"] = o.kernelspec_path;
+    }
     doc["dialect"] = o.dialect;
     doc["protocol"] = protocol;
     doc["settings"] = {{"repeat", o.repeat},       {"start_n", o.start_n},
@@ -2163,7 +2165,8 @@ int main(int argc, char** argv)
     app.add_option("--runtime-dir", o.runtime_dir, "direct: where connection files and kernel logs go (default: a temp dir)");
     app.add_option("--url", o.url, "gateway: base URL")->capture_default_str();
     app.add_option("--token", o.token, "gateway: token (default: $KG_BENCH_TOKEN)");
-    app.add_option("--kernel", o.kernel_name, "gateway: kernelspec name to start")->capture_default_str();
+    app.add_option("--kernel", o.kernel_name, "gateway: kernelspec name to start (direct: its name in the output)")
+        ->capture_default_str();
     app.add_option("--protocol", o.protocol, "gateway: v1 or legacy WebSocket frames")
         ->check(CLI::IsMember({"v1", "legacy"}))
         ->capture_default_str();

@@ -1,0 +1,275 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: BSD-3-Clause
+"""Merges kg-bench JSON files into one table of medians and ratios (bench/run.sh calls it).
+
+usage: report.py [--json OUT] [--mode NAME] [--check] FILE...
+
+The runs of one (kernel, target, scenario) found in several files are pooled and the median
+of every metric is taken over all of them. Ratios: kernelgate/direct and
+JupyterServer/kernelgate, for every metric both sides have. Then the targets of issue 4 are
+checked against the medians (a report, not a test). --check (the smoke test) exits non-zero
+when a scenario failed or one of the nine scenarios is missing for kernelgate; it asserts
+nothing about time.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import re
+import statistics
+import sys
+from pathlib import Path
+
+SCENARIOS = ["start", "kernel_info", "execute", "flood", "iopub_flood", "stream", "fanout",
+             "idle_ws", "broadcast"]
+TARGETS = ["direct", "kernelgate", "kernelgate-legacy", "jupyter-server",
+           "jupyter-server-nodelay"]
+SHORT = {"direct": "direct", "kernelgate": "kg", "kernelgate-legacy": "kg-legacy",
+         "jupyter-server": "JS", "jupyter-server-nodelay": "JS-nodelay"}
+# Metrics shown in the table, in order; fan-out levels are added as found.
+ROWS = [
+    ("start", "kernel_info_ms"), ("start", "ready_ms"), ("start", "post_ms"),
+    ("kernel_info", "p50_us"), ("kernel_info", "p99_us"),
+    ("execute", "p50_us"), ("execute", "p99_us"),
+    ("flood", "req_per_s"), ("flood", "msgs_per_s"),
+    ("iopub_flood", "msgs_per_s"), ("iopub_flood", "complete"),
+    ("stream", "mb_per_s"), ("stream", "complete"),
+    ("fanout", None),
+    ("idle_ws", "kib_per_conn"), ("idle_ws", "connections"), ("idle_ws", "rt_after_us"),
+    ("broadcast", "delivered_per_s"), ("broadcast", "complete"),
+]
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.endswith(("_ms", "_us", "_s")) and not metric.endswith("_per_s") \
+        or metric == "kib_per_conn"
+
+
+def fmt(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    a = abs(v)
+    if a >= 1e5 or (float(v).is_integer() and a < 1e15):
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:,.1f}"
+    return f"{v:.3g}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def load(files):
+    """{kernel: {label: {scenario: {"runs": [...], "errors": [...], "skipped": str}}}}"""
+    pooled: dict = {}
+    docs = []
+    for f in files:
+        try:
+            doc = json.loads(Path(f).read_text())
+        except (OSError, ValueError) as e:
+            print(f"report.py: cannot read {f}: {e}", file=sys.stderr)
+            continue
+        docs.append(doc)
+        k = pooled.setdefault(doc.get("kernel", "?"), {}).setdefault(doc.get("label", "?"), {})
+        for name, res in doc.get("scenarios", {}).items():
+            slot = k.setdefault(name, {"runs": [], "errors": [], "skipped": None})
+            slot["runs"].extend(res.get("runs", []))
+            if res.get("error"):
+                slot["errors"].append(res["error"])
+            if res.get("skipped"):
+                slot["skipped"] = res["skipped"]
+    return docs, pooled
+
+
+def medians(pooled):
+    out: dict = {}
+    for kernel, labels in pooled.items():
+        for label, scen in labels.items():
+            for name, slot in scen.items():
+                keys: dict = {}
+                for run in slot["runs"]:
+                    for m, v in run.items():
+                        if v is not None:
+                            keys.setdefault(m, []).append(v)
+                out.setdefault(kernel, {}).setdefault(label, {})[name] = {
+                    m: statistics.median(v) for m, v in keys.items()}
+    return out
+
+
+def get(med, kernel, label, scenario, metric):
+    return med.get(kernel, {}).get(label, {}).get(scenario, {}).get(metric)
+
+
+def table(med, pooled, kernel):
+    labels = [t for t in TARGETS if t in med.get(kernel, {})]
+    labels += sorted(t for t in med.get(kernel, {}) if t not in TARGETS)
+    rows = []
+    for scenario, metric in ROWS:
+        metrics = [metric]
+        if metric is None:
+            found = set()
+            for lab in labels:
+                found |= set(med[kernel].get(lab, {}).get(scenario, {}))
+            metrics = sorted((m for m in found if m.endswith("_rt_per_s")),
+                             key=lambda m: int(re.sub(r"\D", "", m) or 0))
+        for m in metrics:
+            vals = {lab: get(med, kernel, lab, scenario, m) for lab in labels}
+            if all(v is None for v in vals.values()):
+                continue
+            rows.append((scenario, m, vals))
+    head = ["scenario.metric"] + [SHORT.get(lab, lab) for lab in labels] + \
+        ["kg/direct", "JS/kg", "JS-nodelay/kg"]
+    lines = [head]
+    for scenario, m, vals in rows:
+        kg = vals.get("kernelgate")
+        lines.append([f"{scenario}.{m}"] + [fmt(vals[lab]) for lab in labels] + [
+            fmt(ratio(kg, vals.get("direct"))),
+            fmt(ratio(vals.get("jupyter-server"), kg)),
+            fmt(ratio(vals.get("jupyter-server-nodelay"), kg))])
+    widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
+    text = []
+    for i, r in enumerate(lines):
+        text.append("  ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j])
+                              for j, c in enumerate(r)))
+        if i == 0:
+            text.append("  ".join("-" * w for w in widths))
+    problems = []
+    for lab in labels:
+        for name, slot in pooled[kernel].get(lab, {}).items():
+            for e in slot["errors"]:
+                problems.append(f"  {SHORT.get(lab, lab)} {name}: ERROR {e}")
+    return "\n".join(text), rows, problems
+
+
+def check_targets(med):
+    """The targets of issue 4, evaluated on the medians: (name, value, goal, met)."""
+    out = []
+
+    def add(name, value, goal, ok):
+        out.append({"target": name, "value": value, "goal": goal,
+                    "met": None if value is None else bool(ok(value))})
+
+    for kernel in sorted(med):
+        g = lambda lab, s, m: get(med, kernel, lab, s, m)  # noqa: E731
+        for s in ("kernel_info", "execute"):
+            add(f"[{kernel}] {s} round trip p50 kg/direct", ratio(g("kernelgate", s, "p50_us"),
+                g("direct", s, "p50_us")), "<= 1.15", lambda v: v <= 1.15)
+            add(f"[{kernel}] {s} round trip p99 kg/direct", ratio(g("kernelgate", s, "p99_us"),
+                g("direct", s, "p99_us")), "<= 1.5", lambda v: v <= 1.5)
+            add(f"[{kernel}] {s} p50 JS-nodelay/kg", ratio(g("jupyter-server-nodelay", s, "p50_us"),
+                g("kernelgate", s, "p50_us")), ">= 5", lambda v: v >= 5)
+            add(f"[{kernel}] {s} p50 JS(default)/kg", ratio(g("jupyter-server", s, "p50_us"),
+                g("kernelgate", s, "p50_us")), ">= 100", lambda v: v >= 100)
+        for s, m in (("flood", "msgs_per_s"), ("iopub_flood", "msgs_per_s"),
+                     ("stream", "mb_per_s"), ("broadcast", "delivered_per_s")):
+            add(f"[{kernel}] {s} {m} kg/direct", ratio(g("kernelgate", s, m), g("direct", s, m)),
+                ">= 0.9", lambda v: v >= 0.9)
+        if kernel == "echo":
+            for s in ("flood", "iopub_flood"):
+                add(f"[echo] {s} msgs/s through kernelgate", g("kernelgate", s, "msgs_per_s"),
+                    ">= 100000", lambda v: v >= 100000)
+        kmax = None
+        for lab in ("kernelgate", "direct"):
+            ks = [int(m[1:].split("_")[0]) for m in med.get(kernel, {}).get(lab, {})
+                  .get("fanout", {}) if re.fullmatch(r"k\d+_rt_per_s", m)]
+            if ks:
+                kmax = max(ks) if kmax is None else min(kmax, max(ks))
+        if kmax:
+            m = f"k{kmax}_rt_per_s"
+            add(f"[{kernel}] fan-out {kmax} kernels kg/direct",
+                ratio(g("kernelgate", "fanout", m), g("direct", "fanout", m)), ">= 0.9",
+                lambda v: v >= 0.9)
+            add(f"[{kernel}] fan-out {kmax} kernels kg/JS(default)",
+                ratio(g("kernelgate", "fanout", m), g("jupyter-server", "fanout", m)), ">= 10",
+                lambda v: v >= 10)
+            add(f"[{kernel}] fan-out {kmax} kernels kg/JS-nodelay",
+                ratio(g("kernelgate", "fanout", m), g("jupyter-server-nodelay", "fanout", m)),
+                ">= 10", lambda v: v >= 10)
+        ki_kg = g("kernelgate", "start", "kernel_info_ms")
+        ki_direct = g("direct", "start", "kernel_info_ms")
+        add(f"[{kernel}] kernel start kg - direct (ms)",
+            None if ki_kg is None or ki_direct is None else ki_kg - ki_direct, "<= 5",
+            lambda v: v <= 5)
+        if g("kernelgate", "idle_ws", "connections") is not None:
+            add(f"[{kernel}] idle WebSockets held", g("kernelgate", "idle_ws", "connections"),
+                ">= 10000", lambda v: v >= 10000)
+            add(f"[{kernel}] gateway KiB per idle WebSocket", g("kernelgate", "idle_ws",
+                "kib_per_conn"), "<= 20", lambda v: v <= 20)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("files", nargs="+")
+    ap.add_argument("--json", help="write the combined results here")
+    ap.add_argument("--mode", default="")
+    ap.add_argument("--check", action="store_true",
+                    help="fail unless every scenario ran without error (smoke test)")
+    args = ap.parse_args()
+
+    docs, pooled = load(args.files)
+    med = medians(pooled)
+    summary_ratios: dict = {}
+    all_problems = []
+    for kernel in sorted(pooled, key=lambda k: (k != "echo", k)):
+        text, rows, problems = table(med, pooled, kernel)
+        print(f"\n== kernel {kernel}: medians ({args.mode}); lower is better for *_ms, *_us, "
+              "kib_per_conn; higher for the rest")
+        print(text)
+        if problems:
+            print("\n".join(problems))
+        all_problems += problems
+        r = summary_ratios.setdefault(kernel, {})
+        for scenario, m, vals in rows:
+            kg = vals.get("kernelgate")
+            r[f"{scenario}.{m}"] = {
+                "kg/direct": ratio(kg, vals.get("direct")),
+                "JS/kg": ratio(vals.get("jupyter-server"), kg),
+                "JS-nodelay/kg": ratio(vals.get("jupyter-server-nodelay"), kg),
+                "lower_is_better": lower_is_better(m)}
+    targets = check_targets(med)
+    print("\n== targets of issue 4 (from the medians above)")
+    for t in targets:
+        mark = {True: "met ", False: "MISS", None: "n/a "}[t["met"]]
+        print(f"  [{mark}] {t['target']}: {fmt(t['value'])} (goal {t['goal']})")
+
+    missing = []
+    for kernel, labels in pooled.items():
+        got = set(labels.get("kernelgate", {}))
+        if kernel == "echo":
+            missing += [f"kernelgate/{kernel}/{s}" for s in SCENARIOS if s not in got]
+    for kernel, labels in pooled.items():
+        for label, scen in labels.items():
+            for name, slot in scen.items():
+                if not slot["runs"] and not slot["skipped"] and not slot["errors"]:
+                    missing.append(f"{label}/{kernel}/{name} (no runs)")
+
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "tool": "bench/report.py",
+            "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "mode": args.mode,
+            "medians": med,
+            "ratios": summary_ratios,
+            "targets": targets,
+            "errors": all_problems,
+            "missing": missing,
+            "runs": docs,
+        }, indent=1))
+        print(f"\nreport.py: wrote {args.json}")
+    if args.check:
+        if all_problems or missing:
+            print("report.py: CHECK FAILED: " + "; ".join(all_problems + missing),
+                  file=sys.stderr)
+            return 1
+        print("report.py: check passed: every scenario produced results (timing not checked)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

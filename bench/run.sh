@@ -1,0 +1,321 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# bench/run.sh: kernelgate's benchmark, side by side in one run (issue 4).
+#
+# Targets, all on 127.0.0.1 and all serving the same kernelspecs (kg-echo-kernel and Debian's
+# python3 ipykernel):
+#   direct                  kg-bench's own ZeroMQ client to a kernel it launches (the limit)
+#   kernelgate              kernelgate, v1 WebSocket frames
+#   kernelgate-legacy       kernelgate, legacy JSON frames (echo kernel, data-path scenarios)
+#   jupyter-server          Debian's Jupyter Server 1.23, default configuration
+#   jupyter-server-nodelay  the same with bench/jupyter_server_nodelay.py (TCP_NODELAY on the
+#                           kernel WebSockets, iopub rate limit off)
+# Each kg-bench scenario is repeated, the medians and the ratios kernelgate/direct and
+# JupyterServer/kernelgate are printed (bench/report.py) and written as JSON.
+set -euo pipefail
+
+SRC_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(dirname "$SRC_DIR")"
+
+usage() {
+    cat <<EOF
+usage: bench/run.sh [--quick | --full] [options]
+
+  --quick             smoke run: tiny counts, one repeat (well under a minute); checks that
+                      every scenario produced results (nothing about time)
+  --full              the real measurement (default): 3 repeats, counts as in issue 4
+  --build-dir DIR     where kernelgate, kg-bench and kg-echo-kernel are (default: $REPO_DIR/build)
+  --kernelgate BIN    the kernelgate binary to measure (default: DIR/kernelgate)
+  --out DIR           raw kg-bench JSON and logs (default: a new temp dir, kept)
+  --json FILE         combined results (default: OUT/results.json)
+  --repeat N          repeats per measurement (default: 1 quick, 3 full)
+  --targets LIST      comma list of targets (default: all five, see the header of this file)
+  --kernels LIST      comma list of kernels: echo, python3 (default: both)
+  --help              this text
+
+Needs: a build of kernelgate, kg-bench, kg-echo-kernel; /usr/bin/python3 with jupyter_server
+and ipykernel (Debian: python3-jupyter-server python3-ipykernel) for those targets/kernels;
+curl. Without Jupyter Server or ipykernel those parts are skipped with a warning.
+EOF
+}
+
+MODE=full
+BUILD_DIR="$REPO_DIR/build"
+KG_BIN=""
+OUT=""
+JSON=""
+REPEAT=""
+TARGETS="direct,kernelgate,kernelgate-legacy,jupyter-server,jupyter-server-nodelay"
+KERNELS="echo,python3"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) MODE=quick ;;
+        --full) MODE=full ;;
+        --build-dir) BUILD_DIR="$2"; shift ;;
+        --kernelgate) KG_BIN="$2"; shift ;;
+        --out) OUT="$2"; shift ;;
+        --json) JSON="$2"; shift ;;
+        --repeat) REPEAT="$2"; shift ;;
+        --targets) TARGETS="$2"; shift ;;
+        --kernels) KERNELS="$2"; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+BUILD_DIR="$(cd "$BUILD_DIR" && pwd)"
+KG_BIN="${KG_BIN:-$BUILD_DIR/kernelgate}"
+BENCH="$BUILD_DIR/kg-bench"
+ECHO_KERNEL="$BUILD_DIR/kg-echo-kernel"
+PY=/usr/bin/python3
+for f in "$KG_BIN" "$BENCH" "$ECHO_KERNEL"; do
+    if [ ! -x "$f" ]; then
+        echo "run.sh: $f is missing; build it: cmake --build $BUILD_DIR --target kernelgate kg-bench kg-echo-kernel" >&2
+        exit 2
+    fi
+done
+command -v curl >/dev/null || { echo "run.sh: curl is needed" >&2; exit 2; }
+
+has() { [[ ",$1," == *",$2,"* ]]; }
+if ! "$PY" -c 'import jupyter_server' 2>/dev/null; then
+    echo "run.sh: WARNING: $PY has no jupyter_server; Jupyter Server targets skipped" >&2
+    TARGETS="$(echo ",$TARGETS," | sed -e 's/,jupyter-server-nodelay,/,/; s/,jupyter-server,/,/; s/^,//; s/,$//')"
+fi
+if has "$KERNELS" python3 && ! "$PY" -c 'import ipykernel' 2>/dev/null; then
+    echo "run.sh: WARNING: $PY has no ipykernel; python3 kernel skipped" >&2
+    KERNELS="$(echo ",$KERNELS," | sed -e 's/,python3,/,/; s/^,//; s/,$//')"
+fi
+
+# ---- counts per mode and kernel ----------------------------------------------------------
+# Every loop also stops at --budget seconds, so a slow target (Jupyter Server with Nagle at
+# ~44 ms per round trip) ends early with fewer samples instead of running for minutes.
+if [ "$MODE" = quick ]; then
+    REPEAT="${REPEAT:-1}"
+    ECHO_ARGS=(--start-n 1 --rt 30 --flood 300 --window 16 --iopub-flood 300 --iopub-size 64
+               --stream-bytes 1048576 --fanout 1,2 --fanout-rt 10 --broadcast-clients 3
+               --broadcast-msgs 100 --budget 2 --timeout 20)
+    PY_ARGS=(--start-n 1 --rt 10 --flood 50 --window 8 --iopub-flood 50 --iopub-size 64
+             --stream-bytes 262144 --fanout 1,2 --fanout-rt 5 --broadcast-clients 2
+             --broadcast-msgs 20 --budget 2 --timeout 30)
+    IDLE_KG=200; IDLE_JS=20
+else
+    REPEAT="${REPEAT:-3}"
+    ECHO_ARGS=(--start-n 5 --rt 2000 --flood 20000 --window 64 --iopub-flood 20000 --iopub-size 64
+               --stream-bytes 33554432 --fanout 1,4,16,32 --fanout-rt 300 --broadcast-clients 16
+               --broadcast-msgs 2000 --budget 6 --timeout 60)
+    PY_ARGS=(--start-n 3 --rt 500 --flood 2000 --window 64 --iopub-flood 2000 --iopub-size 64
+             --stream-bytes 8388608 --fanout 1,4,16 --fanout-rt 100 --broadcast-clients 8
+             --broadcast-msgs 500 --budget 5 --timeout 90)
+    IDLE_KG=10000; IDLE_JS=500
+fi
+DATA_SCENARIOS=start,kernel_info,execute,flood,iopub_flood,stream,fanout,broadcast
+LEGACY_SCENARIOS=kernel_info,execute,flood,iopub_flood,stream,broadcast
+
+# ---- workspace and cleanup ---------------------------------------------------------------
+WORK="$(mktemp -d /tmp/kg-bench-run.XXXXXX)"
+OUT="${OUT:-$WORK/out}"
+mkdir -p "$OUT/raw" "$OUT/logs"
+OUT="$(cd "$OUT" && pwd)"
+JSON="${JSON:-$OUT/results.json}"
+TOKEN="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+MARKER="kgb-$$-$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+export KG_BENCH_RUN_MARKER="$MARKER"  # inherited by everything started here (cleanup)
+STARTED_PIDS=()
+RAW_FILES=()
+
+# Processes whose environment carries our marker: only what this run started.
+marked_pids() {
+    local p
+    for p in /proc/[0-9]*; do
+        p="${p#/proc/}"
+        [ "$p" = "$$" ] && continue
+        if { tr '\0' '\n' < "/proc/$p/environ"; } 2>/dev/null | grep -qx "KG_BENCH_RUN_MARKER=$MARKER"; then
+            echo "$p"
+        fi
+    done
+}
+
+stop_pid() {  # SIGTERM, up to 15 s, then SIGKILL
+    local pid="$1" i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for i in $(seq 1 150); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local pid
+    for pid in "${STARTED_PIDS[@]}"; do
+        stop_pid "$pid"
+    done
+    for pid in $(marked_pids); do
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK/jupyter" "$WORK/kg-data" "$WORK/direct"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Many idle WebSockets need many descriptors, in kg-bench and in the gateways.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NOFILE="$(ulimit -n)"
+if [ "$NOFILE" != unlimited ] && [ "$IDLE_KG" -gt $((NOFILE - 500)) ]; then
+    echo "run.sh: WARNING: ulimit -n is $NOFILE; idle WebSockets lowered to $((NOFILE - 500))" >&2
+    IDLE_KG=$((NOFILE - 500))
+fi
+
+# ---- kernelspecs and isolated Jupyter dirs ------------------------------------------------
+SHARE="$WORK/share"
+mkdir -p "$SHARE/kernels/echo" "$SHARE/kernels/python3" "$WORK/jupyter"/{runtime,config,data,ipython,root}
+cat > "$SHARE/kernels/echo/kernel.json" <<EOF
+{"argv": ["$ECHO_KERNEL", "-f", "{connection_file}"], "display_name": "kg echo",
+ "language": "echo", "interrupt_mode": "message"}
+EOF
+cat > "$SHARE/kernels/python3/kernel.json" <<EOF
+{"argv": ["$PY", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+ "display_name": "Python 3 (ipykernel)", "language": "python"}
+EOF
+export JUPYTER_PATH="$SHARE"
+export JUPYTER_RUNTIME_DIR="$WORK/jupyter/runtime" JUPYTER_CONFIG_DIR="$WORK/jupyter/config"
+export JUPYTER_DATA_DIR="$WORK/jupyter/data" IPYTHONDIR="$WORK/jupyter/ipython"
+export JUPYTER_PLATFORM_DIRS=0 PYTHONDONTWRITEBYTECODE=1
+unset PYTHONPATH PYTHONHOME VIRTUAL_ENV KERNELGATE_AUTH_TOKEN
+export PATH="/usr/bin:/bin:$PATH"
+# kernelgate runs through a renamed symlink: a `pkill kernelgate` meant for someone else's
+# server on a shared machine must not stop the one being measured.
+mkdir -p "$WORK/bin"
+ln -sf "$KG_BIN" "$WORK/bin/kg-bench-gateway"
+
+free_port() {
+    "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Starts a gateway; sets GW_PID and GW_URL. $1: kernelgate | jupyter-server | jupyter-server-nodelay
+start_gateway() {
+    local kind="$1" log="$OUT/logs/$1-$(date +%s%N).log" deadline port line
+    deadline=$((SECONDS + 60))
+    case "$kind" in
+        kernelgate)
+            rm -rf "$WORK/kg-data"
+            "$WORK/bin/kg-bench-gateway" serve --ip 127.0.0.1 --port 0 --data-dir "$WORK/kg-data" \
+                --auth-token "$TOKEN" --kernel-dir "$SHARE/kernels" --no-conda --log-level warn \
+                > "$log" 2>&1 &
+            GW_PID=$!
+            while :; do
+                line="$(grep -o 'http://127\.0\.0\.1:[0-9]*/' "$log" | head -1 || true)"
+                [ -n "$line" ] && break
+                if ! kill -0 "$GW_PID" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
+                    echo "run.sh: kernelgate did not start; log $log:" >&2; tail -20 "$log" >&2; exit 1
+                fi
+                sleep 0.05
+            done
+            GW_URL="${line%/}"
+            ;;
+        jupyter-server|jupyter-server-nodelay)
+            port="$(free_port)"
+            local extra=()
+            [ "$kind" = jupyter-server-nodelay ] && extra=(--config="$SRC_DIR/jupyter_server_nodelay.py")
+            "$PY" -m jupyter_server --ServerApp.token="$TOKEN" --no-browser --ServerApp.port="$port" \
+                --ServerApp.ip=127.0.0.1 --ServerApp.root_dir="$WORK/jupyter/root" \
+                --ServerApp.port_retries=0 --allow-root "${extra[@]}" > "$log" 2>&1 &
+            GW_PID=$!
+            GW_URL="http://127.0.0.1:$port"
+            ;;
+    esac
+    STARTED_PIDS+=("$GW_PID")
+    until curl -sf -o /dev/null -H "Authorization: token $TOKEN" "$GW_URL/api/kernelspecs"; do
+        if ! kill -0 "$GW_PID" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
+            echo "run.sh: $kind did not answer; log $log:" >&2; tail -20 "$log" >&2; exit 1
+        fi
+        sleep 0.1
+    done
+}
+
+stop_gateway() {
+    stop_pid "$GW_PID"
+    wait "$GW_PID" 2>/dev/null || true
+    local keep=() p
+    for p in "${STARTED_PIDS[@]}"; do [ "$p" != "$GW_PID" ] && keep+=("$p"); done
+    STARTED_PIDS=("${keep[@]}")
+}
+
+# kg-bench with the counts of a kernel. $1 label, $2 kernel, $3 scenarios, rest: target args.
+bench() {
+    local label="$1" kernel="$2" scenarios="$3" file
+    shift 3
+    local counts=("${ECHO_ARGS[@]}") dialect=echo
+    if [ "$kernel" = python3 ]; then counts=("${PY_ARGS[@]}"); dialect=python; fi
+    file="$OUT/raw/$label-$kernel-$(echo "$scenarios" | tr ',' '+' | cut -c1-40)-$(date +%s%N).json"
+    local log="$OUT/logs/$(basename "${file%.json}")"
+    echo "== $label / $kernel: $scenarios" >&2
+    if ! "$BENCH" --label "$label" --kernel "$kernel" --dialect "$dialect" --scenarios "$scenarios" \
+            --repeat "$REPEAT" "${counts[@]}" --json "$file" "$@" > "$log.out" 2> "$log.err"; then
+        echo "run.sh: kg-bench failed for $label/$kernel (log $log.err):" >&2
+        tail -5 "$log.err" >&2
+        return 1
+    fi
+    RAW_FILES+=("$file")
+    cat "$log.out" >&2
+}
+
+gateway_args() {  # $1 protocol
+    echo --target gateway --url "$GW_URL" --token "$TOKEN" --protocol "$1" --gateway-pid "$GW_PID"
+}
+
+T0=$SECONDS
+echo "run.sh: mode $MODE, $REPEAT repeat(s), targets $TARGETS, kernels $KERNELS; output $OUT" >&2
+FAILED=0
+
+# ---- 1. direct ZeroMQ: the physical limit ---------------------------------------------------
+if has "$TARGETS" direct; then
+    mkdir -p "$WORK/direct"
+    for kernel in echo python3; do
+        has "$KERNELS" "$kernel" || continue
+        bench direct "$kernel" "$DATA_SCENARIOS" --target direct \
+            --kernelspec "$SHARE/kernels/$kernel" --runtime-dir "$WORK/direct" || FAILED=1
+    done
+fi
+
+# ---- 2. gateways -------------------------------------------------------------------------
+# idle_ws needs a fresh gateway for each repeat (memory freed by one run is reused by the
+# next and would hide the cost); the data-path scenarios then run on the last of them.
+for t in kernelgate jupyter-server jupyter-server-nodelay; do
+    has "$TARGETS" "$t" || { [ "$t" = kernelgate ] && has "$TARGETS" kernelgate-legacy; } || continue
+    n=$IDLE_KG
+    [ "$t" = kernelgate ] || n=$IDLE_JS
+    for r in $(seq 1 "$REPEAT"); do
+        start_gateway "$t"
+        if has "$TARGETS" "$t" && has "$KERNELS" echo; then
+            # shellcheck disable=SC2046
+            bench "$t" echo idle_ws $(gateway_args v1) --idle "$n" || FAILED=1
+        fi
+        if [ "$r" = "$REPEAT" ]; then
+            for kernel in echo python3; do
+                has "$KERNELS" "$kernel" || continue
+                if has "$TARGETS" "$t"; then
+                    # shellcheck disable=SC2046
+                    bench "$t" "$kernel" "$DATA_SCENARIOS" $(gateway_args v1) || FAILED=1
+                fi
+                if [ "$t" = kernelgate ] && [ "$kernel" = echo ] && has "$TARGETS" kernelgate-legacy; then
+                    # shellcheck disable=SC2046
+                    bench kernelgate-legacy echo "$LEGACY_SCENARIOS" $(gateway_args legacy) || FAILED=1
+                fi
+            done
+        fi
+        stop_gateway
+    done
+done
+
+# ---- 3. one table, one JSON ----------------------------------------------------------------
+CHECK=()
+[ "$MODE" = quick ] && CHECK=(--check)
+if [ ${#RAW_FILES[@]} -eq 0 ]; then
+    echo "run.sh: no results" >&2
+    exit 1
+fi
+"$PY" "$SRC_DIR/report.py" --mode "$MODE" --json "$JSON" "${CHECK[@]}" "${RAW_FILES[@]}" || FAILED=1
+echo "run.sh: done in $((SECONDS - T0)) s; results $JSON, raw runs and logs in $OUT" >&2
+exit "$FAILED"
