@@ -284,6 +284,7 @@ class ChannelClient:
         self.history: List[Message] = []   # everything received, in order
         self._pending: List[Message] = []  # received but not yet consumed by a wait
         self.closed_by_peer = False
+        self.close_frame: Optional[bytes] = None  # payload of the server's close frame, if any
         options = {"header": headers, "timeout": connect_timeout}
         if protocol == V1:
             options["subprotocols"] = [V1_PROTOCOL]
@@ -342,7 +343,9 @@ class ChannelClient:
             raise ConnectionError("websocket closed by the server")
         self.ws.settimeout(max(timeout, 0.001))
         try:
-            opcode, data = self.ws.recv_data(control_frame=False)
+            # control_frame=True: return on ping/pong too (websocket-client answers pings itself),
+            # so that a ping can never stretch a wait past its deadline.
+            opcode, data = self.ws.recv_data(control_frame=True)
         except websocket.WebSocketTimeoutException:
             return None
         except (websocket.WebSocketConnectionClosedException, ConnectionError, OSError) as e:
@@ -350,7 +353,10 @@ class ChannelClient:
             raise ConnectionError(f"websocket closed: {e!r}")
         if opcode == websocket.ABNF.OPCODE_CLOSE:
             self.closed_by_peer = True
+            self.close_frame = bytes(data or b"")
             raise ConnectionError("websocket closed by the server (close frame)")
+        if opcode in (websocket.ABNF.OPCODE_PING, websocket.ABNF.OPCODE_PONG):
+            return None
         msg = self._decode(opcode, data)
         self.history.append(msg)
         return msg

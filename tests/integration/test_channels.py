@@ -30,6 +30,13 @@ def assert_frames(ch, kinds_allowed):
     assert not bad, f"unexpected frame kinds (allowed {kinds_allowed}): {bad[:5]}"
 
 
+def assert_complete_iopub(res, context):
+    """busy, execute_input, ..., idle: nothing of the request's iopub may be lost."""
+    types = [m.msg_type for m in res.iopub]
+    assert res.states()[:1] == ["busy"] and "execute_input" in types and res.states()[-1:] == ["idle"], (
+        f"{context}: incomplete iopub for the request (lost messages): {res.iopub}")
+
+
 def kernel_pid(ch) -> int:
     res = ch.run("import os; print(os.getpid())")
     assert res.status == "ok", res.reply
@@ -211,6 +218,7 @@ def test_restart_clears_state(gw, kernel, protocol):
         # must nudge first or may lose the first cell's output. kernelgate must not need this.
         ch.nudge()
     res = ch.run("print(kg_x)", timeout=45, stop_on_error=False)
+    assert_complete_iopub(res, "first request after POST /restart")
     assert res.status == "error", res.reply.content
     assert res.reply.content["ename"] == "NameError"
     assert kernel_pid(ch) != old_pid
@@ -245,10 +253,18 @@ def _first_request_after_restart(ch, code, seconds=30):
     try:
         res = ch.collect_execution(req, timeout=seconds)
     except TimeoutError as e:
-        raise AssertionError(f"a request sent to the restarting kernel got no reply within {seconds}s "
-                             f"(dropped?): {e}")
+        got_reply = any(m.parent_id == req.msg_id and m.msg_type == "execute_reply" for m in ch.history)
+        got_iopub = [m for m in ch.history if m.parent_id == req.msg_id and m.channel == "iopub"]
+        if got_reply and not got_iopub:
+            raise AssertionError(
+                f"first request after the restart: execute_reply arrived but none of its iopub messages "
+                f"(busy/stream/idle) within {seconds}s -- it was forwarded before the restarted kernel's "
+                f"iopub was live, and its output is lost: {e}")
+        raise AssertionError(f"first request after the restart: no complete answer within {seconds}s "
+                             f"(reply seen: {got_reply}, iopub seen: {got_iopub}): {e}")
     if res.status != "ok":
         res = ch.run(code, timeout=seconds)
+    assert_complete_iopub(res, "first request after an automatic restart")
     return res
 
 
