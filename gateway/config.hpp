@@ -41,6 +41,9 @@ struct server_config
     std::size_t ws_hard_limit = 64u << 20;
     std::chrono::seconds shutdown_timeout{10};
     std::size_t max_connections = 20000;
+    std::chrono::milliseconds token_poll_interval{20};
+    int auth_fail_limit = 100;                   ///< failed authentications per source ...
+    std::chrono::seconds auth_fail_window{60};   ///< ... per this window, then 429
 };
 
 /// "/x/y" or "x/y/" -> "/x/y/"; "" -> "/".

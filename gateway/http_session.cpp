@@ -93,6 +93,9 @@ net::awaitable<void> run_http_session(server& srv, net::ip::tcp::socket socket)
         ~guard() { s.http_connection_delta(-1); }
     } g{srv};
 
+    beast::error_code addr_ec;
+    const auto remote = socket.remote_endpoint(addr_ec);
+    const std::string source = addr_ec ? std::string("unknown") : remote.address().to_string();
     beast::tcp_stream stream(std::move(socket));
     beast::flat_buffer buffer;
     const auto& cfg = srv.config();
@@ -132,24 +135,35 @@ net::awaitable<void> run_http_session(server& srv, net::ip::tcp::socket socket)
         const bool open_route = is_options || is_open_route(t.path);
         const auto auth_it = req.find(http::field::authorization);
         const std::string_view authz =
-            auth_it == req.end() ? std::string_view()
-                                 : std::string_view(auth_it->value().data(),
-                                                    auth_it->value().size());
+            auth_it == req.end() ? std::string_view() : to_sv(auth_it->value());
         const auto qt = t.query.find("token");
-        const bool authed =
-            open_route ||
-            srv.authorized(authz, qt == t.query.end() ? std::string_view() : qt->second);
+        server::auth_result auth;
+        if (!open_route && t.under_base) {
+            auth = srv.authenticate(authz, qt == t.query.end() ? std::string_view() : qt->second,
+                                    source);
+        }
+        const bool authed = open_route || auth.who.has_value();
+        auto deny_auth = [&]() {
+            if (auth.throttled) {
+                auto r = error_response(http::status::too_many_requests,
+                                        "Too many failed authentications; try again later");
+                r.set(http::field::retry_after, std::to_string(auth.retry_after.count()));
+                return r;
+            }
+            return error_response(http::status::forbidden, "Invalid or missing token");
+        };
 
         if (t.under_base && websocket::is_upgrade(req) && is_channels_route(t.path, kernel_id)) {
             response deny;
             bool denied = true;
             sessions::kernel_ptr k;
             if (!authed) {
-                ++srv.metrics().auth_failures;
-                deny = error_response(http::status::forbidden, "Invalid or missing token");
+                deny = deny_auth();
             } else if (!origin_allowed(cfg, req)) {
                 deny = error_response(http::status::forbidden, "Origin not allowed");
-            } else if (!(k = srv.registry().find(kernel_id))) {
+            } else if (!(k = srv.registry().find(kernel_id)) ||
+                       !(auth.who->admin() || k->owner() == auth.who->user)) {
+                k = nullptr;  // another user's kernel is as absent as a missing one
                 deny = error_response(http::status::not_found, "Kernel does not exist: " +
                                                                    kernel_id);
             } else if (srv.stopping()) {
@@ -174,7 +188,7 @@ net::awaitable<void> run_http_session(server& srv, net::ip::tcp::socket socket)
             const auto fmt = offers_v1(req) ? ws_format::v1 : ws_format::legacy;
             spdlog::info("{} {} 101", to_sv(req.method_string()), loggable_path(to_sv(req.target())));
             auto ws = std::make_shared<ws_session>(srv, std::move(stream), std::move(k),
-                                                   std::move(sid), fmt);
+                                                   std::move(sid), fmt, *auth.who);
             co_await ws->run(std::move(req));
             co_return;
         }
@@ -185,11 +199,11 @@ net::awaitable<void> run_http_session(server& srv, net::ip::tcp::socket socket)
         } else if (is_options) {
             res = response(http::status::ok, req.version());
         } else if (!authed) {
-            ++srv.metrics().auth_failures;
-            res = error_response(http::status::forbidden, "Invalid or missing token");
+            res = deny_auth();
         } else {
             try {
-                res = co_await handle_rest(srv, req, t);
+                static const auth::identity nobody{};
+                res = co_await handle_rest(srv, req, t, auth.who ? *auth.who : nobody, source);
             } catch (const std::exception& e) {
                 spdlog::error("{} {}: internal error: {}", to_sv(req.method_string()),
                               loggable_path(to_sv(req.target())), e.what());

@@ -92,11 +92,24 @@ net::awaitable<T> await_callback(Start start)
 using start_result = std::pair<sessions::kernel_ptr, std::optional<sessions::failure>>;
 using op_result = std::optional<sessions::failure>;
 
-net::awaitable<start_result> start_kernel(server& srv, std::string name, json env)
+/// Starts a kernel for `who`. Its KERNEL_USERNAME is the authenticated user: a client value
+/// that differs is overwritten (and logged), never trusted.
+net::awaitable<start_result> start_kernel(server& srv, std::string name, json env,
+                                          const auth::identity& who)
 {
+    if (env.is_object()) {
+        if (auto it = env.find("KERNEL_USERNAME");
+            it != env.end() && (!it->is_string() || it->get<std::string>() != who.user)) {
+            spdlog::warn("KERNEL_USERNAME from the client overwritten with the token's user {}",
+                         who.user);
+        }
+        env["KERNEL_USERNAME"] = who.user;
+    } else if (env.is_null()) {
+        env = json{{"KERNEL_USERNAME", who.user}};
+    }
     return await_callback<start_result>(
-        [&srv, name = std::move(name), env = std::move(env)](auto done) {
-            srv.registry().start(name, env, "default",
+        [&srv, name = std::move(name), env = std::move(env), owner = who.user](auto done) {
+            srv.registry().start(name, env, owner,
                                  [done](sessions::kernel_ptr k, op_result f) {
                                      done({std::move(k), std::move(f)});
                                  });
@@ -274,6 +287,151 @@ std::string metrics_text(server& srv)
     return o.str();
 }
 
+json token_json(const auth::token_info& t)
+{
+    json j = {{"id", t.id},
+              {"user", t.user},
+              {"role", auth::role_name(t.role)},
+              {"note", t.note},
+              {"created_by", t.created_by},
+              {"created_at", auth::to_iso(t.created_at)},
+              {"expires_at", auth::to_iso(t.expires_at)},
+              {"last_used_at", t.last_used_at ? json(auth::to_iso(*t.last_used_at)) : json()},
+              {"revoked_at", t.revoked_at ? json(auth::to_iso(*t.revoked_at)) : json()},
+              {"revoked_by", t.revoked_by}};
+    return j;
+}
+
+/// /api/admin/...: tokens, users, audit. Admin role only (403 otherwise: these routes are
+/// known to exist, so refusing them leaks nothing).
+net::awaitable<response> handle_admin(server& srv, const request& req,
+                                      const std::vector<std::string_view>& parts,
+                                      const auth::identity& who, const std::string& source)
+{
+    if (!who.admin()) {
+        co_return error_response(http::status::forbidden, "admin role required");
+    }
+    auto& tokens = srv.tokens();
+    const auto method = req.method();
+    const bool get = method == http::verb::get;
+    auto audit = [&](const std::string& action, const std::string& target) {
+        tokens.audit(who.user + (who.token_id.empty() ? "" : " (token " + who.token_id + ")"),
+                     action, target, source);
+        spdlog::info("audit: {} {} {} from {}", who.user, action, target, source);
+    };
+    try {
+        if (parts.size() >= 3 && parts[2] == "tokens") {
+            if (parts.size() == 3 && get) {
+                json list = json::array();
+                const auto user = parse_target(to_sv(req.target()), "/").query;
+                const auto it = user.find("user");
+                for (const auto& t : tokens.list(it == user.end() ? "" : it->second)) {
+                    list.push_back(token_json(t));
+                }
+                co_return json_response(http::status::ok, list);
+            }
+            if (parts.size() == 3 && method == http::verb::post) {
+                auto body = parse_body(req);
+                if (!body || !body->is_object() || !body->value("user", json()).is_string()) {
+                    co_return error_response(http::status::bad_request,
+                                             "body must be {\"user\": NAME, ...}");
+                }
+                const auto user = (*body)["user"].get<std::string>();
+                const bool admin = body->value("admin", json(false)).is_boolean() &&
+                                   body->value("admin", false);
+                std::chrono::seconds ttl{0};
+                if (body->contains("expires")) {
+                    if (!(*body)["expires"].is_string()) {
+                        co_return error_response(http::status::bad_request,
+                                                 "expires must be a string like \"30d\"");
+                    }
+                    ttl = auth::parse_duration((*body)["expires"].get<std::string>());
+                }
+                const auto note = body->value("note", json("")).is_string()
+                                      ? body->value("note", std::string())
+                                      : std::string();
+                auto c = tokens.create(user, admin ? auth::role_t::admin : auth::role_t::user,
+                                       ttl, note, who.user);
+                audit("token.create", c.info.id + " user=" + user +
+                                          (admin ? " role=admin" : " role=user"));
+                auto j = token_json(c.info);
+                j["token"] = c.token;
+                co_return json_response(http::status::created, j);
+            }
+            if (parts.size() == 4 && (method == http::verb::delete_)) {
+                const std::string id(parts[3]);
+                if (!tokens.get(id)) {
+                    co_return error_response(http::status::not_found, "no such token");
+                }
+                tokens.revoke(id, who.user);
+                audit("token.revoke", id);
+                srv.close_sockets_of({id}, "token revoked");
+                co_return response(http::status::no_content, 11);
+            }
+            co_return error_response(http::status::method_not_allowed, "Method Not Allowed");
+        }
+        if (parts.size() >= 3 && parts[2] == "users") {
+            if (parts.size() == 3 && get) {
+                json list = json::array();
+                for (const auto& u : tokens.users()) {
+                    std::size_t kernels = 0;
+                    for (const auto& k : srv.registry().list()) {
+                        kernels += k->owner() == u.name ? 1 : 0;
+                    }
+                    list.push_back({{"name", u.name},
+                                    {"disabled", u.disabled},
+                                    {"created_at", auth::to_iso(u.created_at)},
+                                    {"active_tokens", u.active_tokens},
+                                    {"kernels", kernels}});
+                }
+                co_return json_response(http::status::ok, list);
+            }
+            if (parts.size() == 5 && method == http::verb::post &&
+                (parts[4] == "disable" || parts[4] == "enable")) {
+                const std::string name(parts[3]);
+                const bool disable = parts[4] == "disable";
+                if (!tokens.set_user_disabled(name, disable, who.user)) {
+                    co_return error_response(http::status::not_found, "no such user");
+                }
+                audit(disable ? "user.disable" : "user.enable", name);
+                if (disable) {
+                    std::vector<std::string> ids;
+                    for (const auto& t : tokens.list(name, false)) {
+                        ids.push_back(t.id);
+                    }
+                    srv.close_sockets_of(ids, "user disabled");
+                    auto body = parse_body(req);
+                    if (body && body->is_object() &&
+                        body->value("shutdown_kernels", json(false)) == json(true)) {
+                        for (const auto& k : srv.registry().list()) {
+                            if (k->owner() == name) {
+                                co_await shutdown_kernel(srv, k);
+                            }
+                        }
+                        audit("user.shutdown_kernels", name);
+                    }
+                }
+                co_return response(http::status::no_content, 11);
+            }
+            co_return error_response(http::status::method_not_allowed, "Method Not Allowed");
+        }
+        if (parts.size() == 3 && parts[2] == "audit" && get) {
+            json list = json::array();
+            for (const auto& e : tokens.audit_log(500)) {
+                list.push_back({{"at", auth::to_iso(e.at)},
+                                {"actor", e.actor},
+                                {"action", e.action},
+                                {"target", e.target},
+                                {"source", e.source}});
+            }
+            co_return json_response(http::status::ok, list);
+        }
+    } catch (const auth::auth_error& e) {
+        co_return error_response(http::status::bad_request, e.what());
+    }
+    co_return error_response(http::status::not_found, "Not Found");
+}
+
 } // namespace
 
 std::string percent_decode(std::string_view in, bool plus_is_space)
@@ -410,8 +568,17 @@ bool is_channels_route(std::string_view path, std::string& kernel_id)
     return false;
 }
 
-net::awaitable<response> handle_rest(server& srv, const request& req, const parsed_target& t)
+net::awaitable<response> handle_rest(server& srv, const request& req, const parsed_target& t,
+                                     const auth::identity& who, const std::string& source)
 {
+    // Another user's kernel is answered exactly like a kernel that does not exist.
+    auto visible = [&](const sessions::kernel_ptr& k) {
+        return k && (who.admin() || k->owner() == who.user);
+    };
+    auto find_kernel = [&](const std::string& id) -> sessions::kernel_ptr {
+        auto k = srv.registry().find(id);
+        return visible(k) ? k : nullptr;
+    };
     auto& reg = srv.registry();
     const auto parts = split_path(t.path);
     const auto method = req.method();
@@ -443,6 +610,9 @@ net::awaitable<response> handle_rest(server& srv, const request& req, const pars
                                  {"uptime_seconds", uptime}});
     }
     if (parts[0] == "metrics" && parts.size() == 1) {
+        if (!who.admin()) {
+            co_return error_response(http::status::forbidden, "admin role required");
+        }
         response res(http::status::ok, 11);
         res.set(http::field::content_type, "text/plain; version=0.0.4");
         res.body() = metrics_text(srv);
@@ -460,6 +630,22 @@ net::awaitable<response> handle_rest(server& srv, const request& req, const pars
     }
     if (parts[0] != "api" || parts.size() < 2) {
         co_return error_response(http::status::not_found, "Not Found");
+    }
+
+    if (parts[1] == "me" && parts.size() == 2) {
+        if (!get) {
+            co_return not_allowed();
+        }
+        co_return json_response(http::status::ok,
+                                {{"user", who.user},
+                                 {"token_id", who.token_id},
+                                 {"role", auth::role_name(who.role)},
+                                 {"expires_at", who.token_id.empty()
+                                                    ? json(nullptr)
+                                                    : json(auth::to_iso(who.expires_at))}});
+    }
+    if (parts[1] == "admin") {
+        co_return co_await handle_admin(srv, req, parts, who, source);
     }
 
     // /api/kernelspecs[/{name}]
@@ -492,7 +678,9 @@ net::awaitable<response> handle_rest(server& srv, const request& req, const pars
             if (get) {
                 json list = json::array();
                 for (const auto& k : reg.list()) {
-                    list.push_back(k->model());
+                    if (visible(k)) {
+                        list.push_back(k->model());
+                    }
                 }
                 co_return json_response(http::status::ok, list);
             }
@@ -518,7 +706,7 @@ net::awaitable<response> handle_rest(server& srv, const request& req, const pars
             if (srv.stopping()) {
                 co_return error_response(http::status::service_unavailable, "server stopping");
             }
-            auto [k, f] = co_await start_kernel(srv, name, env);
+            auto [k, f] = co_await start_kernel(srv, name, env, who);
             if (f) {
                 co_return failure_response(*f);
             }
@@ -527,7 +715,7 @@ net::awaitable<response> handle_rest(server& srv, const request& req, const pars
             co_return res;
         }
         const std::string id(parts[2]);
-        auto k = looks_like_id(id) ? reg.find(id) : nullptr;
+        auto k = looks_like_id(id) ? find_kernel(id) : nullptr;
         if (!k) {
             co_return error_response(http::status::not_found, "Kernel does not exist: " +
                                                                   (looks_like_id(id) ? id : ""));
@@ -583,7 +771,9 @@ net::awaitable<response> handle_rest(server& srv, const request& req, const pars
             if (get) {
                 json list = json::array();
                 for (const auto& s : reg.sessions()) {
-                    list.push_back(session_model(srv, s));
+                    if (visible(reg.find(s.kernel_id))) {
+                        list.push_back(session_model(srv, s));
+                    }
                 }
                 co_return json_response(http::status::ok, list);
             }
@@ -611,7 +801,8 @@ net::awaitable<response> handle_rest(server& srv, const request& req, const pars
             std::string name = body->value("name", json("")).is_string()
                                    ? body->value("name", std::string())
                                    : std::string();
-            if (auto existing = reg.find_session_by_path(path)) {
+            if (auto existing = reg.find_session_by_path(path);
+                existing && visible(reg.find(existing->kernel_id))) {
                 auto res = json_response(http::status::created, session_model(srv, *existing));
                 res.set(http::field::location,
                         srv.config().base_url + "api/sessions/" + existing->id);
@@ -623,7 +814,7 @@ net::awaitable<response> handle_rest(server& srv, const request& req, const pars
             }
             sessions::session_record rec{zmq_protocol::new_uuid(), path, name, type, ""};
             if (kernel.contains("id") && kernel["id"].is_string()) {
-                auto existing_k = reg.find(kernel["id"].get<std::string>());
+                auto existing_k = find_kernel(kernel["id"].get<std::string>());
                 if (!existing_k) {
                     co_return error_response(http::status::not_found,
                                              "Kernel does not exist: " +
@@ -634,7 +825,7 @@ net::awaitable<response> handle_rest(server& srv, const request& req, const pars
                 std::string kname = kernel.value("name", json("")).is_string()
                                         ? kernel.value("name", std::string())
                                         : std::string();
-                auto [k, f] = co_await start_kernel(srv, kname, body->value("env", json()));
+                auto [k, f] = co_await start_kernel(srv, kname, body->value("env", json()), who);
                 if (f) {
                     if (f->status == 404) {
                         auto res = json_response(
@@ -655,6 +846,9 @@ net::awaitable<response> handle_rest(server& srv, const request& req, const pars
         }
         const std::string sid(parts[2]);
         auto rec = reg.find_session(sid);
+        if (rec && !visible(reg.find(rec->kernel_id))) {
+            rec.reset();
+        }
         if (!rec || parts.size() != 3) {
             co_return error_response(http::status::not_found, "Session not found: " +
                                                                   (looks_like_id(sid) ? sid
@@ -694,7 +888,7 @@ net::awaitable<response> handle_rest(server& srv, const request& req, const pars
             if (body->contains("kernel") && (*body)["kernel"].is_object()) {
                 const auto& kj = (*body)["kernel"];
                 if (kj.contains("id") && kj["id"].is_string()) {
-                    auto nk = reg.find(kj["id"].get<std::string>());
+                    auto nk = find_kernel(kj["id"].get<std::string>());
                     if (!nk) {
                         co_return error_response(http::status::bad_request,
                                                  "No such kernel: " +
@@ -704,7 +898,7 @@ net::awaitable<response> handle_rest(server& srv, const request& req, const pars
                 } else if (kj.contains("name") && kj["name"].is_string()) {
                     auto old = reg.find(rec->kernel_id);
                     auto [nk, f] = co_await start_kernel(srv, kj["name"].get<std::string>(),
-                                                         json());
+                                                         json(), who);
                     if (f) {
                         co_return json_response(http::status::not_implemented,
                                                 {{"reason", "Not Implemented"},

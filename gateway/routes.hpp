@@ -4,6 +4,7 @@
 #include <string>
 #include <string_view>
 
+#include "auth/token_store.hpp"
 #include "common/asio_fwd.hpp"
 
 namespace kernelgate::gateway {
@@ -32,7 +33,8 @@ void finish_response(const server& srv, response& res, bool keep_alive, unsigned
 
 /// Handles every non-WebSocket route. Auth has been checked already (except for the
 /// open routes it reports through is_open_route).
-net::awaitable<response> handle_rest(server& srv, const request& req, const parsed_target& t);
+net::awaitable<response> handle_rest(server& srv, const request& req, const parsed_target& t,
+                                     const auth::identity& who, const std::string& source);
 
 /// Routes that need no token: the health check (and OPTIONS preflight, by method).
 bool is_open_route(std::string_view path);

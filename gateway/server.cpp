@@ -8,10 +8,76 @@
 namespace kernelgate::gateway {
 
 server::server(net::io_context& ioc, server_config cfg, sessions::registry& reg,
-               auth::static_token token)
-    : ioc_(ioc), cfg_(std::move(cfg)), reg_(reg), token_(std::move(token)), acceptor_(ioc)
+               auth::token_store& tokens)
+    : ioc_(ioc),
+      cfg_(std::move(cfg)),
+      reg_(reg),
+      tokens_(tokens),
+      token_timer_(ioc),
+      acceptor_(ioc)
 {
     cfg_.base_url = normalize_base_url(cfg_.base_url);
+    token_version_ = tokens_.change_counter();
+    watch_tokens();
+}
+
+void server::watch_tokens()
+{
+    // Another process (the admin CLI) may revoke a token or disable a user at any time: poll
+    // SQLite's data_version (cheap: no I/O unless the file changed) and, once a second, expiry.
+    token_timer_.expires_after(cfg_.token_poll_interval);
+    token_timer_.async_wait([this](const boost::system::error_code& ec) {
+        if (ec || stopping_) {
+            return;
+        }
+        try {
+            const auto v = tokens_.change_counter();
+            const auto now = std::chrono::steady_clock::now();
+            if (v != token_version_ || now - last_expiry_check_ > std::chrono::seconds(1)) {
+                token_version_ = v;
+                last_expiry_check_ = now;
+                recheck_tokens();
+            }
+        } catch (const std::exception& e) {
+            spdlog::error("token check failed: {}", e.what());
+        }
+        watch_tokens();
+    });
+}
+
+void server::recheck_tokens()
+{
+    std::set<std::string> ids;
+    for (const auto& s : ws_) {
+        if (!s->who().token_id.empty() && !cfg_.allow_unauthenticated) {
+            ids.insert(s->who().token_id);
+        }
+    }
+    if (ids.empty()) {
+        return;
+    }
+    const auto invalid = tokens_.invalid_among({ids.begin(), ids.end()});
+    if (!invalid.empty()) {
+        close_sockets_of(invalid, "token revoked, expired or user disabled");
+    }
+}
+
+std::size_t server::close_sockets_of(const std::vector<std::string>& token_ids,
+                                     const std::string& reason)
+{
+    const std::set<std::string> ids(token_ids.begin(), token_ids.end());
+    std::size_t n = 0;
+    for (const auto& s : std::set<std::shared_ptr<ws_session>>(ws_)) {
+        if (ids.contains(s->who().token_id)) {
+            s->close_from_kernel(4001, reason);
+            ++n;
+        }
+    }
+    if (n > 0) {
+        metrics_.ws_closed_auth += n;
+        spdlog::info("closed {} websockets: {}", n, reason);
+    }
+    return n;
 }
 
 server::~server() = default;
@@ -66,15 +132,50 @@ net::awaitable<void> server::accept_loop()
     }
 }
 
-bool server::authorized(std::string_view authorization, std::string_view query_token) const
+server::auth_result server::authenticate(std::string_view authorization,
+                                         std::string_view query_token, const std::string& source)
 {
+    auth_result r;
     if (cfg_.allow_unauthenticated) {
-        return true;
+        r.who = auth::identity{"anonymous", "", auth::role_t::admin, {}};
+        return r;
     }
+    const auto now = std::chrono::steady_clock::now();
+    std::string_view token;
     if (auto t = auth::token_from_authorization(authorization)) {
-        return token_.matches(*t);
+        token = *t;
+    } else if (!query_token.empty()) {
+        token = query_token;
     }
-    return !query_token.empty() && token_.matches(query_token);
+    std::string why = "no token";
+    std::string token_id;
+    if (!token.empty()) {
+        r.who = tokens_.verify(token, &why, &token_id);
+    }
+    if (r.who) {
+        return r;  // a valid token always works, whatever others did from the same address
+    }
+    ++metrics_.auth_failures;
+    auto& f = auth_failures_[source];
+    if (now - f.window_start > cfg_.auth_fail_window) {
+        f = failures{now, 0};
+    }
+    ++f.count;
+    if (f.count > cfg_.auth_fail_limit) {
+        // Past the limit the answer is 429 with Retry-After, and the log is rate-limited too.
+        r.throttled = true;
+        r.retry_after = std::chrono::duration_cast<std::chrono::seconds>(
+                            f.window_start + cfg_.auth_fail_window - now) +
+                        std::chrono::seconds(1);
+        ++metrics_.auth_throttled;
+    } else {
+        spdlog::warn("authentication failed from {}: {}{}", source, why,
+                     token_id.empty() ? std::string() : " (token id " + token_id + ")");
+    }
+    if (auth_failures_.size() > 100000) {
+        auth_failures_.clear();  // bound the table under an address-spraying attack
+    }
+    return r;
 }
 
 void server::add_ws(const std::shared_ptr<ws_session>& s)

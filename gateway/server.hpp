@@ -5,10 +5,14 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <map>
+#include <optional>
 #include <set>
+#include <vector>
 #include <string>
 
 #include "auth/token_check.hpp"
+#include "auth/token_store.hpp"
 #include "common/asio_fwd.hpp"
 #include "gateway/config.hpp"
 #include "sessions/registry.hpp"
@@ -23,6 +27,8 @@ struct server_metrics
     std::uint64_t http_requests = 0;
     std::uint64_t http_2xx = 0, http_4xx = 0, http_5xx = 0;
     std::uint64_t auth_failures = 0;
+    std::uint64_t auth_throttled = 0;
+    std::uint64_t ws_closed_auth = 0;      ///< closed with 4001 (revoked / expired / disabled)
     std::uint64_t ws_opened = 0;
     std::uint64_t ws_messages_in = 0;
     std::uint64_t ws_messages_out = 0;
@@ -41,7 +47,7 @@ class server
 {
 public:
     server(net::io_context& ioc, server_config cfg, sessions::registry& reg,
-           auth::static_token token);
+           auth::token_store& tokens);
     ~server();
 
     /// Binds and starts accepting. Throws on bind failure. Returns the bound port.
@@ -53,7 +59,24 @@ public:
     sessions::registry& registry() noexcept { return reg_; }
     const sessions::registry& registry() const noexcept { return reg_; }
     server_metrics& metrics() noexcept { return metrics_; }
-    bool authorized(std::string_view authorization, std::string_view query_token) const;
+    /// Result of checking a request's credentials.
+    struct auth_result
+    {
+        std::optional<auth::identity> who;
+        bool throttled = false;
+        std::chrono::seconds retry_after{0};
+    };
+    /// Authenticates a token (from the Authorization header or ?token=) for a request from
+    /// `source` (an IP address). Failures are counted per source; past the limit the answer is
+    /// "throttled" without looking at the token.
+    auth_result authenticate(std::string_view authorization, std::string_view query_token,
+                             const std::string& source);
+    auth::token_store& tokens() noexcept { return tokens_; }
+    /// Closes every WebSocket opened with one of these token ids (4001) and returns how many.
+    std::size_t close_sockets_of(const std::vector<std::string>& token_ids,
+                                 const std::string& reason);
+    /// Re-checks the tokens of all open WebSockets now (after a revoke or disable).
+    void recheck_tokens();
     bool stopping() const noexcept { return stopping_; }
     std::chrono::steady_clock::time_point started() const noexcept { return started_; }
 
@@ -66,11 +89,22 @@ public:
 
 private:
     net::awaitable<void> accept_loop();
+    void watch_tokens();
+
+    struct failures
+    {
+        std::chrono::steady_clock::time_point window_start;
+        int count = 0;
+    };
 
     net::io_context& ioc_;
     server_config cfg_;
     sessions::registry& reg_;
-    auth::static_token token_;
+    auth::token_store& tokens_;
+    net::steady_timer token_timer_;
+    std::int64_t token_version_ = 0;
+    std::chrono::steady_clock::time_point last_expiry_check_{};
+    std::map<std::string, failures> auth_failures_;  // by source address
     net::ip::tcp::acceptor acceptor_;
     server_metrics metrics_;
     std::set<std::shared_ptr<ws_session>> ws_;

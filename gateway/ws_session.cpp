@@ -10,12 +10,13 @@ namespace kernelgate::gateway {
 namespace zp = zmq_protocol;
 
 ws_session::ws_session(server& srv, beast::tcp_stream&& stream, sessions::kernel_ptr k,
-                       std::string session_id, ws_format fmt)
+                       std::string session_id, ws_format fmt, auth::identity who)
     : srv_(srv),
       ws_(std::move(stream)),
       kernel_(std::move(k)),
       session_id_(std::move(session_id)),
-      format_(fmt)
+      format_(fmt),
+      who_(std::move(who))
 {
 }
 
@@ -51,8 +52,8 @@ net::awaitable<void> ws_session::run(request req)
     ++srv_.metrics().ws_opened;
     srv_.add_ws(self);
     kernel_->attach(self);
-    spdlog::info("ws open: kernel {} session {} format {}", kernel_->id(), session_id_,
-                 v1 ? "v1" : "legacy");
+    spdlog::info("ws open: kernel {} session {} format {} user {}", kernel_->id(), session_id_,
+                 v1 ? "v1" : "legacy", who_.user);
     for (;;) {
         read_buf_.clear();
         co_await ws_.async_read(read_buf_, net::redirect_error(net::use_awaitable, ec));

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "common/asio_fwd.hpp"
+#include "auth/token_store.hpp"
 #include "gateway/routes.hpp"
 #include "gateway/ws_frames.hpp"
 #include "sessions/kernel.hpp"
@@ -27,7 +28,7 @@ class ws_session final : public sessions::client_sink,
 {
 public:
     ws_session(server& srv, beast::tcp_stream&& stream, sessions::kernel_ptr k,
-               std::string session_id, ws_format fmt);
+               std::string session_id, ws_format fmt, auth::identity who);
     ~ws_session() override;
 
     /// Completes the upgrade (answering with the chosen subprotocol) and runs the read loop.
@@ -37,6 +38,7 @@ public:
     void close_from_kernel(std::uint16_t code, const std::string& reason) override;
     const std::string& session_id() const override { return session_id_; }
     std::size_t queued_bytes() const noexcept { return queued_bytes_; }
+    const auth::identity& who() const noexcept { return who_; }
     std::size_t queued_messages() const noexcept { return queue_.size(); }
     bool writing() const noexcept { return writing_; }
 
@@ -56,6 +58,7 @@ private:
     sessions::kernel_ptr kernel_;
     std::string session_id_;
     ws_format format_;
+    auth::identity who_;
     beast::flat_buffer read_buf_;
     std::deque<outgoing> queue_;
     outgoing in_flight_;

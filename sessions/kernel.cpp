@@ -182,6 +182,11 @@ void kernel::on_kernel_message(zp::channel ch, zp::message&& msg)
             auto cb = std::move(on_ready_);
             on_ready_ = nullptr;
             state_ = "idle";  // the nudge's own busy/idle pair is not the user's work
+            auto held = std::move(held_);
+            held_.clear();
+            for (auto& [hch, hmsg] : held) {
+                channels_->send(hch, hmsg);
+            }
             cb(true);
         }
     }
@@ -330,12 +335,21 @@ void kernel::remember_route(const std::string& msg_id, const std::string& sessio
 
 bool kernel::send_from_client(const client_sink& from, zp::channel ch, zp::message&& msg)
 {
-    if (!channels_) {
+    const bool starting = on_ready_ != nullptr || (!channels_ && restarting);
+    if (!channels_ && !starting) {
         return false;
     }
     last_activity_ = clock::now();
     if (auto id = zp::json_string_field(msg.header, "msg_id")) {
         remember_route(*id, from.session_id());
+    }
+    if (starting) {
+        constexpr std::size_t k_max_held = 1000;
+        if (held_.size() >= k_max_held) {
+            return false;
+        }
+        held_.emplace_back(ch, std::move(msg));
+        return true;
     }
     return channels_->send(ch, msg);
 }
@@ -352,6 +366,9 @@ std::string kernel::request(zp::channel ch, std::string_view msg_type,
 void kernel::broadcast_status(const std::string& execution_state)
 {
     state_ = execution_state;
+    if (execution_state == "dead") {
+        held_.clear();  // nothing will run them
+    }
     auto ev = std::make_shared<kernel_event>();
     ev->channel = zp::channel::iopub;
     ev->msg_type = "status";

@@ -126,6 +126,17 @@ void registry::start(const std::string& spec_name, const nlohmann::json& env,
                                      std::to_string(cfg_.max_kernels) + ") reached"});
         return;
     }
+    if (cfg_.max_kernels_per_user != 0) {
+        // Kernels still starting are in kernels_ already: concurrent starts cannot overshoot.
+        const auto mine = std::count_if(kernels_.begin(), kernels_.end(),
+                                        [&](const auto& kv) { return kv.second->owner() == owner; });
+        if (static_cast<std::size_t>(mine) >= cfg_.max_kernels_per_user) {
+            cb(nullptr, failure{403, "User kernel limit: " + owner + " already has " +
+                                         std::to_string(mine) + " kernels (maximum " +
+                                         std::to_string(cfg_.max_kernels_per_user) + ")"});
+            return;
+        }
+    }
     auto k = std::make_shared<kernel>(ioc_, zp::new_uuid(), spec->name, owner, cfg_.replay);
     kernels_.emplace(k->id(), k);
     launch_env_[k->id()] = std::move(filtered);

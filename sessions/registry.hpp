@@ -28,6 +28,7 @@ struct registry_config
     int restart_limit = 5;                          ///< automatic restarts in a row
     std::chrono::seconds stable_start{10};          ///< running this long resets the count
     std::size_t max_kernels = 0;                    ///< 0: unlimited
+    std::size_t max_kernels_per_user = 0;           ///< 0: unlimited
     std::set<std::string> env_allowlist;            ///< non-KERNEL_ names clients may set
     std::string default_kernel;                     ///< empty: python3 or the first found
     // Culling (off when idle_timeout is 0).

@@ -63,6 +63,9 @@ void kernel_channels::start(message_handler on_message, reject_handler on_reject
             s->raw().set(zmq::sockopt::routing_id, identity);
         }
         if (type == zmq::socket_type::sub) {
+            // Bounds what libzmq buffers for us when a kernel outruns the gateway: past this
+            // the kernel's PUB drops, as it would for any slow subscriber.
+            s->raw().set(zmq::sockopt::rcvhwm, 10000);
             s->raw().set(zmq::sockopt::subscribe, "");
         }
         // A kernel must not be able to make us allocate without bound (SECURITY.md J07).

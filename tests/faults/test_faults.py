@@ -141,7 +141,7 @@ def test_slow_client_memory_is_bounded_and_output_dropped_with_a_notice(fgw):
         r = other.run("still-here", timeout=10)
         assert r.reply is not None and "still-here" in r.stdout()
     # The queue is capped at the hard limit (8 MiB) plus frames in flight: far below 120 MiB.
-    assert peak - rss0 < 48 * 1024, f"gateway grew by {(peak - rss0) // 1024} MiB"
+    assert peak - rss0 < 64 * 1024, f"gateway grew by {(peak - rss0) // 1024} MiB"
     # Now read: the reply was not dropped, and a notice says how much output was lost.
     res = slow.collect_execution(req, timeout=120)
     assert res.reply is not None and res.reply.content["status"] == "ok"
@@ -225,8 +225,9 @@ def _close_code(ws: websocket.WebSocket, timeout: float = 10):
     (LEGACY, b"\xff\xff\xff\xff garbage", True, 1007),
     (V1, (2 ** 63).to_bytes(8, "little") + b"\0" * 64, True, 1007),
     (V1, b"\x01", True, 1007),
-    (LEGACY, "x" * (2 << 20), False, 1009),
-])
+    (LEGACY, "x" * ((1 << 20) + 100), False, 1009),
+], ids=["bad-json", "deep-json", "bad-legacy-binary", "v1-huge-offset-count", "v1-truncated",
+        "over-max-message"])
 def test_hostile_frames_close_with_a_code_and_reason(fgw, protocol, payload, binary, expected):
     kid = fgw.start()
     opts = {"header": [f"Authorization: token {fgw.token}"]}
