@@ -35,6 +35,7 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = float(os.environ.get("KG_READY_TIMEOUT", "30"))
 STOP_TIMEOUT = 15.0
+CLEANUP_DELETE_TIMEOUT = 15.0
 MARKER_ENV = "KG_INTEGRATION_TEST_INSTANCE"
 
 
@@ -314,16 +315,25 @@ class Gateway(RestClient):
         return ch
 
     def cleanup_test_resources(self) -> None:
+        """Close the test's sockets and DELETE its kernels; a DELETE that hangs is a gateway bug."""
         for ch in self.channels:
             ch.close()
         self.channels.clear()
-        for kid in self.kernels:
-            if self.process.proc.poll() is None:
-                try:
-                    self.delete(f"/api/kernels/{kid}", timeout=30)
-                except requests.RequestException:
-                    pass
-        self.kernels.clear()
+        problems = []
+        kernels, self.kernels = self.kernels, []
+        for kid in kernels:
+            if self.process.proc.poll() is not None:
+                break
+            t0 = time.monotonic()
+            try:
+                r = self.delete(f"/api/kernels/{kid}", timeout=CLEANUP_DELETE_TIMEOUT)
+                if r.status_code not in (204, 404):
+                    problems.append(f"DELETE /api/kernels/{kid} -> {r.status_code} {r.text[:200]!r}")
+            except requests.RequestException as e:
+                problems.append(f"DELETE /api/kernels/{kid} got no answer after "
+                                f"{time.monotonic() - t0:.0f}s ({type(e).__name__})")
+        if problems:
+            pytest.fail("cleanup after the test: " + "; ".join(problems), pytrace=False)
 
     def stop(self) -> Optional[int]:
         for ch in self.channels:

@@ -243,7 +243,7 @@ def _kill_and_wait_restarting(ch) -> int:
     return pid
 
 
-def _first_request_after_restart(ch, code, seconds=30):
+def _first_request_after_restart(ch, code, seconds=20):
     """Send one request to a kernel that is coming back; it must get a reply, not silence.
 
     It may be served by the new kernel (queued meanwhile) or answered with an error reply; in

@@ -395,3 +395,72 @@ def test_unknown_session_is_404(gw):
     sid = str(uuid.uuid4())
     assert gw.get(f"/api/sessions/{sid}").status_code == 404
     assert gw.delete(f"/api/sessions/{sid}").status_code == 404
+
+
+# --------------------------------------------------------------------------------------
+# HTTP keep-alive
+# --------------------------------------------------------------------------------------
+
+def _read_http_response(sock, deadline):
+    """Read one HTTP/1.1 response (Content-Length bodies only); b'' if the server closed first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        sock.settimeout(max(deadline.remaining(), 0.01))
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    need = int(m.group(1)) if m else 0
+    while len(body) < need:
+        sock.settimeout(max(deadline.remaining(), 0.01))
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+IDLE_WAIT = 31.5  # README: reads time out after 30 s
+
+
+def test_idle_keepalive_connection_is_served_or_closed(gw):
+    """A keep-alive connection that served POST /api/kernels and then sat idle past the server's
+    read timeout must either be closed by the server or still be served: never left hanging
+    (browsers and requests/urllib3 reuse such connections)."""
+    import select
+    import socket
+    from kg_client import Deadline
+
+    sock = socket.create_connection(("127.0.0.1", gw.port), timeout=30)
+    try:
+        body = b'{"name": "python3"}'
+        sock.sendall(b"POST /api/kernels HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: keep-alive\r\n"
+                     b"Content-Type: application/json\r\nAuthorization: token " + gw.token.encode() +
+                     b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        resp = _read_http_response(sock, Deadline(60, "POST /api/kernels response"))
+        assert resp.startswith(b"HTTP/1.1 201"), resp[:200]
+        kid = json.loads(resp.partition(b"\r\n\r\n")[2])["id"]
+        gw.kernels.append(kid)
+        # Idle: the server may close the connection (EOF) at any time; wait past its timeout.
+        idle = Deadline(IDLE_WAIT, "idle period")
+        closed = False
+        while not idle.expired():
+            readable, _, _ = select.select([sock], [], [], max(idle.remaining(), 0))
+            if readable:
+                closed = sock.recv(1) == b""
+                assert closed, "server sent unsolicited bytes on an idle connection"
+                break
+        if closed:
+            return
+        sock.sendall(b"GET /api/kernels/" + kid.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Authorization: token " + gw.token.encode() + b"\r\n\r\n")
+        try:
+            resp = _read_http_response(sock, Deadline(5, "response on the reused connection"))
+        except socket.timeout:
+            pytest.fail(f"connection idle for {IDLE_WAIT}s after POST /api/kernels was neither closed "
+                        f"nor served: a request sent on it got no answer within 5 s")
+        assert resp == b"" or resp.startswith(b"HTTP/1.1 200"), resp[:200]
+    finally:
+        sock.close()
