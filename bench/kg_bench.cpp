@@ -1378,6 +1378,42 @@ net::awaitable<void> sleep_for(clock_type::duration d)
     co_await t.async_wait(net::redirect_error(net::use_awaitable, ec));
 }
 
+/// On-CPU and run-queue-wait time of a process so far, summed over its threads
+/// (/proc/PID/task/*/schedstat, nanoseconds). CPU per message is what the gateway costs
+/// whatever else runs on the machine; the run-queue wait shows how much else did.
+struct cpu_sample
+{
+    double run_ns = std::nan("");
+    double wait_ns = std::nan("");
+};
+
+cpu_sample read_cpu(int pid)
+{
+    cpu_sample out;
+    if (pid <= 0) {
+        return out;
+    }
+    std::error_code ec;
+    double run = 0;
+    double wait = 0;
+    bool any = false;
+    for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+        std::ifstream in(e.path() / "schedstat");
+        double r = 0;
+        double w = 0;
+        if (in >> r >> w) {
+            run += r;
+            wait += w;
+            any = true;
+        }
+    }
+    if (any) {
+        out.run_ns = run;
+        out.wait_ns = wait;
+    }
+    return out;
+}
+
 long read_rss_kib(int pid)
 {
     std::ifstream in("/proc/" + std::to_string(pid) + "/status");
@@ -1402,6 +1438,7 @@ struct options
     std::string url = "http://127.0.0.1:8888";
     std::string token;
     std::string kernel_name = "echo";
+    std::string kernel_id;
     std::string protocol = "v1";
     int gateway_pid = 0;
     std::string dialect = "echo";
@@ -1500,6 +1537,12 @@ public:
     /// The kernel shared by the single-kernel scenarios (started on first use).
     net::awaitable<kernel_ptr> main_kernel()
     {
+        if (!main_ && !opts_.kernel_id.empty() && target_.is_gateway()) {
+            // An existing kernel (--kernel-id): used as is, never stopped by kg-bench.
+            main_ = std::make_shared<kernel_ref>();
+            main_->id = opts_.kernel_id;
+            external_main_ = true;
+        }
         if (!main_) {
             main_ = co_await target_.start_kernel(deadline());
             // Prove it answers before any measurement uses it.
@@ -1512,10 +1555,28 @@ public:
 
     net::awaitable<void> stop_main()
     {
-        if (main_) {
+        if (main_ && !external_main_) {
             co_await target_.stop_kernel(*main_, deadline());
-            main_.reset();
         }
+        main_.reset();
+        external_main_ = false;
+    }
+
+    /// The gateway's CPU so far (nothing for the direct target or without --gateway-pid).
+    cpu_sample gateway_cpu() const
+    {
+        return target_.is_gateway() ? read_cpu(opts_.gateway_pid) : cpu_sample{};
+    }
+
+    /// Adds "<prefix>gw_cpu_us_per_<unit>" and "<prefix>gw_runq_ms" for a measured window.
+    static void add_cpu(metrics& m, const cpu_sample& a, const cpu_sample& b, double units,
+                        const std::string& unit, const std::string& prefix = {})
+    {
+        if (std::isnan(a.run_ns) || std::isnan(b.run_ns) || units <= 0) {
+            return;
+        }
+        m.emplace_back(prefix + "gw_cpu_us_per_" + unit, (b.run_ns - a.run_ns) / 1e3 / units);
+        m.emplace_back(prefix + "gw_runq_ms", (b.wait_ns - a.wait_ns) / 1e6);
     }
 
     net::awaitable<client_ptr> ready_client(const kernel_ref& k)
@@ -1630,15 +1691,18 @@ private:
         us.reserve(static_cast<std::size_t>(opts_.rt));
         const auto stop = budget_end();
         const auto dl = deadline();
+        const auto cpu0 = gateway_cpu();
         for (int i = 0; i < opts_.rt && clock_type::now() < stop; ++i) {
             const auto t0 = clock_type::now();
             co_await one(dl);
             us.push_back(us_since(t0, clock_type::now()));
         }
-        co_return metrics{{"p50_us", percentile(us, 50)},
-                          {"p99_us", percentile(us, 99)},
-                          {"mean_us", mean_of(us)},
-                          {"n", static_cast<double>(us.size())}};
+        metrics m{{"p50_us", percentile(us, 50)},
+                  {"p99_us", percentile(us, 99)},
+                  {"mean_us", mean_of(us)},
+                  {"n", static_cast<double>(us.size())}};
+        add_cpu(m, cpu0, gateway_cpu(), static_cast<double>(us.size()), "rt");
+        co_return m;
     }
 
     net::awaitable<metrics> flood()
@@ -1655,6 +1719,7 @@ private:
         const auto received0 = c.received();
         std::uint64_t sent = 0;
         std::uint64_t replies = 0;
+        const auto cpu0 = gateway_cpu();
         const auto t0 = clock_type::now();
         while (replies < sent || sent == 0) {
             // Keep `window` requests in flight until the total (or the budget) is reached.
@@ -1673,10 +1738,12 @@ private:
         const double secs = seconds_between(t0, clock_type::now());
         // Every message that reached the client in the window: replies and iopub status.
         const auto expected = c.received() - received0;
-        co_return metrics{{"req_per_s", static_cast<double>(replies) / secs},
-                          {"msgs_per_s", static_cast<double>(expected) / secs},
-                          {"requests", static_cast<double>(replies)},
-                          {"window", static_cast<double>(window)}};
+        metrics m{{"req_per_s", static_cast<double>(replies) / secs},
+                  {"msgs_per_s", static_cast<double>(expected) / secs},
+                  {"requests", static_cast<double>(replies)},
+                  {"window", static_cast<double>(window)}};
+        add_cpu(m, cpu0, gateway_cpu(), static_cast<double>(expected), "msg");
+        co_return m;
     }
 
     net::awaitable<metrics> iopub_flood()
@@ -1686,14 +1753,18 @@ private:
         client_set cs;
         cs.add(co_await ready_client(k));
         client& c = cs[0];
+        const auto code = dialect_.flood_code(opts_.iopub_flood, opts_.iopub_size);
+        const auto cpu0 = gateway_cpu();
         const auto t0 = clock_type::now();
-        const auto id = co_await send_execute(c, dialect_.flood_code(opts_.iopub_flood, opts_.iopub_size));
+        const auto id = co_await send_execute(c, code);
         const auto got = co_await consume_output(c, id, true, deadline());
         const double secs = seconds_between(t0, clock_type::now());
-        co_return metrics{{"msgs_per_s", static_cast<double>(got.streams) / secs},
-                          {"complete", static_cast<double>(got.streams) / opts_.iopub_flood},
-                          {"messages", static_cast<double>(got.streams)},
-                          {"size", static_cast<double>(opts_.iopub_size)}};
+        metrics m{{"msgs_per_s", static_cast<double>(got.streams) / secs},
+                  {"complete", static_cast<double>(got.streams) / opts_.iopub_flood},
+                  {"messages", static_cast<double>(got.streams)},
+                  {"size", static_cast<double>(opts_.iopub_size)}};
+        add_cpu(m, cpu0, gateway_cpu(), static_cast<double>(got.streams), "msg");
+        co_return m;
     }
 
     net::awaitable<metrics> stream()
@@ -1704,14 +1775,18 @@ private:
         cs.add(co_await ready_client(k));
         client& c = cs[0];
         const long long bytes = std::max(1LL, opts_.stream_bytes / 65536) * 65536;
+        const auto code = dialect_.stream_code(bytes);
+        const auto cpu0 = gateway_cpu();
         const auto t0 = clock_type::now();
-        const auto id = co_await send_execute(c, dialect_.stream_code(bytes));
+        const auto id = co_await send_execute(c, code);
         const auto got = co_await consume_output(c, id, true, deadline());
         const double secs = seconds_between(t0, clock_type::now());
-        co_return metrics{{"mb_per_s", static_cast<double>(got.text_bytes) / secs / 1e6},
-                          {"complete", static_cast<double>(got.text_bytes) / static_cast<double>(bytes)},
-                          {"bytes", static_cast<double>(got.text_bytes)},
-                          {"messages", static_cast<double>(got.streams)}};
+        metrics m{{"mb_per_s", static_cast<double>(got.text_bytes) / secs / 1e6},
+                  {"complete", static_cast<double>(got.text_bytes) / static_cast<double>(bytes)},
+                  {"bytes", static_cast<double>(got.text_bytes)},
+                  {"messages", static_cast<double>(got.streams)}};
+        add_cpu(m, cpu0, gateway_cpu(), static_cast<double>(got.text_bytes) / 1e6, "mb");
+        co_return m;
     }
 
     net::awaitable<metrics> fanout()
@@ -1746,6 +1821,7 @@ private:
             std::vector<double> us;
             const auto stop = budget_end();
             const auto dl = deadline();
+            const auto cpu0 = gateway_cpu();
             const auto t0 = clock_type::now();
             co_await parallel_for(kn, kn, [&](std::size_t i) -> net::awaitable<void> {
                 client& c = *clients[i];
@@ -1761,6 +1837,7 @@ private:
             const std::string k = "k" + std::to_string(level);
             m.emplace_back(k + "_rt_per_s", static_cast<double>(done) / secs);
             m.emplace_back(k + "_p50_us", percentile(us, 50));
+            add_cpu(m, cpu0, gateway_cpu(), static_cast<double>(done), "rt", k + "_");
         }
         co_return m;
     }
@@ -1822,9 +1899,10 @@ private:
         // Let every client's nudge output pass before the measured burst.
         co_await sleep_for(100ms);
         const auto dl = deadline();
+        const auto code = dialect_.flood_code(opts_.broadcast_msgs, opts_.iopub_size);
+        const auto cpu0 = gateway_cpu();
         const auto t0 = clock_type::now();
-        const auto id = co_await send_execute(*clients[0],
-                                              dialect_.flood_code(opts_.broadcast_msgs, opts_.iopub_size));
+        const auto id = co_await send_execute(*clients[0], code);
         std::vector<output_count> got(n);
         co_await parallel_for(n, n, [&](std::size_t i) -> net::awaitable<void> {
             got[i] = co_await consume_output(*clients[i], id, i == 0, dl);
@@ -1836,16 +1914,19 @@ private:
             total += g.streams;
             least = std::min(least, g.streams);
         }
-        co_return metrics{{"delivered_per_s", static_cast<double>(total) / secs},
-                          {"complete", static_cast<double>(least) / opts_.broadcast_msgs},
-                          {"clients", static_cast<double>(n)},
-                          {"messages", static_cast<double>(opts_.broadcast_msgs)}};
+        metrics m{{"delivered_per_s", static_cast<double>(total) / secs},
+                  {"complete", static_cast<double>(least) / opts_.broadcast_msgs},
+                  {"clients", static_cast<double>(n)},
+                  {"messages", static_cast<double>(opts_.broadcast_msgs)}};
+        add_cpu(m, cpu0, gateway_cpu(), static_cast<double>(total), "msg");
+        co_return m;
     }
 
     options opts_;
     target& target_;
     dialect dialect_;
     kernel_ptr main_;
+    bool external_main_ = false;
     std::vector<kernel_ptr> fanout_kernels_;
 };
 
@@ -1857,6 +1938,7 @@ private:
 struct scenario_result
 {
     std::vector<metrics> runs;
+    std::vector<double> wall_s;  ///< duration of each run, setup included
     std::string error;
     std::string skipped;
 };
@@ -1939,6 +2021,15 @@ std::string format_number(double v)
     return buf;
 }
 
+/// The 1-minute load average: other work on the machine perturbs every number here.
+double read_loadavg()
+{
+    std::ifstream in("/proc/loadavg");
+    double v = std::nan("");
+    in >> v;
+    return v;
+}
+
 int run_main(options& o)
 {
     // Many idle WebSockets need many descriptors: take the hard limit.
@@ -2012,6 +2103,7 @@ int run_main(options& o)
         o.label = o.target_kind;
     }
 
+    const double load_start = read_loadavg();
     bench b(o, *tgt);
     const double hard_limit = std::max(120.0, 10 * o.timeout + 4 * o.budget);
     std::map<std::string, scenario_result> results;
@@ -2022,7 +2114,9 @@ int run_main(options& o)
         const int runs = name == "idle_ws" ? 1 : std::max(1, o.repeat);
         for (int r = 0; r < runs; ++r) {
             try {
+                const auto t0 = clock_type::now();
                 res.runs.push_back(run_sync(ioc, b.run(name), hard_limit));
+                res.wall_s.push_back(seconds_between(t0, clock_type::now()));
                 std::cerr << "kg-bench: " << o.label << " " << name << " run " << r + 1 << " done\n";
             } catch (const not_applicable& e) {
                 res.skipped = e.what();
@@ -2123,7 +2217,9 @@ int run_main(options& o)
             }
         }
         j["median"] = mj;
+        j["wall_s"] = res.wall_s;
     }
+    doc["loadavg"] = {{"start", load_start}, {"end", read_loadavg()}};
     std::cout.flush();
     if (!o.json_path.empty()) {
         std::ofstream f(o.json_path);
@@ -2167,6 +2263,8 @@ int main(int argc, char** argv)
     app.add_option("--token", o.token, "gateway: token (default: $KG_BENCH_TOKEN)");
     app.add_option("--kernel", o.kernel_name, "gateway: kernelspec name to start (direct: its name in the output)")
         ->capture_default_str();
+    app.add_option("--kernel-id", o.kernel_id,
+                   "gateway: use this running kernel for the single-kernel scenarios (not stopped)");
     app.add_option("--protocol", o.protocol, "gateway: v1 or legacy WebSocket frames")
         ->check(CLI::IsMember({"v1", "legacy"}))
         ->capture_default_str();

@@ -28,23 +28,26 @@ TARGETS = ["direct", "kernelgate", "kernelgate-legacy", "jupyter-server",
            "jupyter-server-nodelay"]
 SHORT = {"direct": "direct", "kernelgate": "kg", "kernelgate-legacy": "kg-legacy",
          "jupyter-server": "JS", "jupyter-server-nodelay": "JS-nodelay"}
-# Metrics shown in the table, in order; fan-out levels are added as found.
+# Metrics shown in the table, in order (a pattern with "\\d" matches every fan-out level).
+# gw_cpu_* is the gateway's own CPU time per unit of work (from /proc/PID/task/*/schedstat):
+# unlike rates and latencies it does not depend on what else runs on the machine.
 ROWS = [
-    ("start", "kernel_info_ms"), ("start", "ready_ms"), ("start", "post_ms"),
-    ("kernel_info", "p50_us"), ("kernel_info", "p99_us"),
-    ("execute", "p50_us"), ("execute", "p99_us"),
-    ("flood", "req_per_s"), ("flood", "msgs_per_s"),
-    ("iopub_flood", "msgs_per_s"), ("iopub_flood", "complete"),
-    ("stream", "mb_per_s"), ("stream", "complete"),
-    ("fanout", None),
-    ("idle_ws", "kib_per_conn"), ("idle_ws", "connections"), ("idle_ws", "rt_after_us"),
-    ("broadcast", "delivered_per_s"), ("broadcast", "complete"),
+    ("start", ["kernel_info_ms", "ready_ms", "post_ms"]),
+    ("kernel_info", ["p50_us", "p99_us", "gw_cpu_us_per_rt"]),
+    ("execute", ["p50_us", "p99_us", "gw_cpu_us_per_rt"]),
+    ("flood", ["req_per_s", "msgs_per_s", "gw_cpu_us_per_msg"]),
+    ("iopub_flood", ["msgs_per_s", "complete", "gw_cpu_us_per_msg"]),
+    ("stream", ["mb_per_s", "complete", "gw_cpu_us_per_mb"]),
+    ("fanout", [r"k\d+_rt_per_s", r"k\d+_gw_cpu_us_per_rt"]),
+    ("idle_ws", ["kib_per_conn", "connections", "rt_after_us"]),
+    ("broadcast", ["delivered_per_s", "complete", "gw_cpu_us_per_msg"]),
 ]
 
 
 def lower_is_better(metric: str) -> bool:
-    return metric.endswith(("_ms", "_us", "_s")) and not metric.endswith("_per_s") \
-        or metric == "kib_per_conn"
+    if "gw_cpu" in metric or "runq" in metric or metric == "kib_per_conn":
+        return True
+    return metric.endswith(("_ms", "_us", "_s")) and not metric.endswith("_per_s")
 
 
 def fmt(v) -> str:
@@ -105,18 +108,21 @@ def get(med, kernel, label, scenario, metric):
     return med.get(kernel, {}).get(label, {}).get(scenario, {}).get(metric)
 
 
-def table(med, pooled, kernel):
+def table(med, pooled, kernel, docs_by):
     labels = [t for t in TARGETS if t in med.get(kernel, {})]
     labels += sorted(t for t in med.get(kernel, {}) if t not in TARGETS)
     rows = []
-    for scenario, metric in ROWS:
-        metrics = [metric]
-        if metric is None:
-            found = set()
-            for lab in labels:
-                found |= set(med[kernel].get(lab, {}).get(scenario, {}))
-            metrics = sorted((m for m in found if m.endswith("_rt_per_s")),
-                             key=lambda m: int(re.sub(r"\D", "", m) or 0))
+    for scenario, wanted in ROWS:
+        found = set()
+        for lab in labels:
+            found |= set(med[kernel].get(lab, {}).get(scenario, {}))
+        metrics = []
+        for w in wanted:
+            if "\\" in w:
+                metrics += sorted((m for m in found if re.fullmatch(w, m)),
+                                  key=lambda m: int(re.match(r"k(\d+)", m).group(1)))
+            else:
+                metrics.append(w)
         for m in metrics:
             vals = {lab: get(med, kernel, lab, scenario, m) for lab in labels}
             if all(v is None for v in vals.values()):
@@ -138,6 +144,14 @@ def table(med, pooled, kernel):
                               for j, c in enumerate(r)))
         if i == 0:
             text.append("  ".join("-" * w for w in widths))
+    loads = []
+    for lab in labels:
+        la = [x for d in docs_by.get((kernel, lab), []) for x in
+              (d.get("loadavg", {}).get("start"), d.get("loadavg", {}).get("end")) if x is not None]
+        if la:
+            loads.append(f"{SHORT.get(lab, lab)} {min(la):.1f}-{max(la):.1f}")
+    if loads:
+        text.append("load average (1 min) during the runs: " + ", ".join(loads))
     problems = []
     for lab in labels:
         for name, slot in pooled[kernel].get(lab, {}).items():
@@ -213,12 +227,15 @@ def main() -> int:
     args = ap.parse_args()
 
     docs, pooled = load(args.files)
+    docs_by: dict = {}
+    for d in docs:
+        docs_by.setdefault((d.get("kernel"), d.get("label")), []).append(d)
     med = medians(pooled)
     summary_ratios: dict = {}
     all_problems = []
     for kernel in sorted(pooled, key=lambda k: (k != "echo", k)):
-        text, rows, problems = table(med, pooled, kernel)
-        print(f"\n== kernel {kernel}: medians ({args.mode}); lower is better for *_ms, *_us, "
+        text, rows, problems = table(med, pooled, kernel, docs_by)
+        print(f"\n== kernel {kernel}: medians ({args.mode}); lower is better for *_ms, *_us, gw_cpu_*, "
               "kib_per_conn; higher for the rest")
         print(text)
         if problems:

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# bench/profile.sh: where kernelgate spends its instructions on the data path.
+#
+# Runs kernelgate under valgrind --tool=callgrind with instrumentation off, starts an echo
+# kernel through it, warms up, then records one profile per scenario (instrumentation on only
+# while kg-bench measures against the already running kernel, so start-up is left out) and
+# prints the top entries by inclusive and by self cost.
+# perf would be cheaper, but this VM has no hardware counters (perf stat -e instructions:
+# "<not supported>").
+set -euo pipefail
+
+SRC_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+usage() {
+    cat <<EOF
+usage: bench/profile.sh [--build-dir DIR] [--kernelgate BIN] [--out DIR] [--top N]
+                        [--scenarios kernel_info,flood] [--protocol v1|legacy]
+
+Writes OUT/callgrind.<scenario>.out and OUT/<scenario>.{inclusive,self}.txt; prints the top N
+(default 15) of each. Needs valgrind (callgrind_control, callgrind_annotate) and curl.
+EOF
+}
+BUILD_DIR="$(dirname "$SRC_DIR")/build"
+KG_BIN=""
+OUT=""
+TOP=15
+SCENARIOS="kernel_info,flood"
+PROTOCOL=v1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --build-dir) BUILD_DIR="$2"; shift ;;
+        --kernelgate) KG_BIN="$2"; shift ;;
+        --out) OUT="$2"; shift ;;
+        --top) TOP="$2"; shift ;;
+        --scenarios) SCENARIOS="$2"; shift ;;
+        --protocol) PROTOCOL="$2"; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "profile.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+KG_BIN="${KG_BIN:-$BUILD_DIR/kernelgate}"
+BENCH="$BUILD_DIR/kg-bench"
+ECHO_KERNEL="$BUILD_DIR/kg-echo-kernel"
+for f in "$KG_BIN" "$BENCH" "$ECHO_KERNEL"; do
+    [ -x "$f" ] || { echo "profile.sh: $f missing (build kernelgate kg-bench kg-echo-kernel)" >&2; exit 2; }
+done
+for t in valgrind callgrind_control callgrind_annotate curl; do
+    command -v "$t" >/dev/null || { echo "profile.sh: $t is needed" >&2; exit 2; }
+done
+
+WORK="$(mktemp -d /tmp/kg-profile.XXXXXX)"
+OUT="${OUT:-$WORK/out}"
+mkdir -p "$OUT" "$WORK/kernels/echo" "$WORK/bin"
+OUT="$(cd "$OUT" && pwd)"
+TOKEN="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+cat > "$WORK/kernels/echo/kernel.json" <<EOF
+{"argv": ["$ECHO_KERNEL", "-f", "{connection_file}"], "display_name": "kg echo", "language": "echo"}
+EOF
+ln -sf "$KG_BIN" "$WORK/bin/kg-profile-gateway"  # not hit by a pkill aimed at kernelgate
+VG_PID=""
+cleanup() {
+    if [ -n "$VG_PID" ]; then
+        kill -TERM "$VG_PID" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$VG_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$VG_PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK/data" "$WORK/kernels" "$WORK/bin"
+}
+trap cleanup EXIT
+
+valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
+    "$WORK/bin/kg-profile-gateway" serve --ip 127.0.0.1 --port 0 --data-dir "$WORK/data" \
+    --auth-token "$TOKEN" --kernel-dir "$WORK/kernels" --no-conda --log-level warn \
+    --launch-timeout 120 > "$OUT/gateway.log" 2>&1 &
+VG_PID=$!
+deadline=$((SECONDS + 120))
+URL=""
+while [ -z "$URL" ]; do
+    URL="$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$OUT/gateway.log" 2>/dev/null | head -1 || true)"
+    if ! kill -0 "$VG_PID" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
+        echo "profile.sh: kernelgate did not start under valgrind:" >&2; tail "$OUT/gateway.log" >&2; exit 1
+    fi
+    sleep 0.2
+done
+ID="$(curl -sf --max-time 120 -H "Authorization: token $TOKEN" -d '{"name":"echo"}' "$URL/api/kernels" |
+      /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
+common=(--target gateway --url "$URL" --token "$TOKEN" --kernel-id "$ID" --protocol "$PROTOCOL"
+        --repeat 1 --timeout 120 --budget 60)
+# Warm-up (connections, allocator, caches), not recorded.
+"$BENCH" "${common[@]}" --scenarios kernel_info,flood --rt 100 --flood 500 > /dev/null 2>&1
+
+IFS=',' read -r -a list <<< "$SCENARIOS"
+for s in "${list[@]}"; do
+    callgrind_control -z "$VG_PID" > /dev/null 2>&1
+    callgrind_control -i on "$VG_PID" > /dev/null 2>&1
+    "$BENCH" "${common[@]}" --scenarios "$s" --rt 1000 --flood 5000 --window 64 \
+        --iopub-flood 5000 --stream-bytes 8388608 > "$OUT/$s.bench.txt" 2>&1
+    callgrind_control -i off "$VG_PID" > /dev/null 2>&1
+    callgrind_control -d "$s" "$VG_PID" > /dev/null 2>&1
+    sleep 1
+    f="$(ls -t "$WORK"/cg.out* | head -1)"
+    cp "$f" "$OUT/callgrind.$s.out"
+    callgrind_annotate --inclusive=yes "$OUT/callgrind.$s.out" > "$OUT/$s.inclusive.txt" 2>/dev/null
+    callgrind_annotate "$OUT/callgrind.$s.out" > "$OUT/$s.self.txt" 2>/dev/null
+    # (sed -n, not head: no SIGPIPE under pipefail)
+    echo "== $s ($(grep -E 'p50_us|msgs_per_s' "$OUT/$s.bench.txt" | sed -n 1p | awk '{print $2" "$3}') under callgrind)"
+    echo "-- inclusive, top $TOP"
+    grep -E '^ *[0-9,]+ \(' "$OUT/$s.inclusive.txt" | sed -n "1,${TOP}p"
+    echo "-- self, top $TOP"
+    grep -E '^ *[0-9,]+ \(' "$OUT/$s.self.txt" | sed -n "1,${TOP}p"
+done
+echo "profile.sh: profiles in $OUT (open with kcachegrind or callgrind_annotate)" >&2
