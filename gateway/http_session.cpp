@@ -82,28 +82,17 @@ bool origin_allowed(const server_config& cfg, const request& req)
                std::string_view(host->value().data(), host->value().size());
 }
 
-} // namespace
-
-net::awaitable<void> run_http_session(server& srv, net::ip::tcp::socket socket)
+/// The request loop, over a plain or a TLS stream.
+template <class Stream>
+net::awaitable<void> serve_requests(server& srv, Stream stream, const std::string& source)
 {
-    srv.http_connection_delta(1);
-    struct guard
-    {
-        server& s;
-        ~guard() { s.http_connection_delta(-1); }
-    } g{srv};
-
-    beast::error_code addr_ec;
-    const auto remote = socket.remote_endpoint(addr_ec);
-    const std::string source = addr_ec ? std::string("unknown") : remote.address().to_string();
-    beast::tcp_stream stream(std::move(socket));
     beast::flat_buffer buffer;
     const auto& cfg = srv.config();
     for (;;) {
         http::request_parser<http::string_body> parser;
         parser.header_limit(16 * 1024);
         parser.body_limit(cfg.http_body_limit);
-        stream.expires_after(cfg.http_read_timeout);
+        beast::get_lowest_layer(stream).expires_after(cfg.http_read_timeout);
         beast::error_code ec;
         co_await http::async_read(stream, buffer, parser,
                                   net::redirect_error(net::use_awaitable, ec));
@@ -121,7 +110,7 @@ net::awaitable<void> run_http_session(server& srv, net::ip::tcp::socket socket)
             }
             auto res = error_response(st, "malformed request: " + ec.message());
             finish_response(srv, res, false, 11);
-            stream.expires_after(std::chrono::seconds(5));
+            beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(5));
             co_await http::async_write(stream, res, net::redirect_error(net::use_awaitable, ec));
             break;
         }
@@ -220,14 +209,46 @@ net::awaitable<void> run_http_session(server& srv, net::ip::tcp::socket socket)
         }
         spdlog::info("{} {} {}", to_sv(req.method_string()), loggable_path(to_sv(req.target())), code);
         finish_response(srv, res, keep_alive && !srv.stopping(), req.version());
-        stream.expires_after(cfg.http_read_timeout);
+        beast::get_lowest_layer(stream).expires_after(cfg.http_read_timeout);
         co_await http::async_write(stream, res, net::redirect_error(net::use_awaitable, ec));
         if (ec || !res.keep_alive()) {
             break;
         }
     }
     beast::error_code ignored;
-    stream.socket().shutdown(net::ip::tcp::socket::shutdown_send, ignored);
+    beast::get_lowest_layer(stream).socket().shutdown(net::ip::tcp::socket::shutdown_send,
+                                                      ignored);
+}
+
+} // namespace
+
+net::awaitable<void> run_http_session(server& srv, net::ip::tcp::socket socket)
+{
+    srv.http_connection_delta(1);
+    struct guard
+    {
+        server& s;
+        ~guard() { s.http_connection_delta(-1); }
+    } g{srv};
+
+    beast::error_code ec;
+    const auto remote = socket.remote_endpoint(ec);
+    const std::string source = ec ? std::string("unknown") : remote.address().to_string();
+    beast::tcp_stream tcp(std::move(socket));
+    if (srv.tls() == nullptr) {
+        co_await serve_requests(srv, std::move(tcp), source);
+        co_return;
+    }
+    beast::ssl_stream<beast::tcp_stream> tls(std::move(tcp), *srv.tls());
+    beast::get_lowest_layer(tls).expires_after(srv.config().http_read_timeout);
+    co_await tls.async_handshake(net::ssl::stream_base::server,
+                                 net::redirect_error(net::use_awaitable, ec));
+    if (ec) {
+        // Includes clients without a certificate when one is required (mutual TLS).
+        spdlog::info("TLS handshake from {} failed: {}", source, ec.message());
+        co_return;
+    }
+    co_await serve_requests(srv, std::move(tls), source);
 }
 
 } // namespace kernelgate::gateway

@@ -8,11 +8,12 @@
 namespace kernelgate::gateway {
 
 server::server(net::io_context& ioc, server_config cfg, sessions::registry& reg,
-               auth::token_store& tokens)
+               auth::token_store& tokens, net::ssl::context* tls)
     : ioc_(ioc),
       cfg_(std::move(cfg)),
       reg_(reg),
       tokens_(tokens),
+      tls_(tls),
       token_timer_(ioc),
       acceptor_(ioc)
 {
@@ -81,6 +82,23 @@ std::size_t server::close_sockets_of(const std::vector<std::string>& token_ids,
 }
 
 server::~server() = default;
+
+std::unique_ptr<net::ssl::context> make_tls_context(const std::string& certfile,
+                                                    const std::string& keyfile,
+                                                    const std::string& client_ca)
+{
+    auto ctx = std::make_unique<net::ssl::context>(net::ssl::context::tls_server);
+    ctx->set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2 |
+                     net::ssl::context::no_sslv3 | net::ssl::context::no_tlsv1 |
+                     net::ssl::context::no_tlsv1_1 | net::ssl::context::single_dh_use);
+    ctx->use_certificate_chain_file(certfile);
+    ctx->use_private_key_file(keyfile, net::ssl::context::pem);
+    if (!client_ca.empty()) {
+        ctx->load_verify_file(client_ca);
+        ctx->set_verify_mode(net::ssl::verify_peer | net::ssl::verify_fail_if_no_peer_cert);
+    }
+    return ctx;
+}
 
 std::uint16_t server::listen()
 {

@@ -11,6 +11,8 @@
 #include <vector>
 #include <string>
 
+#include <boost/asio/ssl/context.hpp>
+
 #include "auth/token_check.hpp"
 #include "auth/token_store.hpp"
 #include "common/asio_fwd.hpp"
@@ -46,8 +48,10 @@ struct server_metrics
 class server
 {
 public:
+    /// tls: when set, every connection is TLS (built once at startup by make_tls_context).
     server(net::io_context& ioc, server_config cfg, sessions::registry& reg,
-           auth::token_store& tokens);
+           auth::token_store& tokens, net::ssl::context* tls = nullptr);
+    net::ssl::context* tls() const noexcept { return tls_; }
     ~server();
 
     /// Binds and starts accepting. Throws on bind failure. Returns the bound port.
@@ -101,6 +105,7 @@ private:
     server_config cfg_;
     sessions::registry& reg_;
     auth::token_store& tokens_;
+    net::ssl::context* tls_;
     net::steady_timer token_timer_;
     std::int64_t token_version_ = 0;
     std::chrono::steady_clock::time_point last_expiry_check_{};
@@ -112,6 +117,12 @@ private:
     bool stopping_ = false;
     std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 };
+
+/// A server TLS context from PEM files; with client_ca, clients must present a certificate
+/// signed by it (mutual TLS). Throws on unreadable or mismatched files.
+std::unique_ptr<net::ssl::context> make_tls_context(const std::string& certfile,
+                                                    const std::string& keyfile,
+                                                    const std::string& client_ca);
 
 /// Runs one HTTP connection (requests until close, or the WebSocket upgrade).
 net::awaitable<void> run_http_session(server& srv, net::ip::tcp::socket socket);

@@ -12,7 +12,19 @@ namespace zp = zmq_protocol;
 ws_session::ws_session(server& srv, beast::tcp_stream&& stream, sessions::kernel_ptr k,
                        std::string session_id, ws_format fmt, auth::identity who)
     : srv_(srv),
-      ws_(std::move(stream)),
+      ws_(std::in_place_type<plain_stream>, std::move(stream)),
+      kernel_(std::move(k)),
+      session_id_(std::move(session_id)),
+      format_(fmt),
+      who_(std::move(who))
+{
+}
+
+ws_session::ws_session(server& srv, beast::ssl_stream<beast::tcp_stream>&& stream,
+                       sessions::kernel_ptr k, std::string session_id, ws_format fmt,
+                       auth::identity who)
+    : srv_(srv),
+      ws_(std::in_place_type<tls_stream>, std::move(stream)),
       kernel_(std::move(k)),
       session_id_(std::move(session_id)),
       format_(fmt),
@@ -26,24 +38,28 @@ net::awaitable<void> ws_session::run(request req)
 {
     auto self = shared_from_this();
     const auto& cfg = srv_.config();
-    beast::get_lowest_layer(ws_).expires_never();
+    with_ws([](auto& ws) { beast::get_lowest_layer(ws).expires_never(); });
     websocket::stream_base::timeout to{};
     to.handshake_timeout = std::chrono::seconds(30);
     // Beast pings at half the idle timeout and drops a peer that stays silent for all of it.
     to.idle_timeout = cfg.ws_ping_interval * 2;
     to.keep_alive_pings = true;
-    ws_.set_option(to);
-    ws_.read_message_max(cfg.ws_max_message);
-    ws_.auto_fragment(false);
     const bool v1 = format_ == ws_format::v1;
-    ws_.set_option(websocket::stream_base::decorator([v1](websocket::response_type& res) {
-        res.set(http::field::server, "kernelgate");
-        if (v1) {
-            res.set(http::field::sec_websocket_protocol, std::string(v1_subprotocol));
-        }
-    }));
+    with_ws([&](auto& ws) {
+        ws.set_option(to);
+        ws.read_message_max(cfg.ws_max_message);
+        ws.auto_fragment(false);
+        ws.set_option(websocket::stream_base::decorator([v1](websocket::response_type& res) {
+            res.set(http::field::server, "kernelgate");
+            if (v1) {
+                res.set(http::field::sec_websocket_protocol, std::string(v1_subprotocol));
+            }
+        }));
+    });
     beast::error_code ec;
-    co_await ws_.async_accept(req, net::redirect_error(net::use_awaitable, ec));
+    co_await with_ws([&](auto& ws) {
+        return ws.async_accept(req, net::redirect_error(net::use_awaitable, ec));
+    });
     if (ec) {
         spdlog::debug("ws accept failed: {}", ec.message());
         co_return;
@@ -56,11 +72,13 @@ net::awaitable<void> ws_session::run(request req)
                  v1 ? "v1" : "legacy", who_.user);
     for (;;) {
         read_buf_.clear();
-        co_await ws_.async_read(read_buf_, net::redirect_error(net::use_awaitable, ec));
+        co_await with_ws([&](auto& ws) {
+            return ws.async_read(read_buf_, net::redirect_error(net::use_awaitable, ec));
+        });
         if (ec) {
             break;
         }
-        handle_frame(ws_.got_binary());
+        handle_frame(with_ws([](auto& ws) { return ws.got_binary(); }));
     }
     open_ = false;
     kernel_->detach(this);
@@ -158,7 +176,9 @@ void ws_session::write_next()
             close_sent_ = true;
             websocket::close_reason cr(static_cast<websocket::close_code>(close_code_));
             cr.reason = close_reason_;
-            ws_.async_close(cr, [self = shared_from_this()](beast::error_code) {});
+            with_ws([&](auto& ws) {
+                ws.async_close(cr, [self = shared_from_this()](beast::error_code) {});
+            });
         }
         return;
     }
@@ -169,8 +189,9 @@ void ws_session::write_next()
     in_flight_ = std::move(queue_.front());
     queue_.pop_front();
     queued_bytes_ -= in_flight_.data->size();
-    ws_.binary(in_flight_.binary);
-    ws_.async_write(net::buffer(*in_flight_.data),
+    with_ws([&](auto& ws) {
+    ws.binary(in_flight_.binary);
+    ws.async_write(net::buffer(*in_flight_.data),
                     [self = shared_from_this()](beast::error_code ec, std::size_t n) {
                         self->writing_ = false;
                         self->in_flight_ = {};
@@ -196,6 +217,7 @@ void ws_session::write_next()
                         }
                         self->write_next();
                     });
+    });
 }
 
 void ws_session::start_close(std::uint16_t code, std::string reason)

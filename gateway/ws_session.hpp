@@ -4,6 +4,9 @@
 #include <deque>
 #include <memory>
 #include <string>
+#include <variant>
+
+#include <boost/beast/ssl.hpp>
 
 #include "common/asio_fwd.hpp"
 #include "auth/token_store.hpp"
@@ -27,7 +30,12 @@ class ws_session final : public sessions::client_sink,
                          public std::enable_shared_from_this<ws_session>
 {
 public:
+    using plain_stream = websocket::stream<beast::tcp_stream>;
+    using tls_stream = websocket::stream<beast::ssl_stream<beast::tcp_stream>>;
+
     ws_session(server& srv, beast::tcp_stream&& stream, sessions::kernel_ptr k,
+               std::string session_id, ws_format fmt, auth::identity who);
+    ws_session(server& srv, beast::ssl_stream<beast::tcp_stream>&& stream, sessions::kernel_ptr k,
                std::string session_id, ws_format fmt, auth::identity who);
     ~ws_session() override;
 
@@ -54,7 +62,13 @@ private:
     void handle_frame(bool binary);
 
     server& srv_;
-    websocket::stream<beast::tcp_stream> ws_;
+    template <class F>
+    decltype(auto) with_ws(F&& f)
+    {
+        return std::visit(std::forward<F>(f), ws_);
+    }
+
+    std::variant<plain_stream, tls_stream> ws_;
     sessions::kernel_ptr kernel_;
     std::string session_id_;
     ws_format format_;

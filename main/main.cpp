@@ -49,6 +49,9 @@ struct serve_options
     std::string pepper_file;
     std::string token_default_ttl = "30d";
     std::string token_max_ttl = "90d";
+    std::string certfile;
+    std::string keyfile;
+    std::string client_ca;
 };
 
 /// What every admin subcommand shares with serve: where the data lives.
@@ -183,7 +186,23 @@ int run_serve(serve_options& o)
     for (const auto& [name, spec] : reg.specs()) {
         spdlog::info("kernelspec {} ({}) from {}", name, spec.display_name, spec.source);
     }
-    kg::gateway::server srv(ioc, o.server, reg, tokens);
+    std::unique_ptr<kg::net::ssl::context> tls;
+    if (!o.certfile.empty() || !o.keyfile.empty()) {
+        if (o.certfile.empty() || o.keyfile.empty()) {
+            spdlog::critical("--certfile and --keyfile go together");
+            return 2;
+        }
+        try {
+            tls = kg::gateway::make_tls_context(o.certfile, o.keyfile, o.client_ca);
+        } catch (const std::exception& e) {
+            spdlog::critical("TLS setup failed: {}", e.what());
+            return 2;
+        }
+    } else if (!o.client_ca.empty()) {
+        spdlog::critical("--client-ca needs --certfile and --keyfile");
+        return 2;
+    }
+    kg::gateway::server srv(ioc, o.server, reg, tokens, tls.get());
     std::uint16_t port = 0;
     try {
         port = srv.listen();
@@ -192,7 +211,7 @@ int run_serve(serve_options& o)
         return 1;
     }
     const auto base = kg::gateway::normalize_base_url(o.server.base_url);
-    const std::string url = "http://" + o.server.ip + ":" + std::to_string(port) + base;
+    const std::string url = std::string(tls ? "https://" : "http://") + o.server.ip + ":" + std::to_string(port) + base;
     spdlog::info("kernelgate listening on {}", url);
     if (!generated.empty()) {
         // Printed once, to stdout only (not the log): the operator needs it to connect.
@@ -422,6 +441,13 @@ int main(int argc, char** argv)
         ->envname("KERNELGATE_LOG_FORMAT")
         ->capture_default_str();
 
+    serve->add_option("--certfile", o.certfile, "TLS certificate chain (PEM): serve https/wss")
+        ->envname("KERNELGATE_CERTFILE");
+    serve->add_option("--keyfile", o.keyfile, "TLS private key (PEM)")
+        ->envname("KERNELGATE_KEYFILE");
+    serve->add_option("--client-ca", o.client_ca,
+                      "CA bundle (PEM): require client certificates signed by it (mutual TLS)")
+        ->envname("KERNELGATE_CLIENT_CA");
     serve->add_option("--max-kernels-per-user", o.registry.max_kernels_per_user,
                       "Maximum kernels one user may have (0: unlimited); more is 403")
         ->envname("KERNELGATE_MAX_KERNELS_PER_USER")

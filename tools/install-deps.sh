@@ -21,7 +21,7 @@ build_pkgs=(build-essential cmake pkg-config git
     libsqlite3-dev sqlite3 libspdlog-dev libfmt-dev libcli11-dev
     python3 python3-ipykernel python3-jupyter-client)
 test_pkgs=(python3-pytest python3-jupyter-server python3-notebook python3-websocket python3-requests
-    chromium nodejs npm curl procps)
+    chromium nodejs npm curl procps openssl)
 pkgs=("${build_pkgs[@]}")
 [ "$want_test" -eq 1 ] && pkgs+=("${test_pkgs[@]}")
 missing=()
