@@ -135,14 +135,24 @@ class UserGateway(RestClient):
                 "--kernel-dir", str(specs), "--no-conda", "--launch-timeout", "30", *extra]
         self.env = clean_child_env(tmp, self.marker)
         self.cli_outputs: List[Tuple[List[str], str, str]] = []
-        self.process = ManagedProcess("kernelgate", argv, self.env, tmp, tmp / "gateway.log",
-                                      self.marker)
+        self.argv = argv
         ALL_GATEWAYS.append(self)
+        self._launch()
+
+    def _launch(self):
+        self.process = ManagedProcess("kernelgate", self.argv, self.env, self.tmp,
+                                      self.tmp / "gateway.log", self.marker)
 
         def probe():
             r = self.get("/api", timeout=2)
             return r.status_code == 200, f"GET /api -> {r.status_code}"
         self.process.wait_ready(probe, 30)
+
+    def restart(self):
+        """Stop (SIGTERM) and start again on the same port and data dir."""
+        rc = self.process.stop()
+        assert rc == 0, f"gateway exited with {rc} on SIGTERM"
+        self._launch()
 
     def log_tail(self, chars: int = 8000) -> str:
         return self.process.log_tail(chars)
@@ -871,7 +881,58 @@ def test_api_me_reports_identity(gw):
     assert a["user"] == "admin" and a["role"] == "admin" and a["token_id"] == "static"
     listed = [t for t in json.loads(gw.cli("token", "list", "--json", "--user", "me-user").stdout)]
     assert [t["id"] for t in listed] == [u.token_id] and listed[0]["note"] == "hello"
+    assert listed[0]["last_used_at"], "last-used time not recorded"
+    fresh = gw.cli_token("me-user2")
+    rest_list = expect(gw.get("/api/admin/tokens?user=me-user2"), 200).json()
+    assert [t["id"] for t in rest_list] == [fresh.token_id] and rest_list[0]["last_used_at"] is None
+    fresh.me()
+    assert expect(gw.get("/api/admin/tokens?user=me-user2"), 200).json()[0]["last_used_at"]
     assert "token" not in listed[0] and all(not str(v).startswith("kg_") for v in listed[0].values())
+
+
+def test_pepper_rotation_while_running_and_after_restart(tmp_path_factory):
+    """`kernelgate pepper rotate` is an admin CLI command like the others: run while the
+    gateway serves, nothing that worked may stop working, and a token the CLI creates right
+    after must work (the CLI signs it with the new version). After a restart every token
+    still works, and a used token is re-hashed under the newest version."""
+    g = UserGateway(tmp_path_factory.mktemp("pepper"), [])
+    try:
+        before_cli = g.cli_token("pep-a")
+        before_rest = g.rest_token("pep-b")
+        kid = before_cli.start()
+        ch = before_cli.channel(kid)
+        assert ch.kernel_info(timeout=10).reply is not None
+        out = g.cli("pepper", "rotate").stdout
+        assert "version 2" in out, out
+        assert stat.S_IMODE(os.stat(g.data_dir / "pepper").st_mode) == 0o600
+        assert len(re.findall(r"^v\d+ [0-9a-f]{64}$", (g.data_dir / "pepper").read_text(), re.M)) == 2
+        # Nothing that worked stops working
+        assert before_cli.me()["user"] == "pep-a" and before_rest.me()["user"] == "pep-b"
+        assert ch.kernel_info(timeout=10).reply is not None
+        ch.close()
+        after_rest = g.rest_token("pep-c")
+        assert after_rest.me()["user"] == "pep-c"
+        after_cli = g.cli_token("pep-d")
+        problems = []
+        r = after_cli.get("/api/me")
+        if r.status_code != 200:
+            problems.append(f"a token made by `token create` after `pepper rotate` is refused by "
+                            f"the running gateway ({r.status_code}) until it restarts")
+        # After a restart: every token works, and use moves each to the newest version
+        g.restart()
+        tokens = [before_cli, before_rest, after_rest, after_cli]
+        for u in tokens:
+            r = u.get("/api/me")
+            assert r.status_code == 200, f"{u.name}'s token refused after restart: {r.status_code}"
+        db = sqlite3.connect(f"file:{g.data_dir / 'auth.db'}?mode=ro", uri=True)
+        try:
+            versions = dict(db.execute("SELECT id, pepper_version FROM tokens").fetchall())
+        finally:
+            db.close()
+        assert all(versions[u.token_id] == 2 for u in tokens), versions
+        assert not problems, "; ".join(problems)
+    finally:
+        g.stop()
 
 
 # =====================================================================================
