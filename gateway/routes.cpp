@@ -248,6 +248,12 @@ std::string metrics_text(server& srv)
       << "kernelgate_http_responses_total{class=\"5xx\"} " << m.http_5xx << '\n';
     counter("kernelgate_auth_failures_total", "Requests refused for a bad or missing token",
             m.auth_failures);
+    counter("kernelgate_auth_throttled_total",
+            "Failed authentications answered 429 (source over --auth-fail-limit)",
+            m.auth_throttled);
+    counter("kernelgate_ws_closed_auth_total",
+            "WebSockets closed with 4001 (token revoked or expired, user disabled)",
+            m.ws_closed_auth);
     gauge("kernelgate_websockets", "Open kernel WebSockets", srv.ws_count());
     gauge("kernelgate_ws_queued_bytes", "Bytes waiting in WebSocket send queues",
           srv.ws_queued_bytes());
