@@ -606,6 +606,42 @@ def test_t06_rest_revoke_refuses_rest_and_new_ws_and_closes_open_ws(gw):
     expect(sibling.delete(f"/api/kernels/{kid}"), 204)
 
 
+def test_a03_revoke_racing_requests_nothing_succeeds_after_the_revoke_returns(gw):
+    u = gw.cli_token("a03-race")
+    kid = u.start()
+    log: List[Tuple[float, float, int]] = []   # (sent, answered, status)
+    stop = threading.Event()
+
+    def hammer():
+        s = requests.Session()
+        while not stop.is_set():
+            t0 = time.time()
+            try:
+                r = s.get(gw.base_url + f"/api/kernels/{kid}",
+                          headers={"Authorization": f"token {u.token}"}, timeout=10)
+                log.append((t0, time.time(), r.status_code))
+            except requests.RequestException:
+                log.append((t0, time.time(), -1))
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    poll_until(lambda: len(log) > 40, 10, "requests flowing")
+    expect(gw.delete(f"/api/admin/tokens/{u.token_id}"), 204)
+    t_ret = time.time()
+    time.sleep(0.3)
+    stop.set()
+    for t in threads:
+        t.join(15)
+    before = [st for sent, _, st in log if sent < t_ret]
+    after = [st for sent, _, st in log if sent > t_ret]
+    print(f"\n[A03 race] {len(before)} requests before the revoke returned "
+          f"({before.count(200)} OK), {len(after)} after ({after.count(200)} OK)")
+    assert before.count(200) > 20 and len(after) > 20
+    assert all(st == 403 for st in after), sorted(set(after))
+    assert expect(gw.get(f"/api/kernels/{kid}"), 200).json()["id"] == kid
+    expect(gw.delete(f"/api/kernels/{kid}"), 204)
+
+
 def test_a03_revoke_unknown_404_twice_204_no_prefix_match(gw):
     u = gw.cli_token("a03-user")
     assert_refused_json(gw.delete(f"/api/admin/tokens/{'q' * 26}"), 404)
@@ -887,6 +923,15 @@ def test_api_me_reports_identity(gw):
     assert [t["id"] for t in rest_list] == [fresh.token_id] and rest_list[0]["last_used_at"] is None
     fresh.me()
     assert expect(gw.get("/api/admin/tokens?user=me-user2"), 200).json()[0]["last_used_at"]
+    # H12: notes are bounded, and odd characters in them never reach the log raw
+    assert gw.post("/api/admin/tokens", {"user": "me-user2", "note": "n" * 257}).status_code == 400
+    assert gw.cli("token", "create", "--user", "me-user2", "--note", "n" * 257, check=False).returncode != 0
+    odd = "line1\r\n[2099-01-01 00:00:00.000] [critical] forged\x1b[31m"
+    made = expect(gw.post("/api/admin/tokens", {"user": "me-user2", "note": odd, "expires": "1h"}), 201).json()
+    ALL_TOKENS.append(made["token"])
+    assert made["note"] == odd
+    log = gw.log_text()
+    assert "[critical] forged" not in log and "\x1b[31m" not in log
     assert "token" not in listed[0] and all(not str(v).startswith("kg_") for v in listed[0].values())
 
 
