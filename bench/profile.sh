@@ -7,17 +7,20 @@
 # while kg-bench measures against the already running kernel, so start-up is left out) and
 # prints the top entries by inclusive and by self cost.
 # perf would be cheaper, but this VM has no hardware counters (perf stat -e instructions:
-# "<not supported>").
+# "<not supported>"). Callgrind counts user-space instructions only, and valgrind hides
+# SHA-NI from OpenSSL (HMAC looks ~5x dearer than it is), so --perf adds a native cross-check:
+# perf sampling on the cpu-clock software event, kernel time and the libzmq I/O thread included.
 set -euo pipefail
 
 SRC_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 usage() {
     cat <<EOF
 usage: bench/profile.sh [--build-dir DIR] [--kernelgate BIN] [--out DIR] [--top N]
-                        [--scenarios kernel_info,flood] [--protocol v1|legacy]
+                        [--scenarios kernel_info,flood] [--protocol v1|legacy] [--perf]
 
 Writes OUT/callgrind.<scenario>.out and OUT/<scenario>.{inclusive,self}.txt; prints the top N
 (default 15) of each. Needs valgrind (callgrind_control, callgrind_annotate) and curl.
+--perf also samples a native run with perf (cpu-clock, DWARF call graphs): OUT/perf.<scenario>.*
 EOF
 }
 BUILD_DIR="$(dirname "$SRC_DIR")/build"
@@ -26,6 +29,7 @@ OUT=""
 TOP=15
 SCENARIOS="kernel_info,flood"
 PROTOCOL=v1
+PERF=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --build-dir) BUILD_DIR="$2"; shift ;;
@@ -34,6 +38,7 @@ while [ $# -gt 0 ]; do
         --top) TOP="$2"; shift ;;
         --scenarios) SCENARIOS="$2"; shift ;;
         --protocol) PROTOCOL="$2"; shift ;;
+        --perf) PERF=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "profile.sh: unknown option $1" >&2; exit 2 ;;
     esac
@@ -59,13 +64,18 @@ cat > "$WORK/kernels/echo/kernel.json" <<EOF
 EOF
 ln -sf "$KG_BIN" "$WORK/bin/kg-profile-gateway"  # not hit by a pkill aimed at kernelgate
 VG_PID=""
-cleanup() {
+stop_gateway() {
     if [ -n "$VG_PID" ]; then
         kill -TERM "$VG_PID" 2>/dev/null || true
         for _ in $(seq 1 100); do kill -0 "$VG_PID" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$VG_PID" 2>/dev/null || true
+        wait "$VG_PID" 2>/dev/null || true
+        VG_PID=""
     fi
-    rm -rf "$WORK/data" "$WORK/kernels" "$WORK/bin"
+}
+cleanup() {
+    stop_gateway
+    rm -rf "$WORK/data" "$WORK/data2" "$WORK/kernels" "$WORK/bin"
 }
 trap cleanup EXIT
 
@@ -109,5 +119,54 @@ for s in "${list[@]}"; do
     grep -E '^ *[0-9,]+ \(' "$OUT/$s.inclusive.txt" | sed -n "1,${TOP}p"
     echo "-- self, top $TOP"
     grep -E '^ *[0-9,]+ \(' "$OUT/$s.self.txt" | sed -n "1,${TOP}p"
+    echo "-- kernelgate's own functions, inclusive, top $TOP"
+    grep -E '^ *[0-9,]+ \(' "$OUT/$s.inclusive.txt" | grep -E ':kernelgate::[a-z_]+::' |
+        grep -v -E 'lambda|_Function_handler|<' | sed -n "1,${TOP}p"
 done
+stop_gateway
+
+if [ "$PERF" = 1 ]; then
+    command -v perf >/dev/null || { echo "profile.sh: perf is needed for --perf" >&2; exit 2; }
+    "$WORK/bin/kg-profile-gateway" serve --ip 127.0.0.1 --port 0 --data-dir "$WORK/data2" \
+        --auth-token "$TOKEN" --kernel-dir "$WORK/kernels" --no-conda --log-level warn \
+        > "$OUT/gateway-native.log" 2>&1 &
+    VG_PID=$!
+    URL=""
+    deadline=$((SECONDS + 30))
+    while [ -z "$URL" ]; do
+        URL="$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$OUT/gateway-native.log" 2>/dev/null | head -1 || true)"
+        if ! kill -0 "$VG_PID" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
+            echo "profile.sh: kernelgate did not start" >&2; exit 1
+        fi
+        sleep 0.1
+    done
+    ID="$(curl -sf --max-time 60 -H "Authorization: token $TOKEN" -d '{"name":"echo"}' "$URL/api/kernels" |
+          /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
+    common=(--target gateway --url "$URL" --token "$TOKEN" --kernel-id "$ID" --protocol "$PROTOCOL"
+            --repeat 1 --timeout 60)
+    "$BENCH" "${common[@]}" --scenarios kernel_info,flood --rt 200 --flood 2000 > /dev/null 2>&1
+    for s in "${list[@]}"; do
+        perf record -e cpu-clock -F 1000 --call-graph dwarf,16384 -p "$VG_PID" \
+            -o "$OUT/perf.$s.data" -- sleep 6 > "$OUT/perf.$s.log" 2>&1 &
+        perf_pid=$!
+        sleep 0.3
+        # Loops stop at the 5 s budget: the sampled window is all measurement.
+        "$BENCH" "${common[@]}" --scenarios "$s" --rt 1000000 --flood 10000000 --window 64 \
+            --iopub-flood 50000 --budget 5 > "$OUT/$s.native.bench.txt" 2>&1
+        wait "$perf_pid" || true
+        perf report -i "$OUT/perf.$s.data" --no-children --sort dso,sym -g none --stdio \
+            > "$OUT/perf.$s.self.txt" 2>/dev/null || true
+        perf report -i "$OUT/perf.$s.data" --children --sort sym -g none --stdio \
+            > "$OUT/perf.$s.inclusive.txt" 2>/dev/null || true
+        echo "== $s, native, perf cpu-clock ($(grep -E 'p50_us|msgs_per_s' "$OUT/$s.native.bench.txt" | sed -n 1p | awk '{print $2" "$3}'))"
+        echo "-- self (dso, symbol), top $TOP"
+        grep '%' "$OUT/perf.$s.self.txt" | grep -v '^#' | sed -n "1,${TOP}p" | cut -c1-200
+        echo "-- inclusive (children), top $TOP"
+        grep '%' "$OUT/perf.$s.inclusive.txt" | grep -v '^#' | sed -n "1,${TOP}p" | cut -c1-200
+        echo "-- kernelgate's own functions and libzmq, inclusive, top $TOP"
+        grep '%' "$OUT/perf.$s.inclusive.txt" | grep -E '\] (kernelgate::[a-z_]+::|zmq::)' |
+            grep -v -E 'lambda|_Function_handler' | sed -n "1,${TOP}p" | cut -c1-200
+    done
+    stop_gateway
+fi
 echo "profile.sh: profiles in $OUT (open with kcachegrind or callgrind_annotate)" >&2
