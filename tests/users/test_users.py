@@ -9,8 +9,13 @@ disk, and the kernel limits.
 Most kernels are kg-echo-kernel (fast); the isolation and KERNEL_USERNAME tests use a real
 python3 ipykernel. Run with -s to see the measurements (ctest does).
 
-H rows not repeated here: H01/H02 (no redirects exist), H05-H13 belong to the HTTP
-hardening and fault suites (tests/faults, tests/integration).
+H rows: H03 (no token in logs, also on a 500 and in a URL path), H04 (generic 500 body), H05
+(Origin allow list is an exact match), H06 (cookies are never credentials, in T01) and H12
+(bounded token notes; user names in T10) are here. Not repeated: H07 smuggling, H08 header
+limits, H09 body limit, H11 bad/deep JSON and H13 reflected input (tests/faults
+test_hostile_http_gets_clear_errors), the static token in logs (tests/faults
+test_tokens_never_reach_the_log). H01/H02 do not apply (no login, no redirects). H10
+(slowloris) is not covered: it needs the 30 s header-read deadline to pass.
 """
 from __future__ import annotations
 
@@ -69,10 +74,13 @@ def close_info(ch: ChannelClient) -> Tuple[Optional[int], str]:
     return int.from_bytes(data[:2], "big"), data[2:].decode("utf-8", "replace")
 
 
-def ws_refusal(url: str, headers: List[str]) -> int:
-    """Try a WebSocket upgrade that must be refused; return the HTTP status of the refusal."""
+def ws_refusal(url: str, headers: List[str], **opts) -> int:
+    """Try a WebSocket upgrade that must be refused; return the HTTP status of the refusal.
+
+    (websocket-client sends a same-origin Origin unless told otherwise: pass origin= or
+    suppress_origin=True in opts, never an Origin header.)"""
     try:
-        ws = websocket.create_connection(url, header=headers, timeout=10)
+        ws = websocket.create_connection(url, header=headers, timeout=10, **opts)
     except websocket.WebSocketBadStatusException as e:
         return e.status_code
     ws.close()
@@ -1345,6 +1353,35 @@ def test_h03_h04_internal_error_logs_no_token_and_body_is_generic(tmp_path_facto
         # The gateway is fine afterwards
         ALL_TOKENS.append(expect(g.post("/api/admin/tokens", {"user": "h03-after", "expires": "1h"}),
                                  201).json()["token"])
+    finally:
+        g.stop()
+
+
+def test_h05_origin_allow_list_is_an_exact_match(tmp_path_factory):
+    g = UserGateway(tmp_path_factory.mktemp("origin"),
+                    ["--allow-origin", "https://trusted.example.com",
+                     "--ws-allow-origin", "https://ws.example.com"])
+    try:
+        u = g.cli_token("h05-user")
+        kid = u.start()
+        url = u.ws_url(f"/api/kernels/{kid}/channels")
+        auth = f"Authorization: token {u.token}"
+        for evil in ("https://trusted.example.com.evil.com", "https://evil.example",
+                     "http://trusted.example.com", "https://trusted.example.com:8443",
+                     "https://ws.example.com.evil.com", "https://xtrusted.example.com", "null",
+                     f"http://127.0.0.1:{g.port}.evil.com", "https://TRUSTED.example.com.evil"):
+            assert ws_refusal(url, [auth], origin=evil) == 403, evil
+            r = u.get("/api/kernels", headers={"Origin": evil})
+            assert r.headers.get("Access-Control-Allow-Origin") in (None, "https://trusted.example.com"), \
+                (evil, r.headers.get("Access-Control-Allow-Origin"))
+        for good in ("https://trusted.example.com", "https://ws.example.com",
+                     f"http://127.0.0.1:{g.port}", None):
+            opts = {"origin": good} if good else {"suppress_origin": True}
+            ws = websocket.create_connection(url, header=[auth], timeout=10, **opts)
+            ws.close()
+        # Without a token the answer does not depend on the Origin
+        assert ws_refusal(url, [], origin="https://trusted.example.com") == 403
+        assert ws_refusal(url, [], origin="https://evil.example") == 403
     finally:
         g.stop()
 
