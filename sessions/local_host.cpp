@@ -9,6 +9,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/close_range.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -179,6 +180,16 @@ result<zmq_protocol::connection_info> local_host::launch(const launch_request& r
     }
     if (pid == 0) {
         // Child: only async-signal-safe calls from here on.
+        // The kernel must inherit none of the gateway's descriptors (client connections, the
+        // listening socket, databases): they close at exec. Holding a client's socket open
+        // would also keep its connection alive after the gateway closed it.
+        if (::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) != 0) {
+            for (int fd = 3; fd < 65536; ++fd) {
+                if (fd != errpipe[1]) {
+                    ::close(fd);
+                }
+            }
+        }
         ::setsid();
         sigset_t none;
         sigemptyset(&none);

@@ -336,3 +336,38 @@ def test_json_logs_are_one_valid_object_per_line(tmp_path):
         assert any("shut down" in json.loads(l)["msg"] for l in lines)
     finally:
         g.process.stop()
+
+
+def test_kernels_inherit_no_gateway_descriptors(fgw):
+    """A kernel holding the gateway's descriptors would keep client connections open after the
+    gateway closed them, and could read the databases."""
+    kid = fgw.start()
+    conn = fgw.tmp / "data" / "runtime" / f"kernel-{kid}.json"
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and
+            _cmdline(int(p)).endswith(str(conn))]
+    assert len(pids) == 1, pids
+    targets = []
+    for fd in os.listdir(f"/proc/{pids[0]}/fd"):
+        try:
+            targets.append(os.readlink(f"/proc/{pids[0]}/fd/{fd}"))
+        except OSError:
+            pass
+    assert not [t for t in targets if str(fgw.tmp / "data") in t and not t.endswith(".json")], targets
+    # The gateway's own sockets (listener, client connections) are not there either.
+    gw_sockets = set()
+    for fd in os.listdir(f"/proc/{fgw.process.pid}/fd"):
+        try:
+            t = os.readlink(f"/proc/{fgw.process.pid}/fd/{fd}")
+        except OSError:
+            continue
+        if t.startswith("socket:"):
+            gw_sockets.add(t)
+    assert not gw_sockets & set(targets)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
