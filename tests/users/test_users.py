@@ -1339,13 +1339,14 @@ def test_h03_h04_internal_error_logs_no_token_and_body_is_generic(tmp_path_facto
         finally:
             db.execute("ROLLBACK")
             db.close()
-        assert r.status_code == 500, f"expected a 500 with the database locked, got {r.status_code} {r.text[:300]}"
+        assert r.status_code in (500, 503), \
+            f"expected a 5xx with the database locked, got {r.status_code} {r.text[:300]}"
         j = r.json()
         assert r.headers["Content-Type"].startswith("application/json")
         body = r.text
         for leak in ("database", "sqlite", "locked", str(g.data_dir), "/", ".cpp", "Traceback",
                      "exception", "0.1.0", u.token, secret):
-            assert leak not in body.replace("Internal Server Error", ""), f"500 body leaks {leak!r}: {body}"
+            assert leak not in body, f"5xx body leaks {leak!r}: {body}"
         assert set(j) == {"reason", "message"}, j
         log = g.log_text()
         assert "internal error" in log.lower(), "the 500 was not logged (vacuous check)"
