@@ -395,6 +395,22 @@ private:
 
 using client_ptr = std::shared_ptr<client>;
 
+/// Completion of a reader coroutine: its errors are reported to the client through fail(), so
+/// an exception here is a kg-bench bug; say so rather than lose it.
+inline auto report_exception(const char* what)
+{
+    return [what](const std::exception_ptr& e) {
+        if (!e) {
+            return;
+        }
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& x) {
+            std::cerr << "kg-bench: " << what << ": " << x.what() << "\n";
+        }
+    };
+}
+
 /// Closes every client of a scenario however it ends.
 class client_set
 {
@@ -496,7 +512,7 @@ public:
         ws_.binary(v1_);
         open_ = true;
         auto self = std::static_pointer_cast<ws_client>(shared_from_this());
-        net::co_spawn(ws_.get_executor(), self->pump(self), [](std::exception_ptr) {});
+        net::co_spawn(ws_.get_executor(), self->pump(self), report_exception("WebSocket reader"));
     }
 
     bool v1() const noexcept { return v1_; }
@@ -707,7 +723,7 @@ public:
         auto self = std::static_pointer_cast<zmq_client>(shared_from_this());
         for (std::size_t i = 0; i < ports_.size(); ++i) {
             net::co_spawn(ports_[i]->fd.get_executor(), self->pump(self, i),
-                          [](std::exception_ptr) {});
+                          report_exception("ZeroMQ reader"));
         }
     }
 
@@ -938,6 +954,21 @@ public:
         for (const auto& [k, v] : spec.env) {
             env.push_back(k + "=" + v);
         }
+        // Resolve the program in the parent: the child (of a process with libzmq threads)
+        // only calls async-signal-safe functions, and execvpe's PATH search is not one.
+        std::string program = args.front();
+        if (program.find('/') == npos) {
+            const char* path_env = std::getenv("PATH");
+            std::stringstream dirs(path_env != nullptr ? path_env : "/usr/bin:/bin");
+            std::string dir;
+            while (std::getline(dirs, dir, ':')) {
+                const auto candidate = fs::path(dir.empty() ? "." : dir) / program;
+                if (::access(candidate.c_str(), X_OK) == 0) {
+                    program = candidate.string();
+                    break;
+                }
+            }
+        }
         std::vector<char*> argv_c;
         std::vector<char*> env_c;
         for (auto& a : args) {
@@ -968,7 +999,8 @@ public:
                 ::dup2(log_fd, 1);
                 ::dup2(log_fd, 2);
             }
-            ::execvpe(argv_c[0], argv_c.data(), env_c.data());
+            ::close_range(3, ~0U, 0);  // kg-bench's sockets are not the kernel's business
+            ::execve(program.c_str(), argv_c.data(), env_c.data());
             ::_exit(127);
         }
         ::setpgid(pid_, pid_);  // also from the parent: no race with the first kill
@@ -1455,6 +1487,7 @@ struct options
     long long stream_bytes = 32LL << 20;
     std::string fanout = "1,4,16,32";
     int fanout_rt = 500;
+    double fanout_budget = 0;  ///< seconds per fan-out level; 0: --budget
     int idle = 10000;
     int idle_concurrency = 64;
     int broadcast_clients = 16;
@@ -1819,7 +1852,11 @@ private:
             }
             std::uint64_t done = 0;
             std::vector<double> us;
-            const auto stop = budget_end();
+            const auto stop =
+                opts_.fanout_budget > 0
+                    ? clock_type::now() + std::chrono::duration_cast<clock_type::duration>(
+                                              std::chrono::duration<double>(opts_.fanout_budget))
+                    : budget_end();
             const auto dl = deadline();
             const auto cpu0 = gateway_cpu();
             const auto t0 = clock_type::now();
@@ -2171,6 +2208,7 @@ int run_main(options& o)
                        {"window", o.window},       {"iopub_flood", o.iopub_flood},
                        {"iopub_size", o.iopub_size}, {"stream_bytes", o.stream_bytes},
                        {"fanout", o.fanout},       {"fanout_rt", o.fanout_rt},
+                       {"fanout_budget_s", o.fanout_budget},
                        {"idle", o.idle},           {"broadcast_clients", o.broadcast_clients},
                        {"broadcast_msgs", o.broadcast_msgs}, {"budget_s", o.budget},
                        {"timeout_s", o.timeout}};
@@ -2283,6 +2321,8 @@ int main(int argc, char** argv)
     app.add_option("--stream-bytes", o.stream_bytes, "stream: bytes of output (64 KiB messages)")->capture_default_str();
     app.add_option("--fanout", o.fanout, "fanout: kernel counts")->capture_default_str();
     app.add_option("--fanout-rt", o.fanout_rt, "fanout: round trips per client")->capture_default_str();
+    app.add_option("--fanout-budget", o.fanout_budget, "fanout: seconds per level (0: --budget)")
+        ->capture_default_str();
     app.add_option("--idle", o.idle, "idle_ws: WebSockets to hold open")->capture_default_str();
     app.add_option("--idle-concurrency", o.idle_concurrency, "idle_ws: handshakes in flight")->capture_default_str();
     app.add_option("--broadcast-clients", o.broadcast_clients, "broadcast: clients on one kernel")->capture_default_str();

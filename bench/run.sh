@@ -102,12 +102,12 @@ if [ "$MODE" = quick ]; then
 else
     REPEAT="${REPEAT:-3}"
     ECHO_ARGS=(--start-n 5 --rt 2000 --flood 20000 --window 64 --iopub-flood 10000 --iopub-size 64
-               --stream-bytes 33554432 --fanout 1,4,16,32 --fanout-rt 300 --broadcast-clients 16
-               --broadcast-msgs 1000 --budget 3 --timeout 60)
+               --stream-bytes 33554432 --fanout 1,4,16,32 --fanout-rt 300 --fanout-budget 1.5
+               --broadcast-clients 16 --broadcast-msgs 1000 --budget 3 --timeout 60)
     # ipykernel: 32 of them take ~20 s of CPU to start per target, so fan-out stops at 16.
     PY_ARGS=(--start-n 3 --rt 500 --flood 2000 --window 64 --iopub-flood 2000 --iopub-size 64
-             --stream-bytes 8388608 --fanout 1,4,16 --fanout-rt 100 --broadcast-clients 8
-             --broadcast-msgs 500 --budget 3 --timeout 90)
+             --stream-bytes 8388608 --fanout 1,4,16 --fanout-rt 100 --fanout-budget 1.5
+             --broadcast-clients 8 --broadcast-msgs 500 --budget 3 --timeout 90)
     IDLE_KG=10000; IDLE_JS=500
 fi
 DATA_SCENARIOS=start,kernel_info,execute,flood,iopub_flood,stream,fanout,broadcast
@@ -155,7 +155,11 @@ cleanup() {
     for pid in $(marked_pids); do
         kill -KILL "$pid" 2>/dev/null || true
     done
-    rm -rf "$WORK/jupyter" "$WORK/kg-data" "$WORK/direct"
+    if [[ "$OUT/" == "$WORK/"* ]]; then  # results live in the work dir: keep only them
+        rm -rf "$WORK/jupyter" "$WORK/kg-data" "$WORK/direct" "$WORK/share" "$WORK/bin"
+    else
+        rm -rf "$WORK"
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
