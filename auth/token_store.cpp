@@ -255,6 +255,7 @@ pepper pepper::load(const fs::path& file, bool create)
     }
     std::ifstream in(file);
     pepper p;
+    p.file_ = file;
     std::string line;
     while (std::getline(in, line)) {
         if (line.empty() || line[0] == '#') {
@@ -471,6 +472,20 @@ std::optional<identity> token_store::verify(std::string_view token, std::string*
     if (token_id != nullptr) {
         *token_id = id;
     }
+    auto q_version = [&]() -> int {
+        stmt v(db_, "SELECT pepper_version FROM tokens WHERE id = ?");
+        v.bind(1, id);
+        return v.step() ? static_cast<int>(v.integer(0)) : 0;
+    };
+    if (const int v = q_version(); v != 0 && !pepper_.has(v)) {
+        // Signed under a version added since we loaded the file (`kernelgate pepper rotate`
+        // while running): load the file again.
+        try {
+            pepper_ = pepper::load(pepper_.file(), false);
+        } catch (const std::exception&) {
+            return fail("pepper version unavailable");
+        }
+    }
     stmt q(db_, "SELECT t.digest, t.pepper_version, t.user, t.role, t.expires_at, "
                 "t.revoked_at, u.disabled, t.last_used_at FROM tokens t JOIN users u ON "
                 "u.name = t.user WHERE t.id = ?");
@@ -668,6 +683,10 @@ std::chrono::seconds parse_duration(const std::string& text)
     }
     if (n <= 0) {
         throw auth_error("duration must be positive");
+    }
+    constexpr long long k_hundred_years = 100LL * 366 * 86400;
+    if (n > k_hundred_years / mult) {
+        throw auth_error("duration '" + text + "' is too long");
     }
     return std::chrono::seconds(n * mult);
 }

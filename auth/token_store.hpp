@@ -29,6 +29,7 @@ public:
     static int rotate(const std::filesystem::path& file);
 
     int current() const noexcept { return current_; }
+    const std::filesystem::path& file() const noexcept { return file_; }
     bool has(int version) const { return keys_.contains(version); }
     /// HMAC-SHA-256 under the given version's key.
     std::string mac(int version, std::string_view data) const;
@@ -36,6 +37,7 @@ public:
 private:
     std::map<int, std::string> keys_;  // secret: never logged
     int current_ = 0;
+    std::filesystem::path file_;
 };
 
 enum class role_t

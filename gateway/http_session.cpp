@@ -24,6 +24,20 @@ std::string loggable_path(std::string_view target)
             c = '?';
         }
     }
+    // A token pasted into a path (kg_<id>_<secret>) keeps only its public id.
+    for (auto pos = p.find("kg_"); pos != std::string::npos; pos = p.find("kg_", pos + 3)) {
+        const auto second = p.find('_', pos + 3);
+        if (second == std::string::npos) {
+            break;
+        }
+        auto end = p.find('/', second);
+        if (end == std::string::npos) {
+            end = p.size();
+        }
+        if (end > second + 1) {
+            p.replace(second + 1, end - second - 1, "***");
+        }
+    }
     return p;
 }
 

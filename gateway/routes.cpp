@@ -807,8 +807,15 @@ net::awaitable<response> handle_rest(server& srv, const request& req, const pars
             std::string name = body->value("name", json("")).is_string()
                                    ? body->value("name", std::string())
                                    : std::string();
-            if (auto existing = reg.find_session_by_path(path);
-                existing && visible(reg.find(existing->kernel_id))) {
+            std::optional<sessions::session_record> existing;
+            for (const auto& sr : reg.sessions()) {
+                // Paths are per user: another user's session at the same path is not ours.
+                if (sr.path == path && visible(reg.find(sr.kernel_id))) {
+                    existing = sr;
+                    break;
+                }
+            }
+            if (existing) {
                 auto res = json_response(http::status::created, session_model(srv, *existing));
                 res.set(http::field::location,
                         srv.config().base_url + "api/sessions/" + existing->id);

@@ -446,16 +446,6 @@ std::optional<session_record> registry::find_session(const std::string& id) cons
     return it == sessions_.end() ? std::nullopt : std::optional<session_record>(it->second);
 }
 
-std::optional<session_record> registry::find_session_by_path(const std::string& path) const
-{
-    for (const auto& [id, s] : sessions_) {
-        if (s.path == path) {
-            return s;
-        }
-    }
-    return std::nullopt;
-}
-
 void registry::put_session(const session_record& s)
 {
     sessions_[s.id] = s;

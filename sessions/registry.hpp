@@ -97,7 +97,6 @@ public:
     // Sessions (Jupyter Server's /api/sessions).
     std::vector<session_record> sessions() const;
     std::optional<session_record> find_session(const std::string& id) const;
-    std::optional<session_record> find_session_by_path(const std::string& path) const;
     void put_session(const session_record& s);
     void remove_session(const std::string& id);
     void remove_sessions_of_kernel(const std::string& kernel_id);
