@@ -24,6 +24,11 @@
 //                the cost.
 //   broadcast    --broadcast-clients clients on one kernel all receiving the same iopub
 //
+// With --gateway-pid, the data-path scenarios also report the gateway's own CPU time per
+// round trip / message / MB (gw_cpu_*, from /proc/PID/task/*/schedstat): unlike latency and
+// throughput it does not depend on what else the machine is doing. --kernel-id runs the
+// single-kernel scenarios on an existing gateway kernel (bench/profile.sh uses it).
+//
 // Every wait has a deadline (--timeout) and every measuring loop a time budget (--budget);
 // a scenario that fails is reported with its error and the others still run.
 // Output: a table on stdout and, with --json FILE, a JSON document (runs and medians).
@@ -1659,10 +1664,14 @@ public:
     /// Kernels for the fan-out scenario, kept across its repeats.
     net::awaitable<void> stop_fanout_kernels()
     {
-        for (auto& k : fanout_kernels_) {
-            co_await target_.stop_kernel(*k, deadline());
-        }
+        auto kernels = std::move(fanout_kernels_);
         fanout_kernels_.clear();
+        fanout_start_failures_ = 0;
+        for (auto& k : kernels) {
+            if (k) {  // a failed start leaves a hole
+                co_await target_.stop_kernel(*k, deadline());
+            }
+        }
     }
 
 private:
@@ -1829,17 +1838,34 @@ private:
             throw std::invalid_argument("--fanout needs at least one level");
         }
         const auto kmax = static_cast<std::size_t>(*std::max_element(levels.begin(), levels.end()));
-        // Kernels start in parallel (4 at a time), once for all repeats of the scenario.
+        // Kernels start in parallel (4 at a time), once for all repeats of the scenario. A
+        // failed start is retried once and counted: concurrent starts can lose a port race
+        // (the kernel's bind fails), which is a finding about the gateway, not a reason to
+        // lose the whole scenario.
         const std::size_t have = fanout_kernels_.size();
         if (have < kmax) {
             fanout_kernels_.resize(kmax);
             co_await parallel_for(kmax - have, 4, [&](std::size_t i) -> net::awaitable<void> {
-                fanout_kernels_[have + i] = co_await target_.start_kernel(deadline());
-                auto c = co_await ready_client(*fanout_kernels_[have + i]);
-                c->close();
+                for (int attempt = 0;; ++attempt) {
+                    std::string failure;
+                    try {
+                        fanout_kernels_[have + i] = co_await target_.start_kernel(deadline());
+                        auto c = co_await ready_client(*fanout_kernels_[have + i]);
+                        c->close();
+                        co_return;
+                    } catch (const bench_error& e) {
+                        failure = e.what();
+                    }
+                    ++fanout_start_failures_;
+                    std::cerr << "kg-bench: fan-out kernel start failed: " << failure << "\n";
+                    if (attempt == 1) {
+                        throw bench_error("fan-out kernel start failed twice: " + failure);
+                    }
+                }
             });
         }
         metrics m;
+        m.emplace_back("start_failures", static_cast<double>(fanout_start_failures_));
         for (const int level : levels) {
             const auto kn = static_cast<std::size_t>(level);
             std::vector<client_ptr> clients(kn);
@@ -1965,6 +1991,7 @@ private:
     kernel_ptr main_;
     bool external_main_ = false;
     std::vector<kernel_ptr> fanout_kernels_;
+    int fanout_start_failures_ = 0;
 };
 
 

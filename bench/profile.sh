@@ -121,7 +121,7 @@ for s in "${list[@]}"; do
     grep -E '^ *[0-9,]+ \(' "$OUT/$s.self.txt" | sed -n "1,${TOP}p"
     echo "-- kernelgate's own functions, inclusive, top $TOP"
     grep -E '^ *[0-9,]+ \(' "$OUT/$s.inclusive.txt" | grep -E ':kernelgate::[a-z_]+::' |
-        grep -v -E 'lambda|_Function_handler|<' | sed -n "1,${TOP}p"
+        grep -v -E 'lambda|_Function_handler|=>' | sed -n "1,${TOP}p"
 done
 stop_gateway
 

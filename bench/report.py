@@ -38,7 +38,7 @@ ROWS = [
     ("flood", ["req_per_s", "msgs_per_s", "gw_cpu_us_per_msg"]),
     ("iopub_flood", ["msgs_per_s", "complete", "gw_cpu_us_per_msg"]),
     ("stream", ["mb_per_s", "complete", "gw_cpu_us_per_mb"]),
-    ("fanout", [r"k\d+_rt_per_s", r"k\d+_gw_cpu_us_per_rt"]),
+    ("fanout", [r"k\d+_rt_per_s", r"k\d+_gw_cpu_us_per_rt", "start_failures"]),
     ("idle_ws", ["kib_per_conn", "connections", "rt_after_us"]),
     ("broadcast", ["delivered_per_s", "complete", "gw_cpu_us_per_msg"]),
 ]
