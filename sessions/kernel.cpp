@@ -182,6 +182,7 @@ void kernel::on_kernel_message(zp::channel ch, zp::message&& msg)
             auto cb = std::move(on_ready_);
             on_ready_ = nullptr;
             state_ = "idle";  // the nudge's own busy/idle pair is not the user's work
+            nudge_filter_until_ = std::chrono::steady_clock::now() + std::chrono::seconds(5);
             auto held = std::move(held_);
             held_.clear();
             for (auto& [hch, hmsg] : held) {
@@ -194,6 +195,10 @@ void kernel::on_kernel_message(zp::channel ch, zp::message&& msg)
     if (ch == zp::channel::iopub) {
         // Output caused by our own kernel_info nudges is not the user's: it neither changes
         // the execution state nor reaches clients.
+        if (!nudge_ids_.empty() && !on_ready_ &&
+            std::chrono::steady_clock::now() > nudge_filter_until_) {
+            nudge_ids_.clear();  // late answers to nudges are long gone: stop checking
+        }
         if (!nudge_ids_.empty()) {
             const auto parent = zp::json_string_field(msg.parent_header, "msg_id");
             if (parent && std::find(nudge_ids_.begin(), nudge_ids_.end(), *parent) !=

@@ -153,6 +153,7 @@ private:
     boost::asio::steady_timer ready_deadline_;
     std::function<void(bool)> on_ready_;
     std::vector<std::string> nudge_ids_;
+    std::chrono::steady_clock::time_point nudge_filter_until_{};
     // Client messages held while the kernel (re)starts: sent once its iopub is proven live,
     // so their output is not lost to the SUB socket's slow-joiner window.
     std::deque<std::pair<zmq_protocol::channel, zmq_protocol::message>> held_;
