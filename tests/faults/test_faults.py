@@ -132,16 +132,22 @@ def test_slow_client_memory_is_bounded_and_output_dropped_with_a_notice(fgw):
     assert poll_until(lambda: fgw.metric("kernelgate_ws_slow_client_dropped_total") > dropped0,
                       60, "output dropped for the slow client")
     peak = 0
+    peak_queue = 0
     deadline = Deadline(60, "the flood to finish")
     while not deadline.expired():
         peak = max(peak, fgw.rss_kib())
+        peak_queue = max(peak_queue, fgw.metric("kernelgate_ws_queued_bytes"))
         if fgw.get(f"/api/kernels/{slow_kid}").json()["execution_state"] == "idle":
             break
         # Another user's kernel keeps answering while the flood is on.
         r = other.run("still-here", timeout=10)
         assert r.reply is not None and "still-here" in r.stdout()
-    # The queue is capped at the hard limit (8 MiB) plus frames in flight: far below 120 MiB.
-    assert peak - rss0 < 64 * 1024, f"gateway grew by {(peak - rss0) // 1024} MiB"
+    # The send queue never exceeds the hard limit (8 MiB here) ...
+    assert peak_queue <= (8 << 20) + (64 << 10), peak_queue
+    # ... and the process stays far below the 120 MiB of output. (Under AddressSanitizer freed
+    # memory sits in its quarantine and every block has redzones, so RSS says nothing there.)
+    if "ASAN_OPTIONS" not in os.environ:
+        assert peak - rss0 < 64 * 1024, f"gateway grew by {(peak - rss0) // 1024} MiB"
     # Now read: the reply was not dropped, and a notice says how much output was lost.
     res = slow.collect_execution(req, timeout=120)
     assert res.reply is not None and res.reply.content["status"] == "ok"
