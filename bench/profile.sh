@@ -75,7 +75,11 @@ stop_gateway() {
 }
 cleanup() {
     stop_gateway
-    rm -rf "$WORK/data" "$WORK/data2" "$WORK/kernels" "$WORK/bin"
+    if [[ "$OUT/" == "$WORK/"* ]]; then  # results live in the work dir: keep only them
+        rm -rf "$WORK/data" "$WORK/data2" "$WORK/kernels" "$WORK/bin" "$WORK"/cg.out*
+    else
+        rm -rf "$WORK"
+    fi
 }
 trap cleanup EXIT
 
