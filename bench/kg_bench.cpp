@@ -2333,7 +2333,7 @@ int main(int argc, char** argv)
     app.add_option("--protocol", o.protocol, "gateway: v1 or legacy WebSocket frames")
         ->check(CLI::IsMember({"v1", "legacy"}))
         ->capture_default_str();
-    app.add_option("--gateway-pid", o.gateway_pid, "gateway: pid whose VmRSS idle_ws measures");
+    app.add_option("--gateway-pid", o.gateway_pid, "gateway: its pid (idle_ws reads its VmRSS; gw_cpu_* its CPU time)");
     app.add_option("--dialect", o.dialect, "code the kernel runs: echo (kg-echo-kernel) or python")
         ->check(CLI::IsMember({"echo", "python"}))
         ->capture_default_str();
