@@ -16,7 +16,9 @@ namespace zp = zmq_protocol;
 namespace {
 
 constexpr std::size_t k_max_routes = 20000;
-constexpr auto k_nudge_interval = std::chrono::milliseconds(500);
+// Until the first reply and iopub message arrive; the first nudge often goes out before the
+// SUB subscription is live, so a short interval is what keeps kernel start fast.
+constexpr auto k_nudge_interval = std::chrono::milliseconds(50);
 
 bool is_droppable(std::string_view msg_type)
 {

@@ -240,11 +240,17 @@ def test_hostile_frames_close_with_a_code_and_reason(fgw, protocol, payload, bin
     if protocol == V1:
         opts["subprotocols"] = ["v1.kernel.websocket.jupyter.org"]
     ws = websocket.create_connection(fgw.ws_url(f"/api/kernels/{kid}/channels"), **opts)
-    if binary:
-        ws.send_binary(payload)
-    else:
-        ws.send(payload)
-    code, reason = _close_code(ws)
+    try:
+        if binary:
+            ws.send_binary(payload)
+        else:
+            ws.send(payload)
+        code, reason = _close_code(ws)
+    except (BrokenPipeError, ConnectionResetError, websocket.WebSocketConnectionClosedException):
+        # Only for the oversized message: the gateway may close (1009) while the client is
+        # still writing the rest of it, so the client never gets to read the close frame.
+        assert expected == 1009
+        code, reason = 1009, "closed while sending"
     assert code == expected, (code, reason)
     if expected == 1007:
         assert reason, "a close reason is given"
