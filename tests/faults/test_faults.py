@@ -383,3 +383,24 @@ def _cmdline(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         return ""
+
+
+def test_keepalive_pings_drop_silent_clients_and_keep_live_ones(tmp_path):
+    g = FaultGateway(tmp_path, ["--ws-ping-interval", "1"])
+    try:
+        kid = g.start()
+        live = g.channel(kid)
+        silent = websocket.create_connection(g.ws_url(f"/api/kernels/{kid}/channels"),
+                                             header=[f"Authorization: token {g.token}"])
+        # The silent client never reads, so it never answers a ping; the live one reads (and
+        # websocket-client answers pings while reading).
+        deadline = Deadline(10, "the silent client to be dropped")
+        while g.get("/api/health").json()["websockets"] > 1:
+            live.recv(0.2)
+            deadline.check()
+        assert g.get("/api/health").json()["websockets"] == 1
+        assert live.run("still-alive", timeout=10).reply is not None
+        silent.close()
+        live.close()
+    finally:
+        g.process.stop()

@@ -382,3 +382,27 @@ TEST_CASE("idle culling shuts down idle kernels without clients only")
     CHECK(fx.reg->find(watched->id()) != nullptr);  // it has a client
     CHECK_FALSE(s->closed);
 }
+
+TEST_CASE("replay: an overflowing buffer keeps the newest messages and says how many it dropped")
+{
+    registry_config cfg;
+    cfg.replay.max_messages = 5;
+    fixture fx(cfg);
+    auto k = fx.start();
+    auto s = std::make_shared<sink>();
+    k->attach(s);
+    fx.execute(*k, *s, "import time; time.sleep(0.3)\nfor i in range(30): display(i)");
+    k->detach(s.get());
+    REQUIRE(fx.run_until([&] { return k->replay_dropped_total() > 0 &&
+                                      k->execution_state() == "idle"; }, 20s));
+    fx.run_until([] { return false; }, 500ms);
+    auto back = std::make_shared<sink>();
+    back->sid = s->sid;
+    k->attach(back);
+    REQUIRE(back->events.size() == 6);  // the notice, then the 5 newest messages
+    CHECK(back->events.front()->msg_type == "stream");
+    CHECK_THAT(back->events.front()->msg.content,
+               Catch::Contains("messages were dropped while no client was connected"));
+    CHECK(back->saw("execute_reply"));  // the newest messages were kept
+    CHECK_FALSE(back->saw("execute_input"));  // the oldest were dropped
+}
