@@ -16,9 +16,11 @@ namespace zp = zmq_protocol;
 namespace {
 
 constexpr std::size_t k_max_routes = 20000;
-// Until the first reply and iopub message arrive; the first nudge often goes out before the
-// SUB subscription is live, so a short interval is what keeps kernel start fast.
-constexpr auto k_nudge_interval = std::chrono::milliseconds(50);
+// Nudges go out until a reply and an iopub message have arrived; the first ones often go out
+// before the SUB subscription is live. They back off from 5 ms to 500 ms: a fast kernel is ready after the first few, a slow one
+// (ipykernel takes ~0.5 s to start) is not flooded with requests.
+constexpr auto k_nudge_first = std::chrono::milliseconds(5);
+constexpr auto k_nudge_max = std::chrono::milliseconds(500);
 
 bool is_droppable(std::string_view msg_type)
 {
@@ -124,7 +126,9 @@ void kernel::nudge()
     // kernel_info on shell: its reply proves shell works, its iopub status proves the
     // subscription is live (the SUB socket's slow-joiner window is over).
     nudge_ids_.push_back(channels_->request(zp::channel::shell, "kernel_info_request", "{}"));
-    nudge_timer_.expires_after(k_nudge_interval);
+    const auto n = std::min<std::size_t>(nudge_ids_.size() - 1, 7);
+    nudge_timer_.expires_after(std::min<std::chrono::milliseconds>(k_nudge_first * (1 << n),
+                                                                   k_nudge_max));
     nudge_timer_.async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
         if (auto self = weak.lock(); self && !ec) {
             self->nudge();
