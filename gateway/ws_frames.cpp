@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "gateway/ws_frames.hpp"
 
+#include "gateway/json_check.hpp"
+
 #include <array>
 #include <cstdint>
 #include <limits>
@@ -56,19 +58,18 @@ bool client_writable(std::string_view channel) noexcept
     return channel == "shell" || channel == "control" || channel == "stdin";
 }
 
-/// A v1 JSON part must be one JSON object, no deeper than the cap. The depth is checked with
-/// a bracket scan before the parser sees the bytes; accept() builds no DOM.
+/// A v1 JSON part must be one JSON object, no deeper than the cap: one validating pass,
+/// nothing built (the parts are passed on as they are).
 std::error_code check_json_object(std::string_view part, const ws_limits& limits)
 {
-    if (json_depth(part) > limits.max_json_depth) {
-        return errc::json_too_deep;
+    switch (json_check(part, limits.max_json_depth, /*require_object=*/true)) {
+    case json_check_result::ok: return {};
+    case json_check_result::too_deep: return errc::json_too_deep;
+    case json_check_result::bad_json: break;
     }
-    const auto first = part.find_first_not_of(" \t\r\n");
-    if (first == std::string_view::npos || part[first] != '{' ||
-        !json::accept(part.begin(), part.end())) {
-        return errc::bad_json;
-    }
-    return {};
+    // Invalid, but report depth first when it is over the cap anywhere (as a bracket count
+    // before parsing would): "{{{{..." is a depth attack, not a typo.
+    return json_depth(part) > limits.max_json_depth ? errc::json_too_deep : errc::bad_json;
 }
 
 /// The JSON message of a legacy frame (text, or the first part of a binary frame).

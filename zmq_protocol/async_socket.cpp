@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "zmq_protocol/async_socket.hpp"
 
+#include <algorithm>
+#include <array>
+#include <optional>
+
 #include <boost/asio/post.hpp>
 
 namespace kernelgate::zmq_protocol {
@@ -45,6 +49,21 @@ void async_socket::close()
 }
 
 bool async_socket::send(std::span<const std::string> parts)
+{
+    std::array<std::string_view, 16> small;
+    std::vector<std::string_view> large;
+    std::span<const std::string_view> views;
+    if (parts.size() <= small.size()) {
+        std::copy(parts.begin(), parts.end(), small.begin());
+        views = std::span<const std::string_view>(small.data(), parts.size());
+    } else {
+        large.assign(parts.begin(), parts.end());
+        views = large;
+    }
+    return send(views);
+}
+
+bool async_socket::send(std::span<const std::string_view> parts)
 {
     if (!open_ || parts.empty()) {
         return false;
@@ -116,18 +135,27 @@ void async_socket::arm()
 void async_socket::drain()
 {
     auto keep = shared_from_this();  // a handler may drop the last owner
+    frames msg;
     for (int n = 0; open_ && on_message_; ++n) {
         if (n == k_drain_batch) {
             schedule_drain();  // more may be queued: yield, then continue
             return;
         }
-        const auto events = sock_.get(zmq::sockopt::events);
-        if ((events & ZMQ_POLLIN) == 0) {
-            break;
+        // A non-blocking receive that finds nothing (EAGAIN) has processed libzmq's pending
+        // commands, which resets ZMQ_FD: waiting on it afterwards cannot miss an edge. So no
+        // ZMQ_EVENTS query per message is needed.
+        msg.clear();
+        std::optional<std::size_t> got;
+        try {
+            got = zmq::recv_multipart(sock_, std::back_inserter(msg), zmq::recv_flags::dontwait);
+        } catch (const zmq::error_t& e) {
+            if (e.num() != EFSM) {
+                throw;
+            }
+            // A REQ socket between its reply and its next request: nothing can arrive. Query
+            // ZMQ_EVENTS so that libzmq processes its commands and resets ZMQ_FD.
+            (void)sock_.get(zmq::sockopt::events);
         }
-        frames msg;
-        const auto got = zmq::recv_multipart(sock_, std::back_inserter(msg),
-                                             zmq::recv_flags::dontwait);
         if (!got) {
             break;
         }

@@ -6,6 +6,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <boost/asio/io_context.hpp>
@@ -43,6 +44,7 @@ public:
     /// Sends a multipart message without blocking. Returns false (and sends nothing) if the
     /// socket would block (HWM reached / no peer for a REQ).
     bool send(std::span<const std::string> parts);
+    bool send(std::span<const std::string_view> parts);
     bool send(std::span<zmq::message_t> parts);
 
     /// Stops reading and closes the ZeroMQ socket (linger as configured).

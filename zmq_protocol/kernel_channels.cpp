@@ -131,8 +131,21 @@ bool kernel_channels::send(channel ch, const message& msg)
     if (s == nullptr || closed_) {
         return false;
     }
-    const auto frames = encode_frames(msg, signer_);
-    if (!s->send(frames)) {
+    // The parts go to libzmq straight from the message (one copy, into its frames); only the
+    // signature is made here, on the stack.
+    const auto json = wire_json_parts(msg);
+    std::array<char, signer::hex_size> sig{};
+    signer_.sign_hex(sig.data(), json[0], json[1], json[2], json[3]);
+    const std::string_view signature(sig.data(), signer_.enabled() ? sig.size() : 0);
+    std::array<std::string_view, 24> small;
+    std::vector<std::string_view> large;
+    std::span<std::string_view> parts(small.data(), wire_part_count(msg));
+    if (parts.size() > small.size()) {
+        large.resize(parts.size());
+        parts = large;
+    }
+    wire_parts(msg, signature, parts);
+    if (!s->send(std::span<const std::string_view>(parts))) {
         ++stats_.send_dropped;
         return false;
     }

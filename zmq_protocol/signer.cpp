@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "zmq_protocol/signer.hpp"
 
-#include <array>
 #include <stdexcept>
 
 #include <openssl/core_names.h>
@@ -9,14 +8,9 @@
 #include <openssl/evp.h>
 #include <openssl/params.h>
 
-#include "zmq_protocol/detail/hex.hpp"
-
 namespace kernelgate::zmq_protocol {
 
 namespace {
-
-constexpr std::size_t digest_size = 32;           // SHA-256
-constexpr std::size_t hex_size = 2 * digest_size; // what goes on the wire
 
 struct mac_deleter
 {
@@ -34,14 +28,27 @@ using mac_ctx_ptr = std::unique_ptr<EVP_MAC_CTX, mac_ctx_deleter>;
     throw std::runtime_error(std::string("kernelgate signer: ") + what + " failed");
 }
 
+constexpr char hex_digits[] = "0123456789abcdef";
+
+/// Value of a lower-case hex digit, or -1 (upper case is refused, as jupyter_client does).
+int hex_value(char c) noexcept
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    return -1;
+}
+
 } // namespace
 
-/// Holds an HMAC context already initialised with the key; every signature works on a
-/// duplicate of it, so the key schedule is computed once and the prepared context is never
-/// modified after construction.
+/// An HMAC context initialised with the key. EVP_MAC_init with a null key re-initialises
+/// it from the stored inner/outer pads: no key schedule and no allocation per message.
 struct signer::impl
 {
-    mac_ctx_ptr prepared;
+    mac_ctx_ptr ctx;
 };
 
 signer::signer(std::string_view key)
@@ -67,7 +74,7 @@ signer::signer(std::string_view key)
         openssl_failure("EVP_MAC_init");
     }
     impl_ = std::make_unique<impl>();
-    impl_->prepared = std::move(ctx);
+    impl_->ctx = std::move(ctx);
 }
 
 signer::~signer() = default;
@@ -79,6 +86,48 @@ bool signer::enabled() const noexcept
     return impl_ != nullptr;
 }
 
+void signer::mac(digest_type& out,
+                 std::string_view header,
+                 std::string_view parent_header,
+                 std::string_view metadata,
+                 std::string_view content) const
+{
+    EVP_MAC_CTX* ctx = impl_->ctx.get();
+    // The first message uses the context as the constructor left it; re-initialising an
+    // initialised context with a null key is the same and cheap, so do it every time.
+    if (EVP_MAC_init(ctx, nullptr, 0, nullptr) != 1) {
+        openssl_failure("EVP_MAC_init");
+    }
+    for (std::string_view part : {header, parent_header, metadata, content}) {
+        if (EVP_MAC_update(ctx, reinterpret_cast<const unsigned char*>(part.data()),
+                           part.size()) != 1) {
+            openssl_failure("EVP_MAC_update");
+        }
+    }
+    std::size_t out_len = 0;
+    if (EVP_MAC_final(ctx, out.data(), &out_len, out.size()) != 1 || out_len != digest_size) {
+        openssl_failure("EVP_MAC_final");
+    }
+}
+
+void signer::sign_hex(char* out,
+                      std::string_view header,
+                      std::string_view parent_header,
+                      std::string_view metadata,
+                      std::string_view content) const
+{
+    if (!enabled()) {
+        return;
+    }
+    digest_type d{};
+    mac(d, header, parent_header, metadata, content);
+    for (std::size_t i = 0; i < digest_size; ++i) {
+        out[2 * i] = hex_digits[d[i] >> 4];
+        out[2 * i + 1] = hex_digits[d[i] & 0x0f];
+    }
+    OPENSSL_cleanse(d.data(), d.size());
+}
+
 std::string signer::sign(std::string_view header,
                          std::string_view parent_header,
                          std::string_view metadata,
@@ -87,24 +136,8 @@ std::string signer::sign(std::string_view header,
     if (!enabled()) {
         return {};
     }
-    mac_ctx_ptr ctx(EVP_MAC_CTX_dup(impl_->prepared.get()));
-    if (!ctx) {
-        openssl_failure("EVP_MAC_CTX_dup");
-    }
-    for (std::string_view part : {header, parent_header, metadata, content}) {
-        if (EVP_MAC_update(ctx.get(), reinterpret_cast<const unsigned char*>(part.data()),
-                           part.size()) != 1) {
-            openssl_failure("EVP_MAC_update");
-        }
-    }
-    std::array<unsigned char, EVP_MAX_MD_SIZE> out{};
-    std::size_t out_len = 0;
-    if (EVP_MAC_final(ctx.get(), out.data(), &out_len, out.size()) != 1 ||
-        out_len != digest_size) {
-        openssl_failure("EVP_MAC_final");
-    }
-    std::string hex = detail::to_hex(out.data(), out_len);
-    OPENSSL_cleanse(out.data(), out.size());
+    std::string hex(hex_size, '\0');
+    sign_hex(hex.data(), header, parent_header, metadata, content);
     return hex;
 }
 
@@ -112,7 +145,8 @@ bool signer::verify(std::string_view signature_hex,
                     std::string_view header,
                     std::string_view parent_header,
                     std::string_view metadata,
-                    std::string_view content) const
+                    std::string_view content,
+                    digest_type* digest) const
 {
     if (!enabled()) {
         return signature_hex.empty();
@@ -121,10 +155,25 @@ bool signer::verify(std::string_view signature_hex,
     if (signature_hex.size() != hex_size) {
         return false;
     }
-    const std::string expected = sign(header, parent_header, metadata, content);
-    // Comparing the lower-case hex texts in constant time is the same as decoding and
-    // comparing the digests, and it also refuses upper-case hex (as jupyter_client does).
-    return CRYPTO_memcmp(signature_hex.data(), expected.data(), hex_size) == 0;
+    // Decoding the claimed signature reveals nothing about the key; only the comparison
+    // with the expected digest must not depend on where they differ.
+    digest_type claimed{};
+    for (std::size_t i = 0; i < digest_size; ++i) {
+        const int hi = hex_value(signature_hex[2 * i]);
+        const int lo = hex_value(signature_hex[2 * i + 1]);
+        if (hi < 0 || lo < 0) {
+            return false;
+        }
+        claimed[i] = static_cast<unsigned char>((hi << 4) | lo);
+    }
+    digest_type expected{};
+    mac(expected, header, parent_header, metadata, content);
+    const bool ok = CRYPTO_memcmp(claimed.data(), expected.data(), digest_size) == 0;
+    OPENSSL_cleanse(expected.data(), expected.size());
+    if (ok && digest != nullptr) {
+        *digest = claimed;
+    }
+    return ok;
 }
 
 } // namespace kernelgate::zmq_protocol

@@ -28,42 +28,60 @@ std::string_view json_or_empty_object(const std::string& part) noexcept
 
 } // namespace
 
-bool replay_guard::check_and_insert(std::string_view signature)
+bool replay_guard::check_and_insert(const key_type& digest)
 {
-    std::string key(signature);
-    if (seen_.contains(key)) {
+    if (seen_.contains(digest)) {
         return false;
     }
     if (capacity_ == 0) {
         return true; // remembers nothing
     }
-    while (order_.size() >= capacity_) {
-        seen_.erase(order_.front());
-        order_.pop_front();
+    if (ring_.size() < capacity_) {
+        ring_.push_back(digest);
+    } else {
+        seen_.erase(ring_[next_]);
+        ring_[next_] = digest;
+        next_ = (next_ + 1) % capacity_;
     }
-    seen_.insert(key);
-    order_.push_back(std::move(key));
+    seen_.insert(digest);
     return true;
+}
+
+std::size_t wire_part_count(const message& msg) noexcept
+{
+    return msg.identities.size() + 2 + json_part_count + msg.buffers.size();
+}
+
+std::array<std::string_view, 4> wire_json_parts(const message& msg) noexcept
+{
+    return {json_or_empty_object(msg.header), json_or_empty_object(msg.parent_header),
+            json_or_empty_object(msg.metadata), json_or_empty_object(msg.content)};
+}
+
+void wire_parts(const message& msg, std::string_view signature_hex,
+                std::span<std::string_view> out) noexcept
+{
+    std::size_t i = 0;
+    for (const auto& id : msg.identities) {
+        out[i++] = id;
+    }
+    out[i++] = delimiter;
+    out[i++] = signature_hex;
+    for (const auto part : wire_json_parts(msg)) {
+        out[i++] = part;
+    }
+    for (const auto& b : msg.buffers) {
+        out[i++] = b;
+    }
 }
 
 std::vector<std::string> encode_frames(const message& msg, const signer& sign)
 {
-    const std::string_view header = json_or_empty_object(msg.header);
-    const std::string_view parent = json_or_empty_object(msg.parent_header);
-    const std::string_view metadata = json_or_empty_object(msg.metadata);
-    const std::string_view content = json_or_empty_object(msg.content);
-
-    std::vector<std::string> frames;
-    frames.reserve(msg.identities.size() + 2 + json_part_count + msg.buffers.size());
-    frames.insert(frames.end(), msg.identities.begin(), msg.identities.end());
-    frames.emplace_back(delimiter);
-    frames.push_back(sign.sign(header, parent, metadata, content));
-    frames.emplace_back(header);
-    frames.emplace_back(parent);
-    frames.emplace_back(metadata);
-    frames.emplace_back(content);
-    frames.insert(frames.end(), msg.buffers.begin(), msg.buffers.end());
-    return frames;
+    const auto json = wire_json_parts(msg);
+    const std::string signature = sign.sign(json[0], json[1], json[2], json[3]);
+    std::vector<std::string_view> views(wire_part_count(msg));
+    wire_parts(msg, signature, views);
+    return {views.begin(), views.end()};
 }
 
 result<message> decode_frames(std::span<const std::string_view> frames,
@@ -105,13 +123,14 @@ result<message> decode_frames(std::span<const std::string_view> frames,
             return errc::bad_signature_length;
         }
     }
+    signer::digest_type digest{};
     if (!sign.verify(signature, frames[first_json], frames[first_json + 1],
-                     frames[first_json + 2], frames[first_json + 3])) {
+                     frames[first_json + 2], frames[first_json + 3], &digest)) {
         return errc::bad_signature;
     }
     // Only a verified signature enters the guard: forged ones must not evict real entries.
     // Unsigned messages all share the empty signature, so there is nothing to track.
-    if (guard != nullptr && sign.enabled() && !guard->check_and_insert(signature)) {
+    if (guard != nullptr && sign.enabled() && !guard->check_and_insert(digest)) {
         return errc::duplicate_signature;
     }
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #pragma once
+#include <array>
 #include <cstddef>
-#include <deque>
 #include <span>
 #include <string>
 #include <string_view>
@@ -25,20 +25,48 @@ struct decode_limits
 };
 
 /// Remembers recent signatures to reject replays (jupyter_client's digest_history), bounded:
-/// the oldest entries are forgotten first.
+/// the oldest entries are forgotten first. Keys are the binary digests of verified
+/// signatures (32 bytes, uniformly random, so their first bytes are a good hash).
 class replay_guard
 {
 public:
+    using key_type = signer::digest_type;
+
     explicit replay_guard(std::size_t capacity = 65536) : capacity_(capacity) {}
-    /// true if the signature is new (and records it), false if seen before.
-    bool check_and_insert(std::string_view signature);
-    std::size_t size() const noexcept { return order_.size(); }
+    /// true if the digest is new (and records it), false if seen before.
+    bool check_and_insert(const key_type& digest);
+    std::size_t size() const noexcept { return seen_.size(); }
 
 private:
+    struct key_hash
+    {
+        std::size_t operator()(const key_type& k) const noexcept
+        {
+            std::size_t h = 0;
+            for (std::size_t i = 0; i < sizeof(h); ++i) {
+                h = (h << 8) | k[i];
+            }
+            return h;
+        }
+    };
     std::size_t capacity_;
-    std::unordered_set<std::string> seen_;
-    std::deque<std::string> order_;
+    std::unordered_set<key_type, key_hash> seen_;
+    std::vector<key_type> ring_;  ///< insertion order, oldest at next_ once full
+    std::size_t next_ = 0;
 };
+
+/// Number of frames msg takes on the wire.
+std::size_t wire_part_count(const message& msg) noexcept;
+
+/// Views of the frames of msg as they go on the wire (no copy): identities, delimiter,
+/// signature_hex (64 chars from signer::sign_hex, or empty when signing is off), the four
+/// JSON parts ("{}" for an empty one; the signature must cover the same) and the buffers.
+/// out must hold wire_part_count(msg) views.
+void wire_parts(const message& msg, std::string_view signature_hex,
+                std::span<std::string_view> out) noexcept;
+
+/// The four JSON parts as they go on the wire ("{}" for an empty one).
+std::array<std::string_view, 4> wire_json_parts(const message& msg) noexcept;
 
 /// Frames of a message as they go on the wire:
 /// [identities..., "<IDS|MSG>", hmac, header, parent_header, metadata, content, buffers...]

@@ -52,6 +52,27 @@ TEST_CASE("signer: jupyter_client message signature", "[signer]")
     CHECK(s.sign(jupyter_header, "{}", "{}", jupyter_content) == sig);
 }
 
+TEST_CASE("signer: the reused context gives the same answers in any order", "[signer]")
+{
+    // One working context is re-initialised per message: interleave two messages, a failed
+    // verification and the binary digest, and the known answers must not move.
+    const signer s(jupyter_key);
+    const std::string other = s.sign("a", "b", "c", "d");
+    REQUIRE(other.size() == signer::hex_size);
+    for (int i = 0; i < 3; ++i) {
+        CHECK(s.sign(jupyter_header, "{}", "{}", jupyter_content) == jupyter_sig);
+        CHECK_FALSE(s.verify(other, jupyter_header, "{}", "{}", jupyter_content));
+        CHECK(s.sign("a", "b", "c", "d") == other);
+        signer::digest_type d{};
+        REQUIRE(s.verify(jupyter_sig, jupyter_header, "{}", "{}", jupyter_content, &d));
+        CHECK(d[0] == 0x78);
+        CHECK(d[31] == 0x05);
+    }
+    std::string buf(signer::hex_size, '.');
+    s.sign_hex(buf.data(), jupyter_header, "{}", "{}", jupyter_content);
+    CHECK(buf == jupyter_sig);
+}
+
 TEST_CASE("signer: verify refuses near misses", "[signer]")
 {
     const signer s(jupyter_key);

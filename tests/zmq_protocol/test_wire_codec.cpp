@@ -344,20 +344,31 @@ TEST_CASE("wire: the first delimiter frame ends the identities", "[wire]")
 
 TEST_CASE("replay_guard is bounded and forgets the oldest", "[wire]")
 {
+    // Keys that share their first (hashed) bytes and differ only at the end: the guard must
+    // compare whole digests, not hashes.
+    auto key = [](char c) {
+        zp::replay_guard::key_type k{};
+        k.fill(0x5a);
+        k.back() = static_cast<unsigned char>(c);
+        return k;
+    };
     zp::replay_guard guard(2);
-    CHECK(guard.check_and_insert("a"));
-    CHECK(guard.check_and_insert("b"));
-    CHECK_FALSE(guard.check_and_insert("a"));
-    CHECK(guard.check_and_insert("c")); // evicts "a"
+    CHECK(guard.check_and_insert(key('a')));
+    CHECK(guard.check_and_insert(key('b')));
+    CHECK_FALSE(guard.check_and_insert(key('a')));
+    CHECK(guard.check_and_insert(key('c'))); // evicts "a"
     CHECK(guard.size() == 2);
-    CHECK_FALSE(guard.check_and_insert("b"));
-    CHECK_FALSE(guard.check_and_insert("c"));
-    CHECK(guard.check_and_insert("a"));
+    CHECK_FALSE(guard.check_and_insert(key('b')));
+    CHECK_FALSE(guard.check_and_insert(key('c')));
+    CHECK(guard.check_and_insert(key('a'))); // evicts "b"
     CHECK(guard.size() == 2);
+    CHECK(guard.check_and_insert(key('b'))); // evicts "c"
+    CHECK_FALSE(guard.check_and_insert(key('a')));
+    CHECK(guard.check_and_insert(key('c')));
 
     zp::replay_guard none(0);
-    CHECK(none.check_and_insert("a"));
-    CHECK(none.check_and_insert("a"));
+    CHECK(none.check_and_insert(key('a')));
+    CHECK(none.check_and_insert(key('a')));
     CHECK(none.size() == 0);
 }
 
