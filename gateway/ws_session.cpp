@@ -65,6 +65,13 @@ net::awaitable<void> ws_session::run(request req)
         co_return;
     }
     open_ = true;
+    with_ws([&](auto& ws) {
+        ws.next_layer().on_flushed([weak = weak_from_this()] {
+            if (auto s = weak.lock()) {
+                s->on_flushed();
+            }
+        });
+    });
     ++srv_.metrics().ws_opened;
     srv_.add_ws(self);
     kernel_->attach(self);
@@ -144,80 +151,52 @@ void ws_session::deliver(const sessions::kernel_event_ptr& ev)
             ev->encoded[slot] = std::make_shared<const std::string>(std::move(f.data));
         }
     }
-    enqueue(ev->encoded[slot], ev->encoded_binary[slot]);
+    send_frame(*ev->encoded[slot], ev->encoded_binary[slot]);
 }
 
-void ws_session::enqueue(std::shared_ptr<const std::string> data, bool binary)
+void ws_session::send_frame(const std::string& data, bool binary)
 {
+    // The write only appends to the batching layer: it never blocks, and the frames of one
+    // burst leave in one send().
+    beast::error_code ec;
+    with_ws([&](auto& ws) {
+        ws.binary(binary);
+        ws.write(net::buffer(data), ec);
+    });
+    if (ec) {
+        return;  // the connection failed: the read loop ends and cleans up
+    }
+    auto& m = srv_.metrics();
+    ++m.ws_messages_out;
+    m.ws_bytes_out += data.size();
     const auto& cfg = srv_.config();
-    queued_bytes_ += data->size();
-    queue_.push_back({std::move(data), binary});
-    if (queued_bytes_ > cfg.ws_hard_limit) {
-        ++srv_.metrics().ws_closed_slow;
+    const std::size_t queued = queued_bytes();
+    if (queued > cfg.ws_hard_limit) {
+        ++m.ws_closed_slow;
         spdlog::warn("ws kernel {} session {}: client too slow ({} bytes queued), closing",
-                     kernel_->id(), session_id_, queued_bytes_);
+                     kernel_->id(), session_id_, queued);
         start_close(static_cast<std::uint16_t>(websocket::close_code::try_again_later),
                     "client too slow: send queue limit exceeded");
         return;
     }
-    if (queued_bytes_ > cfg.ws_high_watermark) {
+    if (queued > cfg.ws_high_watermark) {
         over_high_ = true;
     }
-    write_next();
 }
 
-void ws_session::write_next()
+void ws_session::on_flushed()
 {
-    if (writing_ || !open_) {
+    if (!over_high_ || queued_bytes() > srv_.config().ws_low_watermark) {
         return;
     }
-    if (closing_) {
-        if (!close_sent_) {
-            close_sent_ = true;
-            websocket::close_reason cr(static_cast<websocket::close_code>(close_code_));
-            cr.reason = close_reason_;
-            with_ws([&](auto& ws) {
-                ws.async_close(cr, [self = shared_from_this()](beast::error_code) {});
-            });
-        }
-        return;
+    over_high_ = false;
+    if (dropped_ > 0 && open_ && !closing_) {
+        const auto n_dropped = dropped_;
+        dropped_ = 0;
+        kernel_->notice(this, "[kernelgate] " + std::to_string(n_dropped) +
+                                  " output messages were dropped because "
+                                  "this client could not keep up\n");
     }
-    if (queue_.empty()) {
-        return;
-    }
-    writing_ = true;
-    in_flight_ = std::move(queue_.front());
-    queue_.pop_front();
-    queued_bytes_ -= in_flight_.data->size();
-    with_ws([&](auto& ws) {
-    ws.binary(in_flight_.binary);
-    ws.async_write(net::buffer(*in_flight_.data),
-                    [self = shared_from_this()](beast::error_code ec, std::size_t n) {
-                        self->writing_ = false;
-                        self->in_flight_ = {};
-                        if (ec) {
-                            self->queue_.clear();
-                            self->queued_bytes_ = 0;
-                            return;
-                        }
-                        auto& m = self->srv_.metrics();
-                        ++m.ws_messages_out;
-                        m.ws_bytes_out += n;
-                        if (self->over_high_ &&
-                            self->queued_bytes_ <= self->srv_.config().ws_low_watermark) {
-                            self->over_high_ = false;
-                            if (self->dropped_ > 0 && !self->closing_) {
-                                const auto n_dropped = self->dropped_;
-                                self->dropped_ = 0;
-                                self->kernel_->notice(
-                                    self.get(), "[kernelgate] " + std::to_string(n_dropped) +
-                                                    " output messages were dropped because "
-                                                    "this client could not keep up\n");
-                            }
-                        }
-                        self->write_next();
-                    });
-    });
 }
 
 void ws_session::start_close(std::uint16_t code, std::string reason)
@@ -226,14 +205,15 @@ void ws_session::start_close(std::uint16_t code, std::string reason)
         return;
     }
     closing_ = true;
-    queue_.clear();  // the frame in flight (if any) is held by in_flight_
-    queued_bytes_ = 0;
     if (reason.size() > 120) {
         reason.resize(120);  // a close reason must fit in a control frame
     }
-    close_code_ = code;
-    close_reason_ = std::move(reason);
-    write_next();  // sends the close now, or after the write in flight completes
+    websocket::close_reason cr(static_cast<websocket::close_code>(code));
+    cr.reason = std::move(reason);
+    with_ws([&](auto& ws) {
+        ws.next_layer().discard_pending();  // what has not started to go out is dropped
+        ws.async_close(cr, [self = shared_from_this()](beast::error_code) {});
+    });
 }
 
 void ws_session::close_from_kernel(std::uint16_t code, const std::string& reason)

@@ -1,7 +1,6 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #pragma once
 #include <cstdint>
-#include <deque>
 #include <memory>
 #include <string>
 #include <variant>
@@ -10,6 +9,7 @@
 
 #include "common/asio_fwd.hpp"
 #include "auth/token_store.hpp"
+#include "gateway/batching_stream.hpp"
 #include "gateway/routes.hpp"
 #include "gateway/ws_frames.hpp"
 #include "sessions/kernel.hpp"
@@ -21,17 +21,18 @@ class server;
 /// One client WebSocket on /api/kernels/{id}/channels.
 ///
 /// Reads frames (legacy JSON / legacy binary / v1), checks the channel, and hands messages to
-/// the kernel; receives kernel events and writes them with one outstanding write and a send
-/// queue bounded by watermarks (see server_config). Ping/pong keepalive comes from Beast's
-/// idle timeout with keep-alive pings.
+/// the kernel; receives kernel events and writes them into a batching layer (one send() per
+/// burst) whose buffer is bounded by watermarks (see server_config). Ping/pong keepalive
+/// comes from Beast's idle timeout with keep-alive pings.
 ///
 /// Thread safety: event-loop thread only.
 class ws_session final : public sessions::client_sink,
                          public std::enable_shared_from_this<ws_session>
 {
 public:
-    using plain_stream = websocket::stream<beast::tcp_stream>;
-    using tls_stream = websocket::stream<beast::ssl_stream<beast::tcp_stream>>;
+    using plain_stream = websocket::stream<batching_stream<beast::tcp_stream>>;
+    using tls_stream =
+        websocket::stream<batching_stream<beast::ssl_stream<beast::tcp_stream>>>;
 
     ws_session(server& srv, beast::tcp_stream&& stream, sessions::kernel_ptr k,
                std::string session_id, ws_format fmt, auth::identity who);
@@ -45,19 +46,16 @@ public:
     void deliver(const sessions::kernel_event_ptr& ev) override;
     void close_from_kernel(std::uint16_t code, const std::string& reason) override;
     const std::string& session_id() const override { return session_id_; }
-    std::size_t queued_bytes() const noexcept { return queued_bytes_; }
+    /// Bytes accepted for this client and not yet written to its socket.
+    std::size_t queued_bytes() const noexcept
+    {
+        return std::visit([](const auto& ws) { return ws.next_layer().buffered(); }, ws_);
+    }
     const auth::identity& who() const noexcept { return who_; }
-    std::size_t queued_messages() const noexcept { return queue_.size(); }
-    bool writing() const noexcept { return writing_; }
 
 private:
-    struct outgoing
-    {
-        std::shared_ptr<const std::string> data;
-        bool binary = false;
-    };
-    void enqueue(std::shared_ptr<const std::string> data, bool binary);
-    void write_next();
+    void send_frame(const std::string& data, bool binary);
+    void on_flushed();
     void start_close(std::uint16_t code, std::string reason);
     void handle_frame(bool binary);
 
@@ -74,13 +72,6 @@ private:
     ws_format format_;
     auth::identity who_;
     beast::flat_buffer read_buf_;
-    std::deque<outgoing> queue_;
-    outgoing in_flight_;
-    std::uint16_t close_code_ = 1000;
-    std::string close_reason_;
-    bool close_sent_ = false;
-    std::size_t queued_bytes_ = 0;
-    bool writing_ = false;
     bool closing_ = false;
     bool open_ = false;
     bool over_high_ = false;

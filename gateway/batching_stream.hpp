@@ -1,0 +1,226 @@
+// SPDX-License-Identifier: BSD-3-Clause
+#pragma once
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/asio_fwd.hpp"
+
+namespace kernelgate::gateway {
+
+/// A stream layer under a WebSocket stream that batches writes: every write (synchronous or
+/// asynchronous) appends the bytes to a buffer and returns at once, and one write to the
+/// next layer sends everything buffered since the last one. A burst of kernel messages to a
+/// client then costs one send() instead of one per message, and over TLS one record.
+///
+/// Writes never block and never fail partially: a frame is appended whole, so frames written
+/// by Beast itself (pong, keep-alive ping, close) and by the session never interleave.
+/// The session bounds the buffer through buffered() (its high/low watermarks and hard
+/// limit), and on_flushed is called after every completed write to the next layer.
+/// Reads go straight to the next layer. Teardown (the end of a WebSocket close) waits until
+/// the buffer is written, so a close frame is not lost.
+///
+/// Thread safety: one thread (the event loop), as the WebSocket stream above it.
+template <class NextLayer>
+class batching_stream
+{
+public:
+    using next_layer_type = NextLayer;
+    using executor_type = typename NextLayer::executor_type;
+
+    template <class... Args>
+    explicit batching_stream(Args&&... args) : state_(std::make_shared<state>(std::forward<Args>(args)...))
+    {
+    }
+
+    batching_stream(batching_stream&&) noexcept = default;
+    batching_stream& operator=(batching_stream&&) noexcept = default;
+    /// A write still in flight keeps the next layer alive; close it so that the write ends
+    /// (a client that stopped reading would otherwise hold the socket open).
+    ~batching_stream()
+    {
+        if (state_ && state_->writing) {
+            beast::error_code ignored;
+            beast::get_lowest_layer(state_->next).socket().close(ignored);
+        }
+    }
+
+    executor_type get_executor() noexcept { return state_->next.get_executor(); }
+    next_layer_type& next_layer() noexcept { return state_->next; }
+    const next_layer_type& next_layer() const noexcept { return state_->next; }
+
+    /// Bytes accepted but not yet written to the next layer (including a write in flight).
+    std::size_t buffered() const noexcept
+    {
+        return state_->pending.size() + state_->flushing.size();
+    }
+    /// Drops what has not started to go out (a slow client being closed); the write in
+    /// flight, if any, completes.
+    void discard_pending() noexcept { state_->pending.clear(); }
+    /// Called after each completed write to the next layer.
+    void on_flushed(std::function<void()> f) { state_->on_flushed = std::move(f); }
+
+    // SyncReadStream / SyncWriteStream
+    template <class MutableBufferSequence>
+    std::size_t read_some(const MutableBufferSequence& buffers, beast::error_code& ec)
+    {
+        return state_->next.read_some(buffers, ec);
+    }
+    template <class MutableBufferSequence>
+    std::size_t read_some(const MutableBufferSequence& buffers)
+    {
+        return state_->next.read_some(buffers);
+    }
+    template <class ConstBufferSequence>
+    std::size_t write_some(const ConstBufferSequence& buffers, beast::error_code& ec)
+    {
+        ec = state_->error;
+        if (ec) {
+            return 0;
+        }
+        return append(buffers);
+    }
+    template <class ConstBufferSequence>
+    std::size_t write_some(const ConstBufferSequence& buffers)
+    {
+        beast::error_code ec;
+        const std::size_t n = write_some(buffers, ec);
+        if (ec) {
+            BOOST_THROW_EXCEPTION(beast::system_error{ec});
+        }
+        return n;
+    }
+
+    // AsyncReadStream / AsyncWriteStream
+    template <class MutableBufferSequence, class ReadHandler>
+    auto async_read_some(const MutableBufferSequence& buffers, ReadHandler&& handler)
+    {
+        return state_->next.async_read_some(buffers, std::forward<ReadHandler>(handler));
+    }
+    template <class ConstBufferSequence, class WriteHandler>
+    auto async_write_some(const ConstBufferSequence& buffers, WriteHandler&& handler)
+    {
+        return net::async_initiate<WriteHandler, void(beast::error_code, std::size_t)>(
+            [this](auto h, const ConstBufferSequence& b) {
+                beast::error_code ec = state_->error;
+                const std::size_t n = ec ? 0 : append(b);
+                net::post(get_executor(), beast::bind_front_handler(std::move(h), ec, n));
+            },
+            handler, buffers);
+    }
+
+    /// WebSocket teardown: once everything buffered is written, the next layer's teardown.
+    template <class TeardownHandler>
+    friend void async_teardown(beast::role_type role, batching_stream& s,
+                               TeardownHandler&& handler)
+    {
+        auto st = s.state_;
+        auto h = std::make_shared<std::decay_t<TeardownHandler>>(
+            std::forward<TeardownHandler>(handler));
+        auto go = [st, role, h](beast::error_code) {
+            using websocket::async_teardown;
+            async_teardown(role, st->next, std::move(*h));
+        };
+        if (!st->writing && st->pending.empty()) {
+            net::post(st->next.get_executor(), [go] { go({}); });
+        } else {
+            st->after_flush.emplace_back(std::move(go));
+        }
+    }
+    friend void teardown(beast::role_type role, batching_stream& s, beast::error_code& ec)
+    {
+        using websocket::teardown;
+        teardown(role, s.state_->next, ec);
+    }
+
+private:
+    /// Shared with the write in flight, so that it may outlive a moved-from or destroyed
+    /// stream object without touching freed memory.
+    struct state
+    {
+        template <class... Args>
+        explicit state(Args&&... args) : next(std::forward<Args>(args)...)
+        {
+        }
+        NextLayer next;
+        std::string pending;   ///< appended since the write in flight started
+        std::string flushing;  ///< the write in flight
+        bool writing = false;
+        bool flush_posted = false;
+        beast::error_code error;
+        std::function<void()> on_flushed;
+        std::vector<std::function<void(beast::error_code)>> after_flush;
+    };
+
+    template <class ConstBufferSequence>
+    std::size_t append(const ConstBufferSequence& buffers)
+    {
+        const std::size_t n = net::buffer_size(buffers);
+        auto& p = state_->pending;
+        const std::size_t at = p.size();
+        p.resize(at + n);
+        net::buffer_copy(net::buffer(p.data() + at, n), buffers);
+        schedule(state_);
+        return n;
+    }
+
+    /// The write goes out after the handlers already queued have run, so a burst delivered
+    /// in one turn of the event loop leaves in one write.
+    static void schedule(const std::shared_ptr<state>& st)
+    {
+        if (st->writing || st->flush_posted) {
+            return;
+        }
+        st->flush_posted = true;
+        net::post(st->next.get_executor(), [st] {
+            st->flush_posted = false;
+            flush(st);
+        });
+    }
+
+    static void flush(const std::shared_ptr<state>& st)
+    {
+        if (st->writing) {
+            return;
+        }
+        if (st->pending.empty() || st->error) {
+            finish(st);
+            return;
+        }
+        st->writing = true;
+        st->flushing.swap(st->pending);
+        net::async_write(st->next, net::buffer(st->flushing),
+                         [st](beast::error_code ec, std::size_t) {
+                             st->writing = false;
+                             st->flushing.clear();
+                             if (st->flushing.capacity() > (1u << 20)) {
+                                 std::string().swap(st->flushing);  // a burst's peak is not kept
+                             }
+                             if (ec) {
+                                 st->error = ec;
+                                 st->pending.clear();
+                             }
+                             if (st->on_flushed) {
+                                 st->on_flushed();
+                             }
+                             flush(st);
+                         });
+    }
+
+    /// Nothing left to write (or the stream failed): run what waited for that.
+    static void finish(const std::shared_ptr<state>& st)
+    {
+        auto waiters = std::move(st->after_flush);
+        st->after_flush.clear();
+        for (auto& w : waiters) {
+            w(st->error);
+        }
+    }
+
+    std::shared_ptr<state> state_;
+};
+
+} // namespace kernelgate::gateway
