@@ -597,15 +597,7 @@ std::int64_t token_store::change_counter()
 
 std::string to_iso(clock::time_point tp)
 {
-    const auto us = to_us(tp);
-    const std::time_t secs = static_cast<std::time_t>(us / 1000000);
-    std::tm tm{};
-    gmtime_r(&secs, &tm);
-    char buf[96];
-    std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%06lldZ", tm.tm_year + 1900,
-                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                  static_cast<long long>(us % 1000000));
-    return buf;
+    return common::iso8601(tp);
 }
 
 std::chrono::seconds parse_duration(const std::string& text)
