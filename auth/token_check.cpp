@@ -8,6 +8,8 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "common/text.hpp"
+
 namespace kernelgate::auth {
 
 namespace {
@@ -68,13 +70,7 @@ std::string generate_token()
     if (RAND_bytes(raw.data(), static_cast<int>(raw.size())) != 1) {
         throw std::runtime_error("no randomness available");
     }
-    static constexpr char hex[] = "0123456789abcdef";
-    std::string out;
-    for (unsigned char c : raw) {
-        out += hex[c >> 4];
-        out += hex[c & 15];
-    }
-    return out;
+    return common::to_hex(raw.data(), raw.size());
 }
 
 std::optional<std::string_view> token_from_authorization(std::string_view header)

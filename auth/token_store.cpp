@@ -15,6 +15,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/text.hpp"
+
 namespace kernelgate::auth {
 
 namespace fs = std::filesystem;
@@ -32,58 +34,6 @@ std::string random_bytes(std::size_t n)
     std::string out(n, '\0');
     if (RAND_bytes(reinterpret_cast<unsigned char*>(out.data()), static_cast<int>(n)) != 1) {
         throw std::runtime_error("no randomness available");
-    }
-    return out;
-}
-
-std::string base32(std::string_view in)
-{
-    static constexpr char alphabet[] = "abcdefghijklmnopqrstuvwxyz234567";
-    std::string out;
-    unsigned buffer = 0;
-    int bits = 0;
-    for (unsigned char c : in) {
-        buffer = (buffer << 8) | c;
-        bits += 8;
-        while (bits >= 5) {
-            out += alphabet[(buffer >> (bits - 5)) & 31];
-            bits -= 5;
-        }
-    }
-    if (bits > 0) {
-        out += alphabet[(buffer << (5 - bits)) & 31];
-    }
-    return out;
-}
-
-std::string base64url(std::string_view in)
-{
-    static constexpr char alphabet[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    std::string out;
-    unsigned buffer = 0;
-    int bits = 0;
-    for (unsigned char c : in) {
-        buffer = (buffer << 8) | c;
-        bits += 8;
-        while (bits >= 6) {
-            out += alphabet[(buffer >> (bits - 6)) & 63];
-            bits -= 6;
-        }
-    }
-    if (bits > 0) {
-        out += alphabet[(buffer << (6 - bits)) & 63];
-    }
-    return out;
-}
-
-std::string to_hex(std::string_view in)
-{
-    static constexpr char hex[] = "0123456789abcdef";
-    std::string out;
-    for (unsigned char c : in) {
-        out += hex[c >> 4];
-        out += hex[c & 15];
     }
     return out;
 }
@@ -236,7 +186,7 @@ pepper pepper::load(const fs::path& file, bool create)
         fs::create_directories(file.parent_path(), ec);
         const int fd = ::open(file.c_str(), O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
         if (fd >= 0) {
-            const std::string line = "v1 " + to_hex(random_bytes(32)) + "\n";
+            const std::string line = "v1 " + common::to_hex(random_bytes(32)) + "\n";
             const bool ok = ::write(fd, line.data(), line.size()) ==
                             static_cast<ssize_t>(line.size());
             ::close(fd);
@@ -284,7 +234,7 @@ int pepper::rotate(const fs::path& file)
     const auto p = load(file, true);
     const int next = p.current_ + 1;
     std::ofstream out(file, std::ios::app);
-    out << "v" << next << " " << to_hex(random_bytes(32)) << "\n";
+    out << "v" << next << " " << common::to_hex(random_bytes(32)) << "\n";
     if (!out) {
         throw auth_error("cannot append to pepper file " + file.string());
     }
@@ -403,8 +353,8 @@ token_store::created token_store::create(const std::string& user, role_t r,
         .bind(1, user)
         .bind(2, to_us(now))
         .step();
-    const std::string id = base32(random_bytes(16));
-    const std::string secret = base64url(random_bytes(32));
+    const std::string id = common::base32_lower(random_bytes(16));
+    const std::string secret = common::base64url(random_bytes(32));
     const auto digest = pepper_.mac(pepper_.current(), "kg-token-v1" + id + secret);
     stmt(db_, "INSERT INTO tokens (id, user, digest, pepper_version, role, note, created_by, "
               "created_at, expires_at) VALUES (?,?,?,?,?,?,?,?,?)")
@@ -647,15 +597,7 @@ std::int64_t token_store::change_counter()
 
 std::string to_iso(clock::time_point tp)
 {
-    const auto us = to_us(tp);
-    const std::time_t secs = static_cast<std::time_t>(us / 1000000);
-    std::tm tm{};
-    gmtime_r(&secs, &tm);
-    char buf[96];
-    std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%06lldZ", tm.tm_year + 1900,
-                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                  static_cast<long long>(us % 1000000));
-    return buf;
+    return common::iso8601(tp);
 }
 
 std::chrono::seconds parse_duration(const std::string& text)

@@ -167,6 +167,7 @@ private:
     token_policy policy_;
 };
 
+/// "YYYY-MM-DDTHH:MM:SS.ffffffZ" (common::iso8601).
 std::string to_iso(clock::time_point tp);
 /// "30d", "12h", "45m", "90s" or a plain number of seconds; throws auth_error otherwise.
 std::chrono::seconds parse_duration(const std::string& text);

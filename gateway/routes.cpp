@@ -133,6 +133,42 @@ response failure_response(const sessions::failure& f)
     return error_response(static_cast<http::status>(f.status), f.message);
 }
 
+/// How a session request answers a kernel that could not be started.
+enum class session_start
+{
+    create,  ///< POST /api/sessions: an unknown kernelspec (404) is a 501 naming it in
+             ///< short_message; other failures keep their own status
+    change,  ///< PATCH /api/sessions/{id}: every failure is a 501
+};
+
+/// A session's new kernel, or the response to send when it could not be started.
+struct session_kernel
+{
+    sessions::kernel_ptr kernel;
+    std::optional<response> error;
+};
+
+/// Starts the kernel a session request names; a kernelspec that does not exist is answered
+/// 501 Not Implemented, as Jupyter Server does. Callers co_await it at once, so the
+/// arguments bound to name and env outlive it.
+net::awaitable<session_kernel> start_session_kernel(server& srv, const std::string& name,
+                                                    const json& env, const auth::identity& who,
+                                                    session_start mode)
+{
+    auto [k, f] = co_await start_kernel(srv, name, env, who);
+    if (!f) {
+        co_return session_kernel{std::move(k), std::nullopt};
+    }
+    if (mode == session_start::create && f->status != 404) {
+        co_return session_kernel{nullptr, failure_response(*f)};
+    }
+    json body = {{"reason", "Not Implemented"}, {"message", f->message}};
+    if (mode == session_start::create) {
+        body["short_message"] = "Kernel not found: " + name;
+    }
+    co_return session_kernel{nullptr, json_response(http::status::not_implemented, body)};
+}
+
 json spec_model(const server& srv, const sessions::kernelspec& s)
 {
     json resources = json::object();
@@ -838,19 +874,12 @@ net::awaitable<response> handle_rest(server& srv, const request& req, const pars
                 std::string kname = kernel.value("name", json("")).is_string()
                                         ? kernel.value("name", std::string())
                                         : std::string();
-                auto [k, f] = co_await start_kernel(srv, kname, body->value("env", json()), who);
-                if (f) {
-                    if (f->status == 404) {
-                        auto res = json_response(
-                            http::status::not_implemented,
-                            {{"reason", "Not Implemented"},
-                             {"message", f->message},
-                             {"short_message", "Kernel not found: " + kname}});
-                        co_return res;
-                    }
-                    co_return failure_response(*f);
+                auto started = co_await start_session_kernel(
+                    srv, kname, body->value("env", json()), who, session_start::create);
+                if (started.error) {
+                    co_return std::move(*started.error);
                 }
-                rec.kernel_id = k->id();
+                rec.kernel_id = started.kernel->id();
             }
             reg.put_session(rec);
             auto res = json_response(http::status::created, session_model(srv, rec));
@@ -910,14 +939,12 @@ net::awaitable<response> handle_rest(server& srv, const request& req, const pars
                     rec->kernel_id = nk->id();
                 } else if (kj.contains("name") && kj["name"].is_string()) {
                     auto old = reg.find(rec->kernel_id);
-                    auto [nk, f] = co_await start_kernel(srv, kj["name"].get<std::string>(),
-                                                         json(), who);
-                    if (f) {
-                        co_return json_response(http::status::not_implemented,
-                                                {{"reason", "Not Implemented"},
-                                                 {"message", f->message}});
+                    auto started = co_await start_session_kernel(
+                        srv, kj["name"].get<std::string>(), json(), who, session_start::change);
+                    if (started.error) {
+                        co_return std::move(*started.error);
                     }
-                    rec->kernel_id = nk->id();
+                    rec->kernel_id = started.kernel->id();
                     reg.put_session(*rec);
                     if (old) {
                         co_await shutdown_kernel(srv, old);

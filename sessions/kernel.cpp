@@ -30,20 +30,6 @@ bool is_droppable(std::string_view msg_type)
 
 } // namespace
 
-std::string iso8601(kernel::clock::time_point tp)
-{
-    const auto us =
-        std::chrono::duration_cast<std::chrono::microseconds>(tp.time_since_epoch()).count();
-    const std::time_t secs = static_cast<std::time_t>(us / 1000000);
-    std::tm tm{};
-    gmtime_r(&secs, &tm);
-    char buf[96];
-    std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%06lldZ", tm.tm_year + 1900,
-                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                  static_cast<long long>(us % 1000000));
-    return buf;
-}
-
 kernel::kernel(boost::asio::io_context& ioc, std::string id, std::string spec_name,
                std::string owner, replay_limits limits)
     : ioc_(ioc),

@@ -14,6 +14,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <nlohmann/json.hpp>
 
+#include "common/text.hpp"
 #include "zmq_protocol/kernel_channels.hpp"
 
 namespace kernelgate::sessions {
@@ -168,6 +169,9 @@ private:
 using kernel_ptr = std::shared_ptr<kernel>;
 
 /// "YYYY-MM-DDTHH:MM:SS.ffffffZ" for a time point.
-std::string iso8601(kernel::clock::time_point tp);
+inline std::string iso8601(kernel::clock::time_point tp)
+{
+    return common::iso8601(tp);
+}
 
 } // namespace kernelgate::sessions

@@ -31,12 +31,34 @@ struct stmt
     {
         sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
     }
+    /// Binds the values to parameters 1, 2, ... in order.
+    template <class... Values>
+    void bind_all(const Values&... values)
+    {
+        int i = 0;
+        (bind(++i, values), ...);
+    }
     std::string col(int i)
     {
         const auto* t = reinterpret_cast<const char*>(sqlite3_column_text(s, i));
         return t != nullptr ? std::string(t) : std::string();
     }
 };
+
+/// Runs a one-row write (sql with one '?' per value, bound in order); a failed step is logged
+/// as "store: <what>: <error>".
+template <class... Values>
+void write_row(sqlite3* db, const char* what, const char* sql, const Values&... values)
+{
+    stmt s(db, sql);
+    if (s.s == nullptr) {
+        return;
+    }
+    s.bind_all(values...);
+    if (sqlite3_step(s.s) != SQLITE_DONE) {
+        spdlog::error("store: {}: {}", what, sqlite3_errmsg(db));
+    }
+}
 
 } // namespace
 
@@ -86,20 +108,8 @@ void store::exec(const char* sql)
 
 void store::put_kernel(const kernel_row& r)
 {
-    stmt s(db_, "INSERT OR REPLACE INTO kernels VALUES (?,?,?,?,?,?,?)");
-    if (s.s == nullptr) {
-        return;
-    }
-    s.bind(1, r.id);
-    s.bind(2, r.name);
-    s.bind(3, r.owner);
-    s.bind(4, r.host);
-    s.bind(5, r.state);
-    s.bind(6, r.created);
-    s.bind(7, r.last_activity);
-    if (sqlite3_step(s.s) != SQLITE_DONE) {
-        spdlog::error("store: put_kernel: {}", sqlite3_errmsg(db_));
-    }
+    write_row(db_, "put_kernel", "INSERT OR REPLACE INTO kernels VALUES (?,?,?,?,?,?,?)", r.id,
+              r.name, r.owner, r.host, r.state, r.created, r.last_activity);
 }
 
 void store::delete_kernel(const std::string& id)
@@ -123,18 +133,8 @@ std::vector<kernel_row> store::kernels()
 
 void store::put_session(const session_row& r)
 {
-    stmt s(db_, "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?)");
-    if (s.s == nullptr) {
-        return;
-    }
-    s.bind(1, r.id);
-    s.bind(2, r.path);
-    s.bind(3, r.name);
-    s.bind(4, r.type);
-    s.bind(5, r.kernel_id);
-    if (sqlite3_step(s.s) != SQLITE_DONE) {
-        spdlog::error("store: put_session: {}", sqlite3_errmsg(db_));
-    }
+    write_row(db_, "put_session", "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?)", r.id,
+              r.path, r.name, r.type, r.kernel_id);
 }
 
 void store::delete_session(const std::string& id)

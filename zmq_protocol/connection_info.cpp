@@ -16,7 +16,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
-#include "zmq_protocol/detail/hex.hpp"
+#include "common/text.hpp"
 #include "zmq_protocol/errc.hpp"
 
 namespace kernelgate::zmq_protocol {
@@ -179,7 +179,7 @@ void write_connection_file(const std::filesystem::path& path, const connection_i
         throw std::runtime_error("kernelgate: RAND_bytes failed");
     }
     const std::filesystem::path tmp_path =
-        dir / ("." + path.filename().string() + "." + detail::to_hex(rnd.data(), rnd.size()) +
+        dir / ("." + path.filename().string() + "." + common::to_hex(rnd.data(), rnd.size()) +
                ".tmp");
 
     // O_EXCL|O_NOFOLLOW: never reuse or follow something already there. The mode is set at
@@ -246,7 +246,7 @@ std::string new_key()
     if (RAND_bytes(key.data(), static_cast<int>(key.size())) != 1) {
         throw std::runtime_error("kernelgate: RAND_bytes failed");
     }
-    std::string hex = detail::to_hex(key.data(), key.size());
+    std::string hex = common::to_hex(key.data(), key.size());
     OPENSSL_cleanse(key.data(), key.size());
     return hex;
 }

@@ -187,18 +187,7 @@ std::string new_uuid()
 
 std::string iso8601_now()
 {
-    using namespace std::chrono;
-    const auto now = time_point_cast<microseconds>(system_clock::now());
-    const auto secs = floor<seconds>(now);
-    const auto micros = (now - secs).count();
-    const std::time_t t = system_clock::to_time_t(secs);
-    std::tm tm{};
-    gmtime_r(&t, &tm);
-    std::array<char, 40> buf{};
-    const int n = std::snprintf(buf.data(), buf.size(), "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ",
-                                tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-                                tm.tm_min, tm.tm_sec, static_cast<int>(micros));
-    return std::string(buf.data(), static_cast<std::size_t>(n));
+    return common::iso8601(std::chrono::system_clock::now());
 }
 
 } // namespace kernelgate::zmq_protocol
