@@ -27,14 +27,19 @@ std::string iso8601(std::chrono::system_clock::time_point tp)
     return buf;
 }
 
-std::string to_hex(const unsigned char* data, std::size_t n)
+void to_hex(const unsigned char* data, std::size_t n, char* out) noexcept
 {
     static constexpr char digits[] = "0123456789abcdef";
-    std::string out(2 * n, '\0');
     for (std::size_t i = 0; i < n; ++i) {
         out[2 * i] = digits[data[i] >> 4];
         out[2 * i + 1] = digits[data[i] & 0x0f];
     }
+}
+
+std::string to_hex(const unsigned char* data, std::size_t n)
+{
+    std::string out(2 * n, '\0');
+    to_hex(data, n, out.data());
     return out;
 }
 

@@ -14,6 +14,8 @@ std::string iso8601(std::chrono::system_clock::time_point tp);
 /// Lower-case hex, two digits per byte, no separators.
 std::string to_hex(std::string_view bytes);
 std::string to_hex(const unsigned char* data, std::size_t n);
+/// The same into out, which must hold 2 * n characters (no allocation).
+void to_hex(const unsigned char* data, std::size_t n, char* out) noexcept;
 
 /// Packs the bytes, most significant bit first, into groups of bits_per_char bits (1 to 6)
 /// and maps each group through alphabet (which has 2^bits_per_char characters). A partial

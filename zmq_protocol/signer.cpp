@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "zmq_protocol/signer.hpp"
 
+#include "common/text.hpp"
+
 #include <stdexcept>
 
 #include <openssl/core_names.h>
@@ -27,8 +29,6 @@ using mac_ctx_ptr = std::unique_ptr<EVP_MAC_CTX, mac_ctx_deleter>;
 {
     throw std::runtime_error(std::string("kernelgate signer: ") + what + " failed");
 }
-
-constexpr char hex_digits[] = "0123456789abcdef";
 
 /// Value of a lower-case hex digit, or -1 (upper case is refused, as jupyter_client does).
 int hex_value(char c) noexcept
@@ -121,10 +121,7 @@ void signer::sign_hex(char* out,
     }
     digest_type d{};
     mac(d, header, parent_header, metadata, content);
-    for (std::size_t i = 0; i < digest_size; ++i) {
-        out[2 * i] = hex_digits[d[i] >> 4];
-        out[2 * i + 1] = hex_digits[d[i] & 0x0f];
-    }
+    common::to_hex(d.data(), d.size(), out);
     OPENSSL_cleanse(d.data(), d.size());
 }
 

@@ -10,7 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <openssl/rand.h>
 
-#include "zmq_protocol/detail/hex.hpp"
+#include "common/text.hpp"
 
 namespace kernelgate::zmq_protocol {
 
@@ -174,7 +174,7 @@ std::string new_uuid()
     }
     b[6] = static_cast<unsigned char>((b[6] & 0x0f) | 0x40); // version 4
     b[8] = static_cast<unsigned char>((b[8] & 0x3f) | 0x80); // RFC 4122 variant
-    const std::string hex = detail::to_hex(b.data(), b.size());
+    const std::string hex = common::to_hex(b.data(), b.size());
     std::string out;
     out.reserve(36);
     out.append(hex, 0, 8).append(1, '-');
