@@ -22,6 +22,13 @@ constexpr std::size_t k_max_routes = 20000;
 constexpr auto k_nudge_first = std::chrono::milliseconds(5);
 constexpr auto k_nudge_max = std::chrono::milliseconds(500);
 
+/// 64 bits identify a session among a kernel's clients (a collision would need two of the
+/// same kernel's clients, i.e. of the same user, to pick colliding session ids).
+std::uint64_t session_hash(std::string_view session)
+{
+    return zp::key128::hash(session).a;
+}
+
 bool is_droppable(std::string_view msg_type)
 {
     return msg_type == "stream" || msg_type == "display_data" ||
@@ -36,6 +43,7 @@ kernel::kernel(boost::asio::io_context& ioc, std::string id, std::string spec_na
       id_(std::move(id)),
       spec_name_(std::move(spec_name)),
       owner_(std::move(owner)),
+      routes_(k_max_routes),
       limits_(limits),
       nudge_timer_(ioc),
       ready_deadline_(ioc)
@@ -212,22 +220,22 @@ void kernel::on_kernel_message(zp::channel ch, zp::message&& msg)
     if (!parent) {
         return;
     }
-    auto it = routes_.find(*parent);
-    if (it == routes_.end()) {
+    const std::uint64_t* route = routes_.find(zp::key128::hash(*parent));
+    if (route == nullptr) {
         return;
     }
-    const std::string session = it->second;
+    const std::uint64_t session = *route;
     ev->msg = std::move(msg);
     dispatch(ev, &session);
 }
 
-void kernel::dispatch(const kernel_event_ptr& ev, const std::string* target_session)
+void kernel::dispatch(const kernel_event_ptr& ev, const std::uint64_t* target_session)
 {
     bool delivered = false;
     // Copy: a sink's deliver may close it, which detaches it from sinks_.
     const auto sinks = sinks_;
     for (const auto& s : sinks) {
-        if (target_session == nullptr || s->session_id() == *target_session) {
+        if (target_session == nullptr || session_hash(s->session_id()) == *target_session) {
             s->deliver(ev);
             delivered = true;
         }
@@ -235,7 +243,7 @@ void kernel::dispatch(const kernel_event_ptr& ev, const std::string* target_sess
     if (delivered || !buffering_) {
         return;
     }
-    if (target_session != nullptr && *target_session != buffer_session_) {
+    if (target_session != nullptr && *target_session != session_hash(buffer_session_)) {
         return;
     }
     buffer_.push_back(ev);
@@ -317,19 +325,6 @@ void kernel::close_clients(std::uint16_t code, const std::string& reason)
     buffer_bytes_ = 0;
 }
 
-void kernel::remember_route(const std::string& msg_id, const std::string& session)
-{
-    auto [it, inserted] = routes_.insert_or_assign(msg_id, session);
-    (void)it;
-    if (inserted) {
-        route_order_.push_back(msg_id);
-    }
-    while (route_order_.size() > k_max_routes) {
-        routes_.erase(route_order_.front());
-        route_order_.pop_front();
-    }
-}
-
 bool kernel::send_from_client(const client_sink& from, zp::channel ch, zp::message&& msg)
 {
     const bool starting = on_ready_ != nullptr || (!channels_ && restarting);
@@ -338,7 +333,7 @@ bool kernel::send_from_client(const client_sink& from, zp::channel ch, zp::messa
     }
     last_activity_ = clock::now();
     if (auto id = zp::json_string_field(msg.header, "msg_id")) {
-        remember_route(*id, from.session_id());
+        routes_.insert(zp::key128::hash(*id), session_hash(from.session_id()));
     }
     if (starting) {
         constexpr std::size_t k_max_held = 1000;

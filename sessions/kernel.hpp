@@ -7,7 +7,6 @@
 #include <map>
 #include <memory>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 #include <boost/asio/io_context.hpp>
@@ -15,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/text.hpp"
+#include "zmq_protocol/fifo_table.hpp"
 #include "zmq_protocol/kernel_channels.hpp"
 
 namespace kernelgate::sessions {
@@ -122,8 +122,9 @@ public:
 
 private:
     void on_kernel_message(zmq_protocol::channel ch, zmq_protocol::message&& msg);
-    void dispatch(const kernel_event_ptr& ev, const std::string* target_session);
-    void remember_route(const std::string& msg_id, const std::string& session);
+    /// To every client (target_session null), or to the clients whose session_id hashes to
+    /// *target_session (see session_hash).
+    void dispatch(const kernel_event_ptr& ev, const std::uint64_t* target_session);
     void nudge();
 
     boost::asio::io_context& ioc_;
@@ -137,9 +138,9 @@ private:
     zmq_protocol::kernel_channels_ptr channels_;
     std::vector<std::shared_ptr<client_sink>> sinks_;
 
-    // Reply routing: msg_id of a client request -> the client's session_id (bounded, FIFO).
-    std::unordered_map<std::string, std::string> routes_;
-    std::deque<std::string> route_order_;
+    // Reply routing: msg_id of a client request -> a hash of the client's session_id
+    // (bounded, FIFO, no allocation per request).
+    zmq_protocol::fifo_table<std::uint64_t> routes_;
 
     // Replay buffer while no client is attached.
     replay_limits limits_;

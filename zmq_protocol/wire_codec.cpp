@@ -28,25 +28,6 @@ std::string_view json_or_empty_object(const std::string& part) noexcept
 
 } // namespace
 
-bool replay_guard::check_and_insert(const key_type& digest)
-{
-    if (seen_.contains(digest)) {
-        return false;
-    }
-    if (capacity_ == 0) {
-        return true; // remembers nothing
-    }
-    if (ring_.size() < capacity_) {
-        ring_.push_back(digest);
-    } else {
-        seen_.erase(ring_[next_]);
-        ring_[next_] = digest;
-        next_ = (next_ + 1) % capacity_;
-    }
-    seen_.insert(digest);
-    return true;
-}
-
 std::size_t wire_part_count(const message& msg) noexcept
 {
     return msg.identities.size() + 2 + json_part_count + msg.buffers.size();

@@ -5,10 +5,10 @@
 #include <span>
 #include <string>
 #include <string_view>
-#include <unordered_set>
 #include <vector>
 
 #include "zmq_protocol/errc.hpp"
+#include "zmq_protocol/fifo_table.hpp"
 #include "zmq_protocol/message.hpp"
 #include "zmq_protocol/result.hpp"
 #include "zmq_protocol/signer.hpp"
@@ -25,34 +25,26 @@ struct decode_limits
 };
 
 /// Remembers recent signatures to reject replays (jupyter_client's digest_history), bounded:
-/// the oldest entries are forgotten first. Keys are the binary digests of verified
-/// signatures (32 bytes, uniformly random, so their first bytes are a good hash).
+/// the oldest entries are forgotten first. Keys are the first 128 bits of the binary digests
+/// of verified signatures, in an open-addressing table (see fifo_table).
 class replay_guard
 {
 public:
     using key_type = signer::digest_type;
 
-    explicit replay_guard(std::size_t capacity = 65536) : capacity_(capacity) {}
+    explicit replay_guard(std::size_t capacity = 65536) : seen_(capacity) {}
     /// true if the digest is new (and records it), false if seen before.
-    bool check_and_insert(const key_type& digest);
+    bool check_and_insert(const key_type& digest)
+    {
+        return seen_.insert(key128::from_bytes(digest.data()), {});
+    }
     std::size_t size() const noexcept { return seen_.size(); }
 
 private:
-    struct key_hash
+    struct nothing
     {
-        std::size_t operator()(const key_type& k) const noexcept
-        {
-            std::size_t h = 0;
-            for (std::size_t i = 0; i < sizeof(h); ++i) {
-                h = (h << 8) | k[i];
-            }
-            return h;
-        }
     };
-    std::size_t capacity_;
-    std::unordered_set<key_type, key_hash> seen_;
-    std::vector<key_type> ring_;  ///< insertion order, oldest at next_ once full
-    std::size_t next_ = 0;
+    fifo_table<nothing> seen_;
 };
 
 /// Number of frames msg takes on the wire.

@@ -344,12 +344,12 @@ TEST_CASE("wire: the first delimiter frame ends the identities", "[wire]")
 
 TEST_CASE("replay_guard is bounded and forgets the oldest", "[wire]")
 {
-    // Keys that share their first (hashed) bytes and differ only at the end: the guard must
-    // compare whole digests, not hashes.
+    // Keys that share their first (hashed) eight bytes and differ in the second eight: the
+    // guard must compare its whole 128-bit keys, not hashes.
     auto key = [](char c) {
         zp::replay_guard::key_type k{};
         k.fill(0x5a);
-        k.back() = static_cast<unsigned char>(c);
+        k[15] = static_cast<unsigned char>(c);
         return k;
     };
     zp::replay_guard guard(2);
