@@ -174,6 +174,18 @@ void kernel::on_kernel_message(zp::channel ch, zp::message&& msg)
             if (parent && std::find(nudge_ids_.begin(), nudge_ids_.end(), *parent) !=
                               nudge_ids_.end()) {
                 got_info_reply_ = true;
+                if (!got_iopub_ && *parent == nudge_ids_.back()) {
+                    // Shell answers but iopub has not shown up yet (the subscription was not
+                    // live when the nudge's status went out): ask again in 1 ms rather than
+                    // at the back-off's pace.
+                    nudge_timer_.expires_after(std::chrono::milliseconds(1));
+                    nudge_timer_.async_wait(
+                        [weak = weak_from_this()](const boost::system::error_code& ec) {
+                            if (auto self = weak.lock(); self && !ec) {
+                                self->nudge();
+                            }
+                        });
+                }
             }
         }
         if (got_iopub_ && got_info_reply_) {
