@@ -38,11 +38,11 @@ public:
 
     batching_stream(batching_stream&&) noexcept = default;
     batching_stream& operator=(batching_stream&&) noexcept = default;
-    /// A write still in flight keeps the next layer alive; close it so that the write ends
-    /// (a client that stopped reading would otherwise hold the socket open).
+    /// A write in flight (or one posted) keeps the next layer alive; close it so that it ends
+    /// at once (a client that stopped reading would otherwise hold the socket open).
     ~batching_stream()
     {
-        if (state_ && state_->writing) {
+        if (state_) {
             beast::error_code ignored;
             beast::get_lowest_layer(state_->next).socket().close(ignored);
         }

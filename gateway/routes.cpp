@@ -297,6 +297,9 @@ std::string metrics_text(server& srv)
     counter("kernelgate_ws_messages_in_total", "Frames received from clients", m.ws_messages_in);
     counter("kernelgate_ws_messages_out_total", "Frames sent to clients", m.ws_messages_out);
     counter("kernelgate_ws_bytes_out_total", "Bytes sent to clients", m.ws_bytes_out);
+    counter("kernelgate_ws_socket_writes_total",
+            "Writes to client sockets (each carries every frame buffered since the last)",
+            m.ws_socket_writes);
     counter("kernelgate_ws_bad_frames_total", "Malformed or refused client frames",
             m.ws_bad_frames);
     counter("kernelgate_ws_encodings_total", "Frames encoded (once per format per message)",

@@ -35,6 +35,7 @@ struct server_metrics
     std::uint64_t ws_messages_in = 0;
     std::uint64_t ws_messages_out = 0;
     std::uint64_t ws_bytes_out = 0;
+    std::uint64_t ws_socket_writes = 0;  ///< writes to client sockets (each carries a batch)
     std::uint64_t ws_bad_frames = 0;
     std::uint64_t ws_dropped_slow = 0;       ///< output dropped for slow clients
     std::uint64_t ws_closed_slow = 0;        ///< clients closed for exceeding the hard limit

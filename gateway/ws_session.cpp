@@ -186,6 +186,7 @@ void ws_session::send_frame(const std::string& data, bool binary)
 
 void ws_session::on_flushed()
 {
+    ++srv_.metrics().ws_socket_writes;
     if (!over_high_ || queued_bytes() > srv_.config().ws_low_watermark) {
         return;
     }

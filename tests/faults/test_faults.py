@@ -119,6 +119,29 @@ def test_forged_missing_and_replayed_signatures_are_dropped_and_counted(fgw):
     ch.close()
 
 
+@pytest.mark.parametrize("protocol", [V1, LEGACY])
+def test_output_bursts_leave_in_batched_socket_writes(fgw, protocol):
+    kid = fgw.start()
+    ch = fgw.channel(kid, protocol)
+    assert ch.run("warm-up", timeout=20).reply is not None
+    frames0 = fgw.metric("kernelgate_ws_messages_out_total")
+    writes0 = fgw.metric("kernelgate_ws_socket_writes_total")
+    n = 3000
+    res = ch.run(f"flood:{n}:64", timeout=60)
+    assert res.status == "ok", res
+    # Every message arrives, whole, with nothing dropped (the burst is below the watermark).
+    streams = res.of_type("stream")
+    assert len(streams) == n, f"{len(streams)} of {n} stream messages"
+    assert res.stdout() == "y" * (64 * n)
+    frames = fgw.metric("kernelgate_ws_messages_out_total") - frames0
+    writes = fgw.metric("kernelgate_ws_socket_writes_total") - writes0
+    assert frames >= n + 3, (frames, writes)  # the streams, the reply, busy and idle
+    # A burst leaves in batches: far fewer socket writes than frames (one write per frame
+    # would make them equal).
+    assert 0 < writes <= frames // 2, (frames, writes)
+    ch.close()
+
+
 def test_slow_client_memory_is_bounded_and_output_dropped_with_a_notice(fgw):
     slow_kid = fgw.start()
     other_kid = fgw.start()
