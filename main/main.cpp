@@ -13,7 +13,6 @@
 #include <spdlog/pattern_formatter.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
-#include <zmq.hpp>
 
 #include "auth/token_check.hpp"
 #include "auth/token_store.hpp"
@@ -170,7 +169,6 @@ int run_serve(serve_options& o)
     token.assign(token.size(), '\0');
 
     kg::net::io_context ioc(1);
-    zmq::context_t zctx(1);
     kg::sessions::store db(data_dir / "kernelgate.db");
     kg::sessions::local_host host(ioc, data_dir / "runtime", "127.0.0.1");
     kg::sessions::discovery_options disc;
@@ -178,7 +176,7 @@ int run_serve(serve_options& o)
         disc.extra_kernel_dirs.emplace_back(d);
     }
     disc.include_conda = !o.no_conda;
-    kg::sessions::registry reg(ioc, zctx, host, db, o.registry, disc);
+    kg::sessions::registry reg(ioc, host, db, o.registry, disc);
     if (reg.specs().empty()) {
         spdlog::warn("no kernelspecs found: install python3-ipykernel or point --kernel-dir at "
                      "a directory of kernelspecs");

@@ -64,7 +64,7 @@ nlohmann::json kernel::model() const
             {"connections", sinks_.size()}};
 }
 
-void kernel::connect(zmq::context_t& ctx, const zp::connection_info& info,
+void kernel::connect(const zp::connection_info& info,
                      std::chrono::milliseconds timeout, std::function<void(bool)> on_ready)
 {
     disconnect();
@@ -73,7 +73,7 @@ void kernel::connect(zmq::context_t& ctx, const zp::connection_info& info,
     got_info_reply_ = false;
     got_iopub_ = false;
     nudge_ids_.clear();
-    channels_ = std::make_shared<zp::kernel_channels>(ioc_, ctx, info, zp::new_uuid());
+    channels_ = std::make_shared<zp::kernel_channels>(ioc_, info, zp::new_uuid());
     const auto gen = generation_;
     channels_->start(
         [weak = weak_from_this(), gen](zp::channel ch, zp::message&& m) {

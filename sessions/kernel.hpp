@@ -80,7 +80,7 @@ public:
 
     /// Binds to a (new) kernel process: connects channels and nudges with kernel_info until a
     /// reply and an iopub message have arrived (iopub proven live) or the timeout passes.
-    void connect(zmq::context_t& ctx, const zmq_protocol::connection_info& info,
+    void connect(const zmq_protocol::connection_info& info,
                  std::chrono::milliseconds timeout, std::function<void(bool ready)> on_ready);
     /// Drops the channels of the current process (before a restart or on exit).
     void disconnect();

@@ -29,10 +29,9 @@ bool valid_env_name(const std::string& n)
 
 } // namespace
 
-registry::registry(boost::asio::io_context& ioc, zmq::context_t& zctx, kernel_host& host,
+registry::registry(boost::asio::io_context& ioc, kernel_host& host,
                    store& db, registry_config cfg, discovery_options discovery)
     : ioc_(ioc),
-      zctx_(zctx),
       host_(host),
       db_(db),
       cfg_(std::move(cfg)),
@@ -186,7 +185,7 @@ void registry::launch_into(const kernel_ptr& k, std::function<void(std::optional
     k->set_execution_state(k->restarting ? "restarting" : "starting");
     k->started_at = kernel::clock::now();
     const auto t0 = std::chrono::steady_clock::now();
-    k->connect(zctx_, info.value(), cfg_.launch_timeout,
+    k->connect(info.value(), cfg_.launch_timeout,
                [this, k, t0, cb = std::move(cb)](bool ready) {
                    if (!ready) {
                        host_.signal(k->id(), SIGKILL);

@@ -12,7 +12,6 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <nlohmann/json.hpp>
-#include <zmq.hpp>
 
 #include "sessions/kernel.hpp"
 #include "sessions/kernel_host.hpp"
@@ -67,7 +66,7 @@ public:
     using start_callback = std::function<void(kernel_ptr, std::optional<failure>)>;
     using done_callback = std::function<void(std::optional<failure>)>;
 
-    registry(boost::asio::io_context& ioc, zmq::context_t& zctx, kernel_host& host, store& db,
+    registry(boost::asio::io_context& ioc, kernel_host& host, store& db,
              registry_config cfg, discovery_options discovery = {});
     ~registry();
 
@@ -116,7 +115,6 @@ private:
     void cull();
 
     boost::asio::io_context& ioc_;
-    zmq::context_t& zctx_;
     kernel_host& host_;
     store& db_;
     registry_config cfg_;

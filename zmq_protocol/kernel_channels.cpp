@@ -35,11 +35,9 @@ bool parse_channel(std::string_view name, channel& out) noexcept
 }
 
 kernel_channels::kernel_channels(boost::asio::io_context& ioc,
-                                 zmq::context_t& ctx,
                                  const connection_info& info,
                                  std::string session_id)
     : ioc_(ioc),
-      ctx_(ctx),
       info_(info),
       session_id_(std::move(session_id)),
       signer_(info.key),
@@ -57,56 +55,27 @@ void kernel_channels::start(message_handler on_message, reject_handler on_reject
     on_message_ = std::move(on_message);
     on_reject_ = std::move(on_reject);
     const std::string identity = session_id_;
-    auto make = [&](zmq::socket_type type, std::uint16_t port, channel ch) {
-        auto s = std::make_shared<async_socket>(ioc_, ctx_, type);
-        if (type == zmq::socket_type::dealer) {
-            s->raw().set(zmq::sockopt::routing_id, identity);
-        }
-        if (type == zmq::socket_type::sub) {
-            // Bounds what libzmq buffers for us when a kernel outruns the gateway: past this
-            // the kernel's PUB drops, as it would for any slow subscriber.
-            s->raw().set(zmq::sockopt::rcvhwm, 10000);
-            s->raw().set(zmq::sockopt::subscribe, "");
-        }
-        // We connect before a starting kernel has bound its ports: retry every 1, 2, then
-        // 4 ms (libzmq's default is 100 ms), so the connection follows the bind within a few
-        // milliseconds. A failed connect to a local port costs microseconds; the sockets are
-        // closed when the kernel process exits, so nothing retries for a dead kernel.
-        s->raw().set(zmq::sockopt::reconnect_ivl, 1);
-        s->raw().set(zmq::sockopt::reconnect_ivl_max, 4);
-        // A kernel must not be able to make us allocate without bound (SECURITY.md J07).
-        s->raw().set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(512) << 20);
-        s->raw().connect(info_.endpoint(port));
-        s->start([weak = weak_from_this(), ch](async_socket::frames& f) {
+    auto make = [&](zmtp_socket::kind kind, std::uint16_t port, channel ch) {
+        // A kernel must not be able to make us allocate without bound (SECURITY.md J07):
+        // 512 MiB per message, as libzmq's maxmsgsize was set before.
+        auto s = std::make_shared<zmtp_socket>(
+            ioc_, kind, kind == zmtp_socket::kind::dealer ? identity : std::string());
+        s->start([weak = weak_from_this(), ch](std::span<const std::string_view> f) {
             if (auto self = weak.lock()) {
                 self->on_frames(ch, f);
             }
         });
+        s->connect(info_.ip, port);
         return s;
     };
-    shell_ = make(zmq::socket_type::dealer, info_.shell_port, channel::shell);
-    control_ = make(zmq::socket_type::dealer, info_.control_port, channel::control);
-    stdin_ = make(zmq::socket_type::dealer, info_.stdin_port, channel::stdin_);
-    iopub_ = make(zmq::socket_type::sub, info_.iopub_port, channel::iopub);
+    shell_ = make(zmtp_socket::kind::dealer, info_.shell_port, channel::shell);
+    control_ = make(zmtp_socket::kind::dealer, info_.control_port, channel::control);
+    stdin_ = make(zmtp_socket::kind::dealer, info_.stdin_port, channel::stdin_);
+    iopub_ = make(zmtp_socket::kind::sub, info_.iopub_port, channel::iopub);
 }
 
-void kernel_channels::on_frames(channel ch, async_socket::frames& frames)
+void kernel_channels::on_frames(channel ch, std::span<const std::string_view> views)
 {
-    std::array<std::string_view, 64> small{};
-    std::vector<std::string_view> large;
-    std::span<const std::string_view> views;
-    if (frames.size() <= small.size()) {
-        for (std::size_t i = 0; i < frames.size(); ++i) {
-            small[i] = frames[i].to_string_view();
-        }
-        views = std::span<const std::string_view>(small.data(), frames.size());
-    } else {
-        large.reserve(frames.size());
-        for (auto& f : frames) {
-            large.push_back(f.to_string_view());
-        }
-        views = large;
-    }
     auto decoded = decode_frames(views, signer_, &guard_);
     if (!decoded) {
         ++stats_.rejected;
@@ -123,7 +92,7 @@ void kernel_channels::on_frames(channel ch, async_socket::frames& frames)
 
 bool kernel_channels::send(channel ch, const message& msg)
 {
-    async_socket* s = nullptr;
+    zmtp_socket* s = nullptr;
     switch (ch) {
     case channel::shell: s = shell_.get(); break;
     case channel::control: s = control_.get(); break;
@@ -173,10 +142,11 @@ void kernel_channels::make_hb_socket()
     if (hb_) {
         hb_->close();
     }
-    hb_ = std::make_shared<async_socket>(ioc_, ctx_, zmq::socket_type::req);
-    hb_->raw().set(zmq::sockopt::maxmsgsize, static_cast<std::int64_t>(4096));
-    hb_->raw().connect(info_.endpoint(info_.hb_port));
-    hb_->start([weak = weak_from_this()](async_socket::frames&) {
+    zmtp::limits hb_limits;
+    hb_limits.max_message_bytes = 4096;
+    hb_ = std::make_shared<zmtp_socket>(ioc_, zmtp_socket::kind::req, std::string(), hb_limits);
+    hb_->connect(info_.ip, info_.hb_port);
+    hb_->start([weak = weak_from_this()](std::span<const std::string_view>) {
         auto self = weak.lock();
         if (!self) {
             return;
@@ -220,7 +190,7 @@ void kernel_channels::heartbeat_tick()
             }
         }
     }
-    static const std::array<std::string, 1> ping{std::string("ping")};
+    static constexpr std::array<std::string_view, 1> ping{"ping"};
     if (hb_->send(ping)) {
         hb_waiting_ = true;
     }

@@ -9,9 +9,8 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <zmq.hpp>
 
-#include "zmq_protocol/async_socket.hpp"
+#include "zmq_protocol/zmtp_socket.hpp"
 #include "zmq_protocol/connection_info.hpp"
 #include "zmq_protocol/message.hpp"
 #include "zmq_protocol/signer.hpp"
@@ -41,7 +40,8 @@ struct channel_stats
     std::uint64_t heartbeat_misses = 0;
 };
 
-/// The gateway's end of one kernel: shell/control/stdin DEALER, iopub SUB, hb REQ.
+/// The gateway's end of one kernel: shell/control/stdin DEALER, iopub SUB, hb REQ, each a
+/// ZMTP connection on the event loop's own TCP socket (zmtp_socket).
 /// Every message from the kernel is authenticated (HMAC, replay guard) before it is passed on;
 /// rejected messages are counted and reported, never delivered.
 ///
@@ -54,7 +54,6 @@ public:
     using heartbeat_handler = std::function<void(bool alive)>;
 
     kernel_channels(boost::asio::io_context& ioc,
-                    zmq::context_t& ctx,
                     const connection_info& info,
                     std::string session_id);
     ~kernel_channels();
@@ -82,17 +81,16 @@ public:
     const std::string& session_id() const noexcept { return session_id_; }
 
 private:
-    void on_frames(channel ch, async_socket::frames& frames);
+    void on_frames(channel ch, std::span<const std::string_view> frames);
     void make_hb_socket();
     void heartbeat_tick();
 
     boost::asio::io_context& ioc_;
-    zmq::context_t& ctx_;
     connection_info info_;
     std::string session_id_;
     signer signer_;
     replay_guard guard_;
-    async_socket_ptr shell_, control_, stdin_, iopub_, hb_;
+    zmtp_socket_ptr shell_, control_, stdin_, iopub_, hb_;
     message_handler on_message_;
     reject_handler on_reject_;
     boost::asio::steady_timer hb_timer_;

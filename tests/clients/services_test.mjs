@@ -471,7 +471,9 @@ for (const { name: mode, title, offer, front: frontKind, protocol, replay, buffe
       const current = kernelSockets(sockets, kernel).at(-1);
       assert.equal((await gatewayKernel(kernel.id)).model?.connections, 1, 'precondition: only this client is connected');
       let dropped = false;
-      const run = execute(kernel, "import time\nprint('before', flush=True)\ntime.sleep(0.5)\nprint('after', flush=True)", {
+      // One write per line: print() writes the text and the newline separately, and ipykernel
+      // may publish them as two messages; the second would race the socket being cut below.
+      const run = execute(kernel, "import sys, time\nsys.stdout.write('before\\n'); sys.stdout.flush()\ntime.sleep(0.5)\nsys.stdout.write('after\\n'); sys.stdout.flush()", {
         timeoutMs: 15_000,
         onIOPub: (m) => {
           if (!dropped && m.header.msg_type === 'stream' && m.content.text.includes('before')) {

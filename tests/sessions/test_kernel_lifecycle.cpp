@@ -45,7 +45,6 @@ struct sink final : client_sink
 struct fixture
 {
     boost::asio::io_context ioc;
-    zmq::context_t zctx{1};
     fs::path dir;
     std::unique_ptr<store> db;
     std::unique_ptr<local_host> host;
@@ -59,7 +58,7 @@ struct fixture
         host = std::make_unique<local_host>(ioc, dir / "runtime");
         cfg.launch_timeout = 30s;
         cfg.shutdown_wait = 4s;
-        reg = std::make_unique<registry>(ioc, zctx, *host, *db, cfg, disc);
+        reg = std::make_unique<registry>(ioc, *host, *db, cfg, disc);
     }
     ~fixture()
     {

@@ -1,0 +1,188 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// zmtp_socket against real libzmq peers (ROUTER, PUB, REP/ROUTER for heartbeats) on TCP:
+// the same library the kernels use.
+#include "zmq_protocol/zmtp_socket.hpp"
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+#include <catch2/catch.hpp>
+#include <zmq.hpp>
+#include <zmq_addon.hpp>
+
+namespace zp = kernelgate::zmq_protocol;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::uint16_t bound_port(zmq::socket_t& s)
+{
+    s.bind("tcp://127.0.0.1:*");
+    const std::string ep = s.get(zmq::sockopt::last_endpoint);
+    return static_cast<std::uint16_t>(std::stoi(ep.substr(ep.rfind(':') + 1)));
+}
+
+/// Runs the loop and polls the libzmq peer until done() or the deadline.
+template <class Done>
+bool run_until(boost::asio::io_context& ioc, Done done, std::chrono::milliseconds limit = 5000ms)
+{
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+        ioc.poll();
+        ioc.restart();
+        if (done()) {
+            return true;
+        }
+        std::this_thread::sleep_for(200us);
+    }
+    return false;
+}
+
+std::vector<std::string> copy(std::span<const std::string_view> parts)
+{
+    return {parts.begin(), parts.end()};
+}
+
+} // namespace
+
+TEST_CASE("zmtp: DEALER talks to a libzmq ROUTER both ways", "[zmtp]")
+{
+    zmq::context_t ctx(1);
+    zmq::socket_t router(ctx, zmq::socket_type::router);
+    router.set(zmq::sockopt::linger, 0);
+    const auto port = bound_port(router);
+
+    boost::asio::io_context ioc;
+    auto dealer = std::make_shared<zp::zmtp_socket>(ioc, zp::zmtp_socket::kind::dealer, "me-1");
+    std::vector<std::vector<std::string>> got;
+    dealer->start([&](std::span<const std::string_view> parts) { got.push_back(copy(parts)); });
+    // Sent before the connection exists: queued, then delivered after the handshake.
+    const std::string big(100000, 'b');
+    const std::vector<std::string_view> msg{"<IDS|MSG>", "sig", "{}", big, ""};
+    REQUIRE(dealer->send(msg));
+    dealer->connect("127.0.0.1", port);
+
+    std::vector<zmq::message_t> in;
+    REQUIRE(run_until(ioc, [&] {
+        return zmq::recv_multipart(router, std::back_inserter(in), zmq::recv_flags::dontwait)
+            .has_value();
+    }));
+    REQUIRE(in.size() == 6);
+    CHECK(in[0].to_string() == "me-1");  // our Identity property became the routing id
+    CHECK(in[1].to_string() == "<IDS|MSG>");
+    CHECK(in[4].to_string() == big);
+    CHECK(in[5].size() == 0);
+    CHECK(dealer->connected());
+
+    // ROUTER -> DEALER, many messages in one burst.
+    for (int i = 0; i < 1000; ++i) {
+        const std::string num = std::to_string(i);
+        std::array<zmq::const_buffer, 3> out{zmq::buffer(std::string_view("me-1")),
+                                             zmq::buffer(std::string_view("n")),
+                                             zmq::buffer(num)};
+        REQUIRE(zmq::send_multipart(router, out));
+    }
+    REQUIRE(run_until(ioc, [&] { return got.size() == 1000; }));
+    for (int i = 0; i < 1000; ++i) {
+        REQUIRE(got[static_cast<std::size_t>(i)] ==
+                std::vector<std::string>{"n", std::to_string(i)});
+    }
+    CHECK(dealer->received() == 1000);
+    CHECK(dealer->protocol_errors() == 0);
+    dealer->close();
+}
+
+TEST_CASE("zmtp: SUB receives everything a libzmq PUB publishes", "[zmtp]")
+{
+    zmq::context_t ctx(1);
+    zmq::socket_t pub(ctx, zmq::socket_type::pub);
+    pub.set(zmq::sockopt::linger, 0);
+    const auto port = bound_port(pub);
+    boost::asio::io_context ioc;
+    auto sub = std::make_shared<zp::zmtp_socket>(ioc, zp::zmtp_socket::kind::sub, "");
+    std::vector<std::vector<std::string>> got;
+    sub->start([&](std::span<const std::string_view> parts) { got.push_back(copy(parts)); });
+    sub->connect("127.0.0.1", port);
+    // Publish until the subscription is live (the slow-joiner window), then a numbered run.
+    REQUIRE(run_until(ioc, [&] {
+        std::array<zmq::const_buffer, 2> m{zmq::buffer(std::string_view("warm")),
+                                           zmq::buffer(std::string_view("up"))};
+        (void)zmq::send_multipart(pub, m);
+        return !got.empty();
+    }));
+    got.clear();
+    for (int i = 0; i < 500; ++i) {
+        const std::string num = std::to_string(i);
+        std::array<zmq::const_buffer, 2> m{zmq::buffer(std::string_view("topicless")),
+                                           zmq::buffer(num)};
+        REQUIRE(zmq::send_multipart(pub, m));
+    }
+    REQUIRE(run_until(ioc, [&] {
+        return !got.empty() && got.back() == std::vector<std::string>{"topicless", "499"};
+    }));
+    // In order, no gaps, warm-up stragglers aside.
+    std::size_t first = 0;
+    while (first < got.size() && got[first][0] != "topicless") {
+        ++first;
+    }
+    REQUIRE(got.size() - first == 500);
+    for (std::size_t i = 0; i < 500; ++i) {
+        CHECK(got[first + i][1] == std::to_string(i));
+    }
+    sub->close();
+}
+
+TEST_CASE("zmtp: REQ heartbeat echoed by a ROUTER, as ipykernel's heartbeat does", "[zmtp]")
+{
+    zmq::context_t ctx(1);
+    zmq::socket_t hb(ctx, zmq::socket_type::router);
+    hb.set(zmq::sockopt::linger, 0);
+    const auto port = bound_port(hb);
+    boost::asio::io_context ioc;
+    auto req = std::make_shared<zp::zmtp_socket>(ioc, zp::zmtp_socket::kind::req, "");
+    std::vector<std::vector<std::string>> got;
+    req->start([&](std::span<const std::string_view> parts) { got.push_back(copy(parts)); });
+    req->connect("127.0.0.1", port);
+    const std::vector<std::string_view> ping{"ping"};
+    REQUIRE(req->send(ping));
+    REQUIRE(run_until(ioc, [&] {
+        std::vector<zmq::message_t> in;
+        if (zmq::recv_multipart(hb, std::back_inserter(in), zmq::recv_flags::dontwait)) {
+            REQUIRE(in.size() == 3);  // identity, empty delimiter, ping
+            CHECK(in[1].size() == 0);
+            CHECK(in[2].to_string() == "ping");
+            REQUIRE(zmq::send_multipart(hb, in));  // echo, as a zmq.device(QUEUE) does
+        }
+        return !got.empty();
+    }));
+    CHECK(got.front() == std::vector<std::string>{"ping"});
+}
+
+TEST_CASE("zmtp: reconnects after the peer goes away and comes back", "[zmtp]")
+{
+    zmq::context_t ctx(1);
+    std::uint16_t port = 0;
+    boost::asio::io_context ioc;
+    auto dealer = std::make_shared<zp::zmtp_socket>(ioc, zp::zmtp_socket::kind::dealer, "d");
+    int got = 0;
+    dealer->start([&](std::span<const std::string_view>) { ++got; });
+    {
+        zmq::socket_t router(ctx, zmq::socket_type::router);
+        router.set(zmq::sockopt::linger, 0);
+        port = bound_port(router);
+        dealer->connect("127.0.0.1", port);
+        REQUIRE(run_until(ioc, [&] { return dealer->connected(); }));
+    }  // the peer closes
+    REQUIRE(run_until(ioc, [&] { return !dealer->connected(); }));
+    zmq::socket_t router(ctx, zmq::socket_type::router);
+    router.set(zmq::sockopt::linger, 0);
+    router.bind("tcp://127.0.0.1:" + std::to_string(port));
+    REQUIRE(run_until(ioc, [&] { return dealer->connected(); }));
+    std::array<zmq::const_buffer, 2> m{zmq::buffer(std::string_view("d")),
+                                       zmq::buffer(std::string_view("again"))};
+    REQUIRE(zmq::send_multipart(router, m));
+    REQUIRE(run_until(ioc, [&] { return got == 1; }));
+}

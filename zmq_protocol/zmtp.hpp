@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: BSD-3-Clause
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+namespace kernelgate::zmq_protocol::zmtp {
+
+/// ZMTP 3.0 (rfc.zeromq.org/spec/23) with the NULL mechanism, the client side of what a
+/// kernel's libzmq sockets speak: enough to be a DEALER, SUB or REQ peer of a ROUTER, PUB or
+/// REP/ROUTER. Pure functions and a pure incremental decoder (no sockets): fuzzable.
+
+inline constexpr std::size_t greeting_size = 64;
+
+/// Our greeting: signature, version 3.0, mechanism NULL, as-server 0.
+std::string make_greeting();
+
+/// Appends one frame to out (short or long size, MORE and COMMAND flags as given).
+void append_frame(std::string& out, std::string_view body, bool more, bool command = false);
+
+/// Appends a READY command carrying Socket-Type and, when not empty, Identity.
+void append_ready(std::string& out, std::string_view socket_type, std::string_view identity);
+
+/// Bounds applied to what a peer sends.
+struct limits
+{
+    std::size_t max_message_bytes = 512u * 1024u * 1024u;  ///< all frames of one message
+    std::size_t max_frames = 4096;                          ///< frames in one message
+    std::size_t max_command_bytes = 65536;                  ///< one command frame
+};
+
+enum class error
+{
+    bad_greeting = 1,       ///< not a ZMTP 3.x greeting
+    bad_mechanism,          ///< a security mechanism other than NULL
+    bad_handshake,          ///< first frame not a READY command, or malformed properties
+    incompatible_peer,      ///< Socket-Type cannot talk to ours
+    message_too_large,      ///< over limits.max_message_bytes
+    too_many_frames,        ///< over limits.max_frames
+    command_too_large,      ///< over limits.max_command_bytes
+    command_in_message,     ///< a command frame inside a multipart message
+    peer_error,             ///< the peer sent an ERROR command
+};
+const std::error_category& error_category() noexcept;
+std::error_code make_error_code(error e) noexcept;
+
+/// What decoder::next found.
+enum class event
+{
+    need_more,  ///< not enough bytes yet (nothing consumed)
+    ready,      ///< greeting and READY done: the connection carries messages now
+    message,    ///< a whole message: parts() holds its frames
+    ping,       ///< a PING command: send pong() back
+    ignored,    ///< a command we do not act on (consumed)
+    failed,     ///< a protocol violation: failure() says which; drop the connection
+};
+
+/// Decodes the peer's byte stream. Feed it the unconsumed bytes; it never reads past them,
+/// and it reports a message only when all of its frames are present, with parts() pointing
+/// into the bytes given (valid until they are consumed and overwritten).
+class decoder
+{
+public:
+    /// peer_types: Socket-Type values accepted from the peer, comma-separated ("ROUTER,REP").
+    decoder(std::string_view peer_types, limits lim = {});
+
+    /// Looks at data; on return *consumed says how many bytes were used up.
+    event next(std::string_view data, std::size_t* consumed);
+
+    const std::vector<std::string_view>& parts() const noexcept { return parts_; }
+    std::error_code failure() const noexcept { return failure_; }
+    /// The PONG command body for the last PING.
+    const std::string& pong() const noexcept { return pong_; }
+    const std::string& peer_type() const noexcept { return peer_type_; }
+    bool handshake_done() const noexcept { return state_ == state::traffic; }
+
+private:
+    enum class state
+    {
+        greeting,
+        handshake,
+        traffic,
+        failed,
+    };
+    event fail(error e);
+    event on_command(std::string_view body);
+
+    std::string peer_types_;
+    limits limits_;
+    state state_ = state::greeting;
+    std::vector<std::string_view> parts_;
+    std::error_code failure_;
+    std::string pong_;
+    std::string peer_type_;
+};
+
+} // namespace kernelgate::zmq_protocol::zmtp
+
+template <>
+struct std::is_error_code_enum<kernelgate::zmq_protocol::zmtp::error> : std::true_type
+{
+};

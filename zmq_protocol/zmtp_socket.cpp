@@ -1,0 +1,364 @@
+// SPDX-License-Identifier: BSD-3-Clause
+#include "zmq_protocol/zmtp_socket.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/write.hpp>
+#include <spdlog/spdlog.h>
+
+namespace kernelgate::zmq_protocol {
+
+namespace net = boost::asio;
+
+namespace {
+
+constexpr std::size_t k_read_chunk = 64 * 1024;
+constexpr std::size_t k_keep_buffer = 1u << 20;  // larger buffers are released when empty
+constexpr auto k_backoff_max = std::chrono::milliseconds(4);
+constexpr std::size_t k_pull_every = 64;          // messages handled between eager reads
+constexpr std::size_t k_turn_messages = 256;      // messages handled per turn of the loop
+constexpr std::size_t k_pull_limit = 64u << 20;   // unhandled bytes we read ahead at most
+
+std::string_view peer_types(zmtp_socket::kind k)
+{
+    switch (k) {
+    case zmtp_socket::kind::dealer: return "ROUTER,DEALER,REP";
+    case zmtp_socket::kind::sub: return "PUB,XPUB";
+    case zmtp_socket::kind::req: return "REP,ROUTER";
+    }
+    return "";
+}
+
+std::string_view own_type(zmtp_socket::kind k)
+{
+    switch (k) {
+    case zmtp_socket::kind::dealer: return "DEALER";
+    case zmtp_socket::kind::sub: return "SUB";
+    case zmtp_socket::kind::req: return "REQ";
+    }
+    return "";
+}
+
+} // namespace
+
+zmtp_socket::zmtp_socket(net::io_context& ioc, kind k, std::string identity, zmtp::limits lim,
+                         std::size_t send_limit_bytes)
+    : ioc_(ioc),
+      kind_(k),
+      identity_(std::move(identity)),
+      limits_(lim),
+      send_limit_(send_limit_bytes),
+      sock_(ioc),
+      retry_(ioc),
+      decoder_(peer_types(k), lim)
+{
+}
+
+zmtp_socket::~zmtp_socket()
+{
+    close();
+}
+
+void zmtp_socket::connect(const std::string& ip, std::uint16_t port)
+{
+    boost::system::error_code ec;
+    const auto address = net::ip::make_address(ip, ec);
+    if (ec) {
+        spdlog::warn("zmtp: bad kernel address {}: {}", ip, ec.message());
+        return;
+    }
+    endpoint_ = net::ip::tcp::endpoint(address, port);
+    start_connect();
+}
+
+void zmtp_socket::start(handler on_message)
+{
+    on_message_ = std::move(on_message);
+}
+
+void zmtp_socket::start_connect()
+{
+    if (closed_) {
+        return;
+    }
+    const auto gen = ++generation_;
+    boost::system::error_code ignored;
+    sock_.close(ignored);
+    sock_ = net::ip::tcp::socket(ioc_);
+    sock_.async_connect(endpoint_, [weak = weak_from_this(), gen](boost::system::error_code ec) {
+        auto self = weak.lock();
+        if (!self || self->closed_ || gen != self->generation_) {
+            return;
+        }
+        if (ec) {
+            // Not bound yet (a starting kernel) or gone: try again soon.
+            self->retry_.expires_after(self->backoff_);
+            self->backoff_ = std::min(self->backoff_ * 2, k_backoff_max);
+            self->retry_.async_wait([weak](boost::system::error_code wec) {
+                if (auto s = weak.lock(); s && !wec) {
+                    s->start_connect();
+                }
+            });
+            return;
+        }
+        self->on_connected();
+    });
+}
+
+void zmtp_socket::on_connected()
+{
+    backoff_ = std::chrono::milliseconds(1);
+    boost::system::error_code ignored;
+    sock_.set_option(net::ip::tcp::no_delay(true), ignored);
+    sock_.non_blocking(true, ignored);  // pull() reads without waiting
+    tcp_up_ = true;
+    ready_ = false;
+    decoder_ = zmtp::decoder(peer_types(kind_), limits_);
+    rstart_ = rend_ = 0;
+    // Greeting and READY go first. Messages wait for the peer's READY: libzmq drops a
+    // connection whose messages arrive before its own READY went out.
+    handshake_ = zmtp::make_greeting();
+    zmtp::append_ready(handshake_, own_type(kind_), kind_ == kind::sub ? "" : identity_);
+    flushing_.clear();
+    writing_ = false;
+    schedule_flush();
+    read();
+}
+
+void zmtp_socket::disconnected()
+{
+    if (!tcp_up_) {
+        return;
+    }
+    tcp_up_ = false;
+    ready_ = false;
+    writing_ = false;
+    flushing_.clear();  // what was in flight is lost, as with libzmq
+    handshake_.clear();
+    boost::system::error_code ignored;
+    sock_.close(ignored);
+    ++generation_;  // completions of this connection are ignored from now on
+    if (closed_) {
+        return;
+    }
+    retry_.expires_after(backoff_);
+    retry_.async_wait([weak = weak_from_this()](boost::system::error_code ec) {
+        if (auto s = weak.lock(); s && !ec) {
+            s->start_connect();
+        }
+    });
+}
+
+void zmtp_socket::read()
+{
+    if (rstart_ == rend_) {
+        rstart_ = rend_ = 0;
+        if (rbuf_.size() > k_keep_buffer) {
+            std::string().swap(rbuf_);  // a big message's buffer is not kept
+        }
+    }
+    if (rbuf_.size() - rend_ < k_read_chunk) {
+        if (rstart_ > 0) {
+            std::memmove(rbuf_.data(), rbuf_.data() + rstart_, rend_ - rstart_);
+            rend_ -= rstart_;
+            rstart_ = 0;
+        }
+        if (rbuf_.size() - rend_ < k_read_chunk) {
+            rbuf_.resize(std::max(rend_ + k_read_chunk, rbuf_.size() * 2));
+        }
+    }
+    sock_.async_read_some(
+        net::buffer(rbuf_.data() + rend_, rbuf_.size() - rend_),
+        [weak = weak_from_this(), gen = generation_](boost::system::error_code ec, std::size_t n) {
+            auto self = weak.lock();
+            if (!self || self->closed_ || gen != self->generation_) {
+                return;
+            }
+            if (ec) {
+                self->disconnected();
+                return;
+            }
+            self->on_read(n);
+        });
+}
+
+bool zmtp_socket::pull()
+{
+    // Moves what the kernel's TCP socket holds into our buffer without waiting, so that a
+    // kernel publishing faster than we handle messages fills our buffer (bounded), not its
+    // PUB high-water mark (where libzmq would drop). This is the queue libzmq's I/O thread
+    // used to provide.
+    boost::system::error_code ec;
+    while (rend_ - rstart_ < k_pull_limit) {
+        if (rbuf_.size() - rend_ < k_read_chunk) {
+            if (rstart_ > 0 && rstart_ >= (rend_ - rstart_)) {
+                std::memmove(rbuf_.data(), rbuf_.data() + rstart_, rend_ - rstart_);
+                rend_ -= rstart_;
+                rstart_ = 0;
+            } else {
+                rbuf_.resize(std::max(rend_ + k_read_chunk, rbuf_.size() * 2));
+            }
+        }
+        const std::size_t n =
+            sock_.read_some(net::buffer(rbuf_.data() + rend_, rbuf_.size() - rend_), ec);
+        if (ec == net::error::would_block || ec == net::error::try_again) {
+            return true;
+        }
+        if (ec) {
+            return false;
+        }
+        rend_ += n;
+    }
+    return true;
+}
+
+void zmtp_socket::on_read(std::size_t n)
+{
+    auto keep = shared_from_this();  // a handler may drop the last owner
+    const auto gen = generation_;
+    rend_ += n;
+    for (std::size_t handled = 0;; ++handled) {
+        if (handled == k_turn_messages) {
+            // Yield to the rest of the loop (WebSocket writes, other kernels), then go on.
+            net::post(ioc_, [weak = weak_from_this(), gen] {
+                if (auto self = weak.lock(); self && !self->closed_ && gen == self->generation_) {
+                    self->on_read(0);
+                }
+            });
+            return;
+        }
+        if (handled % k_pull_every == 0 && !pull()) {
+            disconnected();
+            return;
+        }
+        std::size_t used = 0;
+        const auto ev =
+            decoder_.next(std::string_view(rbuf_.data() + rstart_, rend_ - rstart_), &used);
+        rstart_ += used;
+        switch (ev) {
+        case zmtp::event::need_more:
+            read();
+            return;
+        case zmtp::event::ready:
+            ready_ = true;
+            if (kind_ == kind::sub) {
+                // Subscribe to everything (ZMTP 3.0: a message whose first byte is 1), ahead
+                // of anything queued.
+                std::string sub;
+                zmtp::append_frame(sub, std::string_view("\x01", 1), false);
+                pending_.insert(0, sub);
+            }
+            schedule_flush();
+            continue;
+        case zmtp::event::ignored:
+            continue;
+        case zmtp::event::ping:
+            zmtp::append_frame(pending_, decoder_.pong(), false, true);
+            schedule_flush();
+            continue;
+        case zmtp::event::message: {
+            ++received_;
+            std::span<const std::string_view> parts(decoder_.parts());
+            if (kind_ == kind::req && !parts.empty() && parts.front().empty()) {
+                parts = parts.subspan(1);  // the REQ envelope's empty delimiter
+            }
+            if (on_message_) {
+                on_message_(parts);
+            }
+            if (closed_ || gen != generation_) {
+                return;  // the handler closed us
+            }
+            continue;
+        }
+        case zmtp::event::failed:
+            ++protocol_errors_;
+            spdlog::warn("zmtp: dropping the connection to {}:{}: {}",
+                         endpoint_.address().to_string(), endpoint_.port(),
+                         decoder_.failure().message());
+            disconnected();
+            return;
+        }
+    }
+}
+
+bool zmtp_socket::send(std::span<const std::string_view> parts)
+{
+    if (closed_ || parts.empty() || pending_.size() > send_limit_) {
+        return false;
+    }
+    if (kind_ == kind::req) {
+        zmtp::append_frame(pending_, {}, true);  // REQ envelope: an empty delimiter first
+    }
+    for (std::size_t i = 0; i < parts.size(); ++i) {
+        zmtp::append_frame(pending_, parts[i], i + 1 < parts.size());
+    }
+    schedule_flush();
+    return true;
+}
+
+void zmtp_socket::schedule_flush()
+{
+    if (flush_posted_ || writing_ || !tcp_up_) {
+        return;
+    }
+    // Posted: messages sent in the same turn of the event loop leave in one write.
+    flush_posted_ = true;
+    net::post(ioc_, [weak = weak_from_this()] {
+        if (auto self = weak.lock()) {
+            self->flush_posted_ = false;
+            self->flush();
+        }
+    });
+}
+
+void zmtp_socket::flush()
+{
+    if (writing_ || !tcp_up_ || closed_) {
+        return;
+    }
+    if (!handshake_.empty()) {
+        flushing_ = std::move(handshake_);
+        handshake_.clear();
+    } else {
+        if (!ready_ || pending_.empty()) {
+            return;
+        }
+        flushing_.swap(pending_);
+    }
+    writing_ = true;
+    net::async_write(sock_, net::buffer(flushing_),
+                     [weak = weak_from_this(), gen = generation_](boost::system::error_code ec,
+                                                                  std::size_t) {
+                         auto self = weak.lock();
+                         if (!self || gen != self->generation_) {
+                             return;
+                         }
+                         self->writing_ = false;
+                         self->flushing_.clear();
+                         if (self->flushing_.capacity() > k_keep_buffer) {
+                             std::string().swap(self->flushing_);
+                         }
+                         if (ec) {
+                             self->disconnected();
+                             return;
+                         }
+                         self->flush();
+                     });
+}
+
+void zmtp_socket::close()
+{
+    if (closed_) {
+        return;
+    }
+    closed_ = true;
+    ++generation_;
+    retry_.cancel();
+    boost::system::error_code ignored;
+    sock_.close(ignored);
+    on_message_ = nullptr;
+}
+
+} // namespace kernelgate::zmq_protocol

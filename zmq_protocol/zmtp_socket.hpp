@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: BSD-3-Clause
+#pragma once
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "zmq_protocol/zmtp.hpp"
+
+namespace kernelgate::zmq_protocol {
+
+/// The client end of one ZeroMQ connection, spoken directly on the event loop's own TCP
+/// socket (ZMTP 3.0, NULL mechanism): a DEALER, SUB or REQ peer of a kernel's ROUTER, PUB or
+/// heartbeat socket. No libzmq I/O thread sits between the loop and the kernel, so a message
+/// costs no thread hand-off and no mailbox signal.
+///
+/// Like a libzmq socket with connect(): messages sent before the connection is up are queued
+/// and go out after the handshake; a refused or lost connection is retried (1, 2, then every
+/// 4 ms); a SUB subscribes to everything on every connection; what a peer sends is bounded
+/// (zmtp::limits) and a violation drops the connection (counted in protocol_errors()).
+/// Messages are delivered whole, as views into the read buffer valid during the callback.
+///
+/// Thread safety: all calls on the io_context's thread.
+class zmtp_socket : public std::enable_shared_from_this<zmtp_socket>
+{
+public:
+    enum class kind
+    {
+        dealer,
+        sub,
+        req,
+    };
+    using handler = std::function<void(std::span<const std::string_view>)>;
+
+    zmtp_socket(boost::asio::io_context& ioc, kind k, std::string identity,
+                zmtp::limits lim = {}, std::size_t send_limit_bytes = 256u << 20);
+    ~zmtp_socket();
+    zmtp_socket(const zmtp_socket&) = delete;
+    zmtp_socket& operator=(const zmtp_socket&) = delete;
+
+    /// Starts connecting to ip:port (and reconnecting whenever the connection drops).
+    void connect(const std::string& ip, std::uint16_t port);
+    /// Starts delivering messages.
+    void start(handler on_message);
+    /// Queues a multipart message. false (nothing queued) if closed or the send buffer is over
+    /// its limit (the peer does not read).
+    bool send(std::span<const std::string_view> parts);
+    void close();
+    bool is_open() const noexcept { return !closed_; }
+    bool connected() const noexcept { return ready_; }
+
+    std::uint64_t received() const noexcept { return received_; }
+    std::uint64_t protocol_errors() const noexcept { return protocol_errors_; }
+
+private:
+    void start_connect();
+    void on_connected();
+    void disconnected();
+    void read();
+    void on_read(std::size_t n);
+    bool pull();
+    void schedule_flush();
+    void flush();
+
+    boost::asio::io_context& ioc_;
+    kind kind_;
+    std::string identity_;
+    zmtp::limits limits_;
+    std::size_t send_limit_;
+    boost::asio::ip::tcp::endpoint endpoint_;
+    boost::asio::ip::tcp::socket sock_;
+    boost::asio::steady_timer retry_;
+    std::chrono::milliseconds backoff_{1};
+    handler on_message_;
+    zmtp::decoder decoder_;
+
+    std::string rbuf_;         ///< received bytes; [rstart_, rend_) not yet decoded
+    std::size_t rstart_ = 0;
+    std::size_t rend_ = 0;
+
+    std::string handshake_;    ///< greeting + READY (+ subscription) of the current connection
+    std::string pending_;      ///< encoded messages not yet handed to the kernel's TCP socket
+    std::string flushing_;     ///< the write in flight
+    bool writing_ = false;
+    bool flush_posted_ = false;
+    bool tcp_up_ = false;      ///< TCP connected (handshake sent or being sent)
+    bool ready_ = false;       ///< the peer's READY arrived
+    bool closed_ = false;
+    std::uint64_t generation_ = 0;  ///< bumps per connection: fences callbacks of old ones
+    std::uint64_t received_ = 0;
+    std::uint64_t protocol_errors_ = 0;
+};
+
+using zmtp_socket_ptr = std::shared_ptr<zmtp_socket>;
+
+} // namespace kernelgate::zmq_protocol
