@@ -218,6 +218,22 @@ event decoder::on_command(std::string_view body)
     return event::ignored;
 }
 
+event decoder::command_frame(std::string_view data, std::size_t header, std::uint64_t size,
+                             std::size_t* consumed)
+{
+    if (size > limits_.max_command_bytes) {
+        return fail(error::command_too_large);
+    }
+    if (data.size() - header < size) {
+        return event::need_more;
+    }
+    const auto ev = on_command(data.substr(header, static_cast<std::size_t>(size)));
+    if (ev != event::failed) {
+        *consumed = header + static_cast<std::size_t>(size);
+    }
+    return ev;
+}
+
 event decoder::next(std::string_view data, std::size_t* consumed)
 {
     *consumed = 0;
@@ -258,17 +274,7 @@ event decoder::next(std::string_view data, std::size_t* consumed)
         if ((h.flags & flag_command) == 0 || (h.flags & flag_more) != 0) {
             return fail(error::bad_handshake);
         }
-        if (h.size > limits_.max_command_bytes) {
-            return fail(error::command_too_large);
-        }
-        if (data.size() - h.header < h.size) {
-            return event::need_more;
-        }
-        const auto ev = on_command(data.substr(h.header, static_cast<std::size_t>(h.size)));
-        if (ev != event::failed) {
-            *consumed = h.header + static_cast<std::size_t>(h.size);
-        }
-        return ev;
+        return command_frame(data, h.header, h.size, consumed);
     }
     case state::traffic:
         break;
@@ -286,17 +292,7 @@ event decoder::next(std::string_view data, std::size_t* consumed)
             if (!parts_.empty()) {
                 return fail(error::command_in_message);
             }
-            if (h.size > limits_.max_command_bytes) {
-                return fail(error::command_too_large);
-            }
-            if (data.size() - h.header < h.size) {
-                return event::need_more;
-            }
-            const auto ev = on_command(data.substr(h.header, static_cast<std::size_t>(h.size)));
-            if (ev != event::failed) {
-                *consumed = h.header + static_cast<std::size_t>(h.size);
-            }
-            return ev;
+            return command_frame(data, h.header, h.size, consumed);
         }
         if (h.size > limits_.max_message_bytes - total) {
             return fail(error::message_too_large);

@@ -87,6 +87,9 @@ private:
     };
     event fail(error e);
     event on_command(std::string_view body);
+    /// A command frame whose header (header bytes, body size) starts data.
+    event command_frame(std::string_view data, std::size_t header, std::uint64_t size,
+                        std::size_t* consumed);
 
     std::string peer_types_;
     limits limits_;

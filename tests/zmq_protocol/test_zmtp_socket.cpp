@@ -46,24 +46,43 @@ std::vector<std::string> copy(std::span<const std::string_view> parts)
     return {parts.begin(), parts.end()};
 }
 
+/// A libzmq peer bound on a free port and our socket, collecting what it receives.
+struct peer_pair
+{
+    zmq::context_t ctx{1};
+    zmq::socket_t peer;
+    std::uint16_t port = 0;
+    boost::asio::io_context ioc;
+    std::shared_ptr<zp::zmtp_socket> sock;
+    std::vector<std::vector<std::string>> got;
+
+    peer_pair(zmq::socket_type peer_type, zp::zmtp_socket::kind kind, std::string identity)
+        : peer(ctx, peer_type)
+    {
+        peer.set(zmq::sockopt::linger, 0);
+        port = bound_port(peer);
+        sock = std::make_shared<zp::zmtp_socket>(ioc, kind, std::move(identity));
+        sock->start([this](std::span<const std::string_view> parts) {
+            got.push_back(copy(parts));
+        });
+    }
+    void connect() { sock->connect("127.0.0.1", port); }
+};
+
 } // namespace
 
 TEST_CASE("zmtp: DEALER talks to a libzmq ROUTER both ways", "[zmtp]")
 {
-    zmq::context_t ctx(1);
-    zmq::socket_t router(ctx, zmq::socket_type::router);
-    router.set(zmq::sockopt::linger, 0);
-    const auto port = bound_port(router);
-
-    boost::asio::io_context ioc;
-    auto dealer = std::make_shared<zp::zmtp_socket>(ioc, zp::zmtp_socket::kind::dealer, "me-1");
-    std::vector<std::vector<std::string>> got;
-    dealer->start([&](std::span<const std::string_view> parts) { got.push_back(copy(parts)); });
+    peer_pair p(zmq::socket_type::router, zp::zmtp_socket::kind::dealer, "me-1");
+    auto& ioc = p.ioc;
+    auto& router = p.peer;
+    auto& dealer = p.sock;
+    auto& got = p.got;
     // Sent before the connection exists: queued, then delivered after the handshake.
     const std::string big(100000, 'b');
     const std::vector<std::string_view> msg{"<IDS|MSG>", "sig", "{}", big, ""};
     REQUIRE(dealer->send(msg));
-    dealer->connect("127.0.0.1", port);
+    p.connect();
 
     std::vector<zmq::message_t> in;
     REQUIRE(run_until(ioc, [&] {
@@ -97,15 +116,12 @@ TEST_CASE("zmtp: DEALER talks to a libzmq ROUTER both ways", "[zmtp]")
 
 TEST_CASE("zmtp: SUB receives everything a libzmq PUB publishes", "[zmtp]")
 {
-    zmq::context_t ctx(1);
-    zmq::socket_t pub(ctx, zmq::socket_type::pub);
-    pub.set(zmq::sockopt::linger, 0);
-    const auto port = bound_port(pub);
-    boost::asio::io_context ioc;
-    auto sub = std::make_shared<zp::zmtp_socket>(ioc, zp::zmtp_socket::kind::sub, "");
-    std::vector<std::vector<std::string>> got;
-    sub->start([&](std::span<const std::string_view> parts) { got.push_back(copy(parts)); });
-    sub->connect("127.0.0.1", port);
+    peer_pair p(zmq::socket_type::pub, zp::zmtp_socket::kind::sub, "");
+    auto& ioc = p.ioc;
+    auto& pub = p.peer;
+    auto& sub = p.sock;
+    auto& got = p.got;
+    p.connect();
     // Publish until the subscription is live (the slow-joiner window), then a numbered run.
     REQUIRE(run_until(ioc, [&] {
         std::array<zmq::const_buffer, 2> m{zmq::buffer(std::string_view("warm")),
@@ -137,15 +153,12 @@ TEST_CASE("zmtp: SUB receives everything a libzmq PUB publishes", "[zmtp]")
 
 TEST_CASE("zmtp: REQ heartbeat echoed by a ROUTER, as ipykernel's heartbeat does", "[zmtp]")
 {
-    zmq::context_t ctx(1);
-    zmq::socket_t hb(ctx, zmq::socket_type::router);
-    hb.set(zmq::sockopt::linger, 0);
-    const auto port = bound_port(hb);
-    boost::asio::io_context ioc;
-    auto req = std::make_shared<zp::zmtp_socket>(ioc, zp::zmtp_socket::kind::req, "");
-    std::vector<std::vector<std::string>> got;
-    req->start([&](std::span<const std::string_view> parts) { got.push_back(copy(parts)); });
-    req->connect("127.0.0.1", port);
+    peer_pair p(zmq::socket_type::router, zp::zmtp_socket::kind::req, "");
+    auto& ioc = p.ioc;
+    auto& hb = p.peer;
+    auto& req = p.sock;
+    auto& got = p.got;
+    p.connect();
     const std::vector<std::string_view> ping{"ping"};
     REQUIRE(req->send(ping));
     REQUIRE(run_until(ioc, [&] {
