@@ -4,11 +4,14 @@
 #include "zmq_protocol/zmtp_socket.hpp"
 
 #include <chrono>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
 #include <catch2/catch.hpp>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
@@ -198,4 +201,68 @@ TEST_CASE("zmtp: reconnects after the peer goes away and comes back", "[zmtp]")
                                        zmq::buffer(std::string_view("again"))};
     REQUIRE(zmq::send_multipart(router, m));
     REQUIRE(run_until(ioc, [&] { return got == 1; }));
+}
+
+TEST_CASE("zmtp: a hostile peer is dropped and counted, and the socket tries again", "[zmtp]")
+{
+    namespace net = boost::asio;
+    boost::asio::io_context ioc;
+    net::ip::tcp::acceptor acceptor(ioc, {net::ip::make_address("127.0.0.1"), 0});
+    const auto port = acceptor.local_endpoint().port();
+    kernelgate::zmq_protocol::zmtp::limits lim;
+    lim.max_message_bytes = 1024;
+    auto dealer = std::make_shared<zp::zmtp_socket>(ioc, zp::zmtp_socket::kind::dealer, "d", lim);
+    int delivered = 0;
+    dealer->start([&](std::span<const std::string_view>) { ++delivered; });
+    dealer->connect("127.0.0.1", port);
+
+    // What each accepted connection sends, and whether our side then closed it.
+    auto serve = [&](const std::string& bytes) {
+        net::ip::tcp::socket peer(ioc);
+        bool accepted = false;
+        acceptor.async_accept(peer, [&](boost::system::error_code ec) { accepted = !ec; });
+        REQUIRE(run_until(ioc, [&] { return accepted; }));
+        net::write(peer, net::buffer(bytes));
+        // Our side hangs up: the peer reads to EOF (after our greeting and READY).
+        bool eof = false;
+        std::string sink(4096, '\0');
+        std::function<void()> read_more = [&] {
+            peer.async_read_some(net::buffer(sink), [&](boost::system::error_code ec, std::size_t) {
+                if (ec) {
+                    eof = true;
+                } else {
+                    read_more();
+                }
+            });
+        };
+        read_more();
+        REQUIRE(run_until(ioc, [&] { return eof; }));
+    };
+
+    serve("GET / HTTP/1.1\r\nHost: x\r\n\r\n");  // not ZMTP at all
+    CHECK(dealer->protocol_errors() == 1);
+
+    std::string greeting(64, '\0');
+    greeting[0] = '\xff';
+    greeting[9] = '\x7f';
+    greeting[10] = 3;
+    greeting.replace(12, 4, "NULL");
+    std::string ready;
+    kernelgate::zmq_protocol::zmtp::append_ready(ready, "ROUTER", "");
+    // A frame header claiming 1 TiB: refused from the header, before any body arrives.
+    std::string huge = greeting + ready;
+    huge += '\x02';
+    for (int shift = 56; shift >= 0; shift -= 8) {
+        huge += static_cast<char>((std::uint64_t{1} << 40) >> shift & 0xff);
+    }
+    serve(huge);  // accepted only because the socket reconnected after the first drop
+    CHECK(dealer->protocol_errors() == 2);
+
+    // The wrong socket type (a SUB cannot serve a DEALER).
+    std::string wrong = greeting;
+    kernelgate::zmq_protocol::zmtp::append_ready(wrong, "SUB", "");
+    serve(wrong);
+    CHECK(dealer->protocol_errors() == 3);
+    CHECK(delivered == 0);
+    dealer->close();
 }
