@@ -57,7 +57,7 @@ void kernel_channels::start(message_handler on_message, reject_handler on_reject
     const std::string identity = session_id_;
     auto make = [&](zmtp_socket::kind kind, std::uint16_t port, channel ch) {
         // A kernel must not be able to make us allocate without bound (SECURITY.md J07):
-        // 512 MiB per message, as libzmq's maxmsgsize was set before.
+        // 512 MiB per message, 4096 frames (zmtp::limits).
         auto s = std::make_shared<zmtp_socket>(
             ioc_, kind, kind == zmtp_socket::kind::dealer ? identity : std::string());
         s->start([weak = weak_from_this(), ch](std::span<const std::string_view> f) {

@@ -188,8 +188,7 @@ bool zmtp_socket::pull()
 {
     // Moves what the kernel's TCP socket holds into our buffer without waiting, so that a
     // kernel publishing faster than we handle messages fills our buffer (bounded), not its
-    // PUB high-water mark (where libzmq would drop). This is the queue libzmq's I/O thread
-    // used to provide.
+    // PUB high-water mark (where libzmq would drop).
     boost::system::error_code ec;
     while (rend_ - rstart_ < k_pull_limit) {
         if (rbuf_.size() - rend_ < k_read_chunk) {
