@@ -16,7 +16,7 @@ namespace {
 
 constexpr std::size_t k_read_chunk = 64 * 1024;
 constexpr std::size_t k_keep_buffer = 1u << 20;  // larger buffers are released when empty
-constexpr auto k_backoff_max = std::chrono::milliseconds(4);
+constexpr auto k_backoff_max = std::chrono::milliseconds(2);
 constexpr std::size_t k_pull_every = 64;          // messages handled between eager reads
 constexpr std::size_t k_turn_messages = 256;      // messages handled per turn of the loop
 constexpr std::size_t k_pull_limit = 64u << 20;   // unhandled bytes we read ahead at most
@@ -293,7 +293,11 @@ bool zmtp_socket::send(std::span<const std::string_view> parts)
     for (std::size_t i = 0; i < parts.size(); ++i) {
         zmtp::append_frame(pending_, parts[i], i + 1 < parts.size());
     }
-    schedule_flush();
+    if (ready_ && !writing_ && !flush_posted_) {
+        flush();  // idle: a lone request goes out now; later ones batch behind this write
+    } else {
+        schedule_flush();
+    }
     return true;
 }
 

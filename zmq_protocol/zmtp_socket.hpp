@@ -23,8 +23,8 @@ namespace kernelgate::zmq_protocol {
 /// costs no thread hand-off and no mailbox signal.
 ///
 /// Like a libzmq socket with connect(): messages sent before the connection is up are queued
-/// and go out after the handshake; a refused or lost connection is retried (1, 2, then every
-/// 4 ms); a SUB subscribes to everything on every connection; what a peer sends is bounded
+/// and go out after the handshake; a refused or lost connection is retried (after 1, then
+/// every 2 ms); a SUB subscribes to everything on every connection; what a peer sends is bounded
 /// (zmtp::limits) and a violation drops the connection (counted in protocol_errors()).
 /// Messages are delivered whole, as views into the read buffer valid during the callback.
 ///
