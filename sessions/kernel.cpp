@@ -89,6 +89,15 @@ void kernel::connect(const zp::connection_info& info,
                              zp::channel_name(ch), ec.message());
             }
         });
+    // The subscription is on its way: a nudge now gets its status on iopub without waiting
+    // for the back-off (the first nudge's status usually went out before it).
+    channels_->on_iopub_ready([weak = weak_from_this(), gen] {
+        auto self = weak.lock();
+        if (self && self->generation_ == gen && self->on_ready_ && !self->got_iopub_) {
+            self->nudge_timer_.cancel();
+            self->nudge();
+        }
+    });
     channels_->start_heartbeat(std::chrono::seconds(3), 4, [weak = weak_from_this()](bool ok) {
         if (auto self = weak.lock()) {
             if (ok) {

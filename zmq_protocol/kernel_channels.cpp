@@ -90,6 +90,13 @@ void kernel_channels::on_frames(channel ch, std::span<const std::string_view> vi
     }
 }
 
+void kernel_channels::on_iopub_ready(std::function<void()> f)
+{
+    if (iopub_) {
+        iopub_->on_ready(std::move(f));
+    }
+}
+
 bool kernel_channels::send(channel ch, const message& msg)
 {
     zmtp_socket* s = nullptr;

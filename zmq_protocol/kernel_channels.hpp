@@ -62,6 +62,8 @@ public:
 
     /// Connects all sockets and starts reading.
     void start(message_handler on_message, reject_handler on_reject);
+    /// Called when the iopub connection's handshake completes (its subscription is sent).
+    void on_iopub_ready(std::function<void()> f);
 
     /// Signs and sends. Returns false if the channel would block (message dropped, counted).
     bool send(channel ch, const message& msg);

@@ -249,7 +249,13 @@ void zmtp_socket::on_read(std::size_t n)
                 zmtp::append_frame(sub, std::string_view("\x01", 1), false);
                 pending_.insert(0, sub);
             }
-            schedule_flush();
+            flush();
+            if (on_ready_) {
+                on_ready_();
+                if (closed_ || gen != generation_) {
+                    return;
+                }
+            }
             continue;
         case zmtp::event::ignored:
             continue;
@@ -362,6 +368,7 @@ void zmtp_socket::close()
     boost::system::error_code ignored;
     sock_.close(ignored);
     on_message_ = nullptr;
+    on_ready_ = nullptr;
 }
 
 } // namespace kernelgate::zmq_protocol

@@ -50,6 +50,9 @@ public:
     void connect(const std::string& ip, std::uint16_t port);
     /// Starts delivering messages.
     void start(handler on_message);
+    /// Called each time a connection's handshake completes (for a SUB: its subscription is
+    /// on its way).
+    void on_ready(std::function<void()> f) { on_ready_ = std::move(f); }
     /// Queues a multipart message. false (nothing queued) if closed or the send buffer is over
     /// its limit (the peer does not read).
     bool send(std::span<const std::string_view> parts);
@@ -80,6 +83,7 @@ private:
     boost::asio::steady_timer retry_;
     std::chrono::milliseconds backoff_{1};
     handler on_message_;
+    std::function<void()> on_ready_;
     zmtp::decoder decoder_;
 
     std::string rbuf_;         ///< received bytes; [rstart_, rend_) not yet decoded
