@@ -130,8 +130,12 @@ void kernel::nudge()
     // subscription is live (the SUB socket's slow-joiner window is over).
     nudge_ids_.push_back(channels_->request(zp::channel::shell, "kernel_info_request", "{}"));
     const auto n = std::min<std::size_t>(nudge_ids_.size() - 1, 7);
-    nudge_timer_.expires_after(std::min<std::chrono::milliseconds>(k_nudge_first * (1 << n),
-                                                                   k_nudge_max));
+    nudge_after(std::min<std::chrono::milliseconds>(k_nudge_first * (1 << n), k_nudge_max));
+}
+
+void kernel::nudge_after(std::chrono::milliseconds delay)
+{
+    nudge_timer_.expires_after(delay);  // replaces a nudge already scheduled
     nudge_timer_.async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
         if (auto self = weak.lock(); self && !ec) {
             self->nudge();
@@ -187,13 +191,7 @@ void kernel::on_kernel_message(zp::channel ch, zp::message&& msg)
                     // Shell answers but iopub has not shown up yet (the subscription was not
                     // live when the nudge's status went out): ask again in 1 ms rather than
                     // at the back-off's pace.
-                    nudge_timer_.expires_after(std::chrono::milliseconds(1));
-                    nudge_timer_.async_wait(
-                        [weak = weak_from_this()](const boost::system::error_code& ec) {
-                            if (auto self = weak.lock(); self && !ec) {
-                                self->nudge();
-                            }
-                        });
+                    nudge_after(std::chrono::milliseconds(1));
                 }
             }
         }

@@ -126,6 +126,7 @@ private:
     /// *target_session (see session_hash).
     void dispatch(const kernel_event_ptr& ev, const std::uint64_t* target_session);
     void nudge();
+    void nudge_after(std::chrono::milliseconds delay);
 
     boost::asio::io_context& ioc_;
     std::string id_;

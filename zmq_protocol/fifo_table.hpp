@@ -67,19 +67,8 @@ public:
     /// The value of key, or nullptr.
     const Value* find(key128 key) const noexcept
     {
-        if (slots_.empty()) {
-            return nullptr;
-        }
-        key = normal(key);
-        for (std::size_t i = home(key);; i = next(i)) {
-            const slot& s = slots_[i];
-            if (s.key == key128{}) {
-                return nullptr;
-            }
-            if (s.key == key) {
-                return &s.value;
-            }
-        }
+        const std::size_t i = slot_of(normal(key));
+        return i == npos ? nullptr : &slots_[i].value;
     }
 
     /// Inserts or updates. Returns true if the key was new. When full, the oldest entry is
@@ -90,11 +79,9 @@ public:
             return true;
         }
         key = normal(key);
-        if (!slots_.empty()) {
-            if (slot* s = lookup(key)) {
-                s->value = value;
-                return false;
-            }
+        if (const std::size_t i = slot_of(key); i != npos) {
+            slots_[i].value = value;
+            return false;
         }
         if (count_ == capacity_) {
             erase(ring_[ring_next_]);
@@ -122,15 +109,20 @@ private:
     std::size_t home(const key128& k) const noexcept { return k.a & (slots_.size() - 1); }
     std::size_t next(std::size_t i) const noexcept { return (i + 1) & (slots_.size() - 1); }
 
-    slot* lookup(const key128& key) noexcept
+    static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+
+    /// Index of the slot holding key (already normalised), or npos.
+    std::size_t slot_of(const key128& key) const noexcept
     {
+        if (slots_.empty()) {
+            return npos;
+        }
         for (std::size_t i = home(key);; i = next(i)) {
-            slot& s = slots_[i];
-            if (s.key == key128{}) {
-                return nullptr;
+            if (slots_[i].key == key) {
+                return i;
             }
-            if (s.key == key) {
-                return &s;
+            if (slots_[i].key == key128{}) {
+                return npos;
             }
         }
     }
@@ -147,12 +139,9 @@ private:
     /// Removes key, shifting later entries of its probe run back (no tombstones).
     void erase(const key128& key) noexcept
     {
-        std::size_t i = home(key);
-        while (!(slots_[i].key == key)) {
-            if (slots_[i].key == key128{}) {
-                return;
-            }
-            i = next(i);
+        std::size_t i = slot_of(key);
+        if (i == npos) {
+            return;
         }
         --count_;
         for (std::size_t j = next(i);; j = next(j)) {

@@ -94,13 +94,8 @@ void zmtp_socket::start_connect()
         }
         if (ec) {
             // Not bound yet (a starting kernel) or gone: try again soon.
-            self->retry_.expires_after(self->backoff_);
+            self->schedule_retry();
             self->backoff_ = std::min(self->backoff_ * 2, k_backoff_max);
-            self->retry_.async_wait([weak](boost::system::error_code wec) {
-                if (auto s = weak.lock(); s && !wec) {
-                    s->start_connect();
-                }
-            });
             return;
         }
         self->on_connected();
@@ -140,15 +135,34 @@ void zmtp_socket::disconnected()
     boost::system::error_code ignored;
     sock_.close(ignored);
     ++generation_;  // completions of this connection are ignored from now on
-    if (closed_) {
-        return;
+    if (!closed_) {
+        schedule_retry();
     }
+}
+
+void zmtp_socket::schedule_retry()
+{
     retry_.expires_after(backoff_);
     retry_.async_wait([weak = weak_from_this()](boost::system::error_code ec) {
         if (auto s = weak.lock(); s && !ec) {
             s->start_connect();
         }
     });
+}
+
+void zmtp_socket::make_room()
+{
+    if (rbuf_.size() - rend_ >= k_read_chunk) {
+        return;
+    }
+    if (rstart_ > 0) {
+        std::memmove(rbuf_.data(), rbuf_.data() + rstart_, rend_ - rstart_);
+        rend_ -= rstart_;
+        rstart_ = 0;
+    }
+    if (rbuf_.size() - rend_ < k_read_chunk) {
+        rbuf_.resize(std::max(rend_ + k_read_chunk, rbuf_.size() * 2));
+    }
 }
 
 void zmtp_socket::read()
@@ -159,16 +173,7 @@ void zmtp_socket::read()
             std::string().swap(rbuf_);  // a big message's buffer is not kept
         }
     }
-    if (rbuf_.size() - rend_ < k_read_chunk) {
-        if (rstart_ > 0) {
-            std::memmove(rbuf_.data(), rbuf_.data() + rstart_, rend_ - rstart_);
-            rend_ -= rstart_;
-            rstart_ = 0;
-        }
-        if (rbuf_.size() - rend_ < k_read_chunk) {
-            rbuf_.resize(std::max(rend_ + k_read_chunk, rbuf_.size() * 2));
-        }
-    }
+    make_room();
     sock_.async_read_some(
         net::buffer(rbuf_.data() + rend_, rbuf_.size() - rend_),
         [weak = weak_from_this(), gen = generation_](boost::system::error_code ec, std::size_t n) {
@@ -191,15 +196,7 @@ bool zmtp_socket::pull()
     // PUB high-water mark (where libzmq would drop).
     boost::system::error_code ec;
     while (rend_ - rstart_ < k_pull_limit) {
-        if (rbuf_.size() - rend_ < k_read_chunk) {
-            if (rstart_ > 0 && rstart_ >= (rend_ - rstart_)) {
-                std::memmove(rbuf_.data(), rbuf_.data() + rstart_, rend_ - rstart_);
-                rend_ -= rstart_;
-                rstart_ = 0;
-            } else {
-                rbuf_.resize(std::max(rend_ + k_read_chunk, rbuf_.size() * 2));
-            }
-        }
+        make_room();
         const std::size_t n =
             sock_.read_some(net::buffer(rbuf_.data() + rend_, rbuf_.size() - rend_), ec);
         if (ec == net::error::would_block || ec == net::error::try_again) {

@@ -57,7 +57,6 @@ public:
     /// its limit (the peer does not read).
     bool send(std::span<const std::string_view> parts);
     void close();
-    bool is_open() const noexcept { return !closed_; }
     bool connected() const noexcept { return ready_; }
 
     std::uint64_t received() const noexcept { return received_; }
@@ -67,6 +66,9 @@ private:
     void start_connect();
     void on_connected();
     void disconnected();
+    void schedule_retry();
+    /// At least one read chunk free after rend_ (moving the unread bytes to the front first).
+    void make_room();
     void read();
     void on_read(std::size_t n);
     bool pull();
