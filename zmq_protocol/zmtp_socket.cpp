@@ -98,6 +98,15 @@ void zmtp_socket::start_connect()
             self->backoff_ = std::min(self->backoff_ * 2, k_backoff_max);
             return;
         }
+        // TCP simultaneous open: a connect to a local port nobody listens on yet can pick that
+        // very port as its source and connect to itself, holding the port the kernel is about
+        // to bind. Let go of it and try again.
+        boost::system::error_code lec;
+        if (self->sock_.local_endpoint(lec) == self->endpoint_) {
+            self->sock_.close(lec);
+            self->schedule_retry();
+            return;
+        }
         self->on_connected();
     });
 }
