@@ -20,8 +20,9 @@ namespace kernelgate::gateway {
 /// by Beast itself (pong, keep-alive ping, close) and by the session never interleave.
 /// The session bounds the buffer through buffered() (its high/low watermarks and hard
 /// limit), and on_flushed is called after every completed write to the next layer.
-/// Reads go straight to the next layer. Teardown (the end of a WebSocket close) waits until
-/// the buffer is written, so a close frame is not lost.
+/// Reads go straight to the next layer; on_input_drained marks where each burst of input
+/// ends. Teardown (the end of a WebSocket close) waits until the buffer is written, so a
+/// close frame is not lost.
 ///
 /// Thread safety: one thread (the event loop), as the WebSocket stream above it.
 template <class NextLayer>
@@ -62,16 +63,21 @@ public:
     void discard_pending() noexcept { state_->pending.clear(); }
     /// Called after each completed write to the next layer.
     void on_flushed(std::function<void()> f) { state_->on_flushed = std::move(f); }
+    /// Called each time the layer above has used every byte read so far and asks for more:
+    /// a burst of input has been handled (the session sends on what the burst asked for).
+    void on_input_drained(std::function<void()> f) { state_->on_drained = std::move(f); }
 
     // SyncReadStream / SyncWriteStream
     template <class MutableBufferSequence>
     std::size_t read_some(const MutableBufferSequence& buffers, beast::error_code& ec)
     {
+        drained();
         return state_->next.read_some(buffers, ec);
     }
     template <class MutableBufferSequence>
     std::size_t read_some(const MutableBufferSequence& buffers)
     {
+        drained();
         return state_->next.read_some(buffers);
     }
     template <class ConstBufferSequence>
@@ -98,6 +104,7 @@ public:
     template <class MutableBufferSequence, class ReadHandler>
     auto async_read_some(const MutableBufferSequence& buffers, ReadHandler&& handler)
     {
+        drained();
         return state_->next.async_read_some(buffers, std::forward<ReadHandler>(handler));
     }
     template <class ConstBufferSequence, class WriteHandler>
@@ -152,8 +159,16 @@ private:
         bool flush_posted = false;
         beast::error_code error;
         std::function<void()> on_flushed;
+        std::function<void()> on_drained;
         std::vector<std::function<void(beast::error_code)>> after_flush;
     };
+
+    void drained()
+    {
+        if (state_->on_drained) {
+            state_->on_drained();
+        }
+    }
 
     template <class ConstBufferSequence>
     std::size_t append(const ConstBufferSequence& buffers)

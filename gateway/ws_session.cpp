@@ -71,6 +71,13 @@ net::awaitable<void> ws_session::run(request req)
                 s->on_flushed();
             }
         });
+        // Requests of one burst are held and leave for the kernel in one write, once the
+        // burst is read (see zmtp_socket::send).
+        ws.next_layer().on_input_drained([weak = weak_from_this()] {
+            if (auto s = weak.lock()) {
+                s->kernel_->release_client_sends();
+            }
+        });
     });
     ++srv_.metrics().ws_opened;
     srv_.add_ws(self);
@@ -87,6 +94,7 @@ net::awaitable<void> ws_session::run(request req)
         }
         handle_frame(with_ws([](auto& ws) { return ws.got_binary(); }));
     }
+    kernel_->release_client_sends();  // what the last burst asked for
     open_ = false;
     kernel_->detach(this);
     srv_.remove_ws(this);
@@ -123,7 +131,7 @@ void ws_session::handle_frame(bool binary)
         ++srv_.metrics().ws_bad_frames;
         return;
     }
-    if (!kernel_->send_from_client(*this, ch, std::move(decoded->msg))) {
+    if (!kernel_->send_from_client(*this, ch, std::move(decoded->msg), /*hold=*/true)) {
         spdlog::warn("ws kernel {}: kernel not reachable, message dropped", kernel_->id());
     }
 }

@@ -344,7 +344,8 @@ void kernel::close_clients(std::uint16_t code, const std::string& reason)
     buffer_bytes_ = 0;
 }
 
-bool kernel::send_from_client(const client_sink& from, zp::channel ch, zp::message&& msg)
+bool kernel::send_from_client(const client_sink& from, zp::channel ch, zp::message&& msg,
+                              bool hold)
 {
     const bool starting = on_ready_ != nullptr || (!channels_ && restarting);
     if (!channels_ && !starting) {
@@ -362,7 +363,14 @@ bool kernel::send_from_client(const client_sink& from, zp::channel ch, zp::messa
         held_.emplace_back(ch, std::move(msg));
         return true;
     }
-    return channels_->send(ch, msg);
+    return channels_->send(ch, msg, hold);
+}
+
+void kernel::release_client_sends()
+{
+    if (channels_) {
+        channels_->release();
+    }
 }
 
 std::string kernel::request(zp::channel ch, std::string_view msg_type,

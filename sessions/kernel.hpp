@@ -96,9 +96,12 @@ public:
     /// Closes every client (kernel deleted / gateway stopping).
     void close_clients(std::uint16_t code, const std::string& reason);
 
-    /// A message from a client: routes the reply back to this client's session.
+    /// A message from a client: routes the reply back to this client's session. With `hold`
+    /// it waits (bounded) for release_client_sends(): a client's burst leaves in one write.
     bool send_from_client(const client_sink& from, zmq_protocol::channel ch,
-                          zmq_protocol::message&& msg);
+                          zmq_protocol::message&& msg, bool hold = false);
+    /// Sends what send_from_client(..., true) holds.
+    void release_client_sends();
     /// A message the gateway originates (interrupt_request, shutdown_request).
     std::string request(zmq_protocol::channel ch, std::string_view msg_type,
                         std::string_view content_json);

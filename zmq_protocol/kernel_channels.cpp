@@ -97,7 +97,7 @@ void kernel_channels::on_iopub_ready(std::function<void()> f)
     }
 }
 
-bool kernel_channels::send(channel ch, const message& msg)
+bool kernel_channels::send(channel ch, const message& msg, bool hold)
 {
     zmtp_socket* s = nullptr;
     switch (ch) {
@@ -109,8 +109,8 @@ bool kernel_channels::send(channel ch, const message& msg)
     if (s == nullptr || closed_) {
         return false;
     }
-    // The parts go to libzmq straight from the message (one copy, into its frames); only the
-    // signature is made here, on the stack.
+    // The parts are encoded straight from the message into the socket's send buffer; only
+    // the signature is made here, on the stack.
     const auto json = wire_json_parts(msg);
     std::array<char, signer::hex_size> sig{};
     signer_.sign_hex(sig.data(), json[0], json[1], json[2], json[3]);
@@ -123,12 +123,21 @@ bool kernel_channels::send(channel ch, const message& msg)
         parts = large;
     }
     wire_parts(msg, signature, parts);
-    if (!s->send(std::span<const std::string_view>(parts))) {
+    if (!s->send(std::span<const std::string_view>(parts), hold)) {
         ++stats_.send_dropped;
         return false;
     }
     ++stats_.sent;
     return true;
+}
+
+void kernel_channels::release()
+{
+    for (zmtp_socket* s : {shell_.get(), control_.get(), stdin_.get()}) {
+        if (s != nullptr) {
+            s->release();
+        }
+    }
 }
 
 std::string kernel_channels::request(channel ch, std::string_view msg_type,

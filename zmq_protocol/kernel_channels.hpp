@@ -66,7 +66,11 @@ public:
     void on_iopub_ready(std::function<void()> f);
 
     /// Signs and sends. Returns false if the channel would block (message dropped, counted).
-    bool send(channel ch, const message& msg);
+    /// With `hold` the message waits for release() (zmtp_socket::send), so that a burst of
+    /// client requests reaches the kernel in one write.
+    bool send(channel ch, const message& msg, bool hold = false);
+    /// Sends what send(..., true) holds on every channel.
+    void release();
 
     /// Sends a message the gateway originates (kernel_info_request, shutdown_request, ...).
     /// Returns the msg_id used.

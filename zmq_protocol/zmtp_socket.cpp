@@ -20,6 +20,7 @@ constexpr auto k_backoff_max = std::chrono::milliseconds(2);
 constexpr std::size_t k_pull_every = 64;          // messages handled between eager reads
 constexpr std::size_t k_turn_messages = 256;      // messages handled per turn of the loop
 constexpr std::size_t k_pull_limit = 64u << 20;   // unhandled bytes we read ahead at most
+constexpr std::size_t k_hold_limit = 64 * 1024;   // held bytes that go out without release()
 
 std::string_view peer_types(zmtp_socket::kind k)
 {
@@ -183,9 +184,11 @@ void zmtp_socket::read()
         }
     }
     make_room();
+    const std::size_t room = rbuf_.size() - rend_;
     sock_.async_read_some(
-        net::buffer(rbuf_.data() + rend_, rbuf_.size() - rend_),
-        [weak = weak_from_this(), gen = generation_](boost::system::error_code ec, std::size_t n) {
+        net::buffer(rbuf_.data() + rend_, room),
+        [weak = weak_from_this(), gen = generation_, room](boost::system::error_code ec,
+                                                           std::size_t n) {
             auto self = weak.lock();
             if (!self || self->closed_ || gen != self->generation_) {
                 return;
@@ -194,7 +197,7 @@ void zmtp_socket::read()
                 self->disconnected();
                 return;
             }
-            self->on_read(n);
+            self->on_read(n, n < room);
         });
 }
 
@@ -219,7 +222,7 @@ bool zmtp_socket::pull()
     return true;
 }
 
-void zmtp_socket::on_read(std::size_t n)
+void zmtp_socket::on_read(std::size_t n, bool drained)
 {
     auto keep = shared_from_this();  // a handler may drop the last owner
     const auto gen = generation_;
@@ -229,12 +232,14 @@ void zmtp_socket::on_read(std::size_t n)
             // Yield to the rest of the loop (WebSocket writes, other kernels), then go on.
             net::post(ioc_, [weak = weak_from_this(), gen] {
                 if (auto self = weak.lock(); self && !self->closed_ && gen == self->generation_) {
-                    self->on_read(0);
+                    self->on_read(0, false);
                 }
             });
             return;
         }
-        if (handled % k_pull_every == 0 && !pull()) {
+        // A read that did not fill the buffer left the socket empty: no eager read right after
+        // it (it would only find nothing).
+        if (handled % k_pull_every == 0 && (handled > 0 || !drained) && !pull()) {
             disconnected();
             return;
         }
@@ -294,7 +299,7 @@ void zmtp_socket::on_read(std::size_t n)
     }
 }
 
-bool zmtp_socket::send(std::span<const std::string_view> parts)
+bool zmtp_socket::send(std::span<const std::string_view> parts, bool hold)
 {
     if (closed_ || parts.empty() || pending_.size() > send_limit_) {
         return false;
@@ -305,12 +310,23 @@ bool zmtp_socket::send(std::span<const std::string_view> parts)
     for (std::size_t i = 0; i < parts.size(); ++i) {
         zmtp::append_frame(pending_, parts[i], i + 1 < parts.size());
     }
+    if (hold && pending_.size() < k_hold_limit) {
+        return true;  // release() sends it
+    }
+    release();
+    return true;
+}
+
+void zmtp_socket::release()
+{
+    if (pending_.empty() || closed_) {
+        return;
+    }
     if (ready_ && !writing_ && !flush_posted_) {
         flush();  // idle: a lone request goes out now; later ones batch behind this write
     } else {
         schedule_flush();
     }
-    return true;
 }
 
 void zmtp_socket::schedule_flush()

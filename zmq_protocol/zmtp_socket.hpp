@@ -55,7 +55,14 @@ public:
     void on_ready(std::function<void()> f) { on_ready_ = std::move(f); }
     /// Queues a multipart message. false (nothing queued) if closed or the send buffer is over
     /// its limit (the peer does not read).
-    bool send(std::span<const std::string_view> parts);
+    ///
+    /// Without `hold` the message goes out now if the connection is idle, else with what else
+    /// is sent in this turn of the event loop. With `hold` it waits for release() (or for the
+    /// next message sent without hold, or for 64 KiB held): a caller handling a burst of
+    /// requests holds them and releases once the burst is read, so they leave in one write.
+    bool send(std::span<const std::string_view> parts, bool hold = false);
+    /// Sends what send(..., true) holds.
+    void release();
     void close();
     bool connected() const noexcept { return ready_; }
 
@@ -70,7 +77,7 @@ private:
     /// At least one read chunk free after rend_ (moving the unread bytes to the front first).
     void make_room();
     void read();
-    void on_read(std::size_t n);
+    void on_read(std::size_t n, bool drained);
     bool pull();
     void schedule_flush();
     void flush();
