@@ -20,11 +20,30 @@ std::string iso8601(std::chrono::system_clock::time_point tp)
     const auto t = static_cast<std::time_t>(secs);
     std::tm tm{};
     gmtime_r(&t, &tm);
-    char buf[96];
-    std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%06lldZ", tm.tm_year + 1900,
-                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                  static_cast<long long>(frac));
-    return buf;
+    const int year = tm.tm_year + 1900;
+    if (year < 0 || year > 9999) {
+        char buf[96];
+        std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%06lldZ", year,
+                      tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                      static_cast<long long>(frac));
+        return buf;
+    }
+    // Digits written directly (this is on every message a kernel or the gateway originates).
+    std::string out("0000-00-00T00:00:00.000000Z");
+    auto put = [&out](std::size_t at, long long v, int width) {
+        for (int i = width - 1; i >= 0; --i) {
+            out[at + static_cast<std::size_t>(i)] = static_cast<char>('0' + v % 10);
+            v /= 10;
+        }
+    };
+    put(0, year, 4);
+    put(5, tm.tm_mon + 1, 2);
+    put(8, tm.tm_mday, 2);
+    put(11, tm.tm_hour, 2);
+    put(14, tm.tm_min, 2);
+    put(17, tm.tm_sec, 2);
+    put(20, frac, 6);
+    return out;
 }
 
 void to_hex(const unsigned char* data, std::size_t n, char* out) noexcept

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "zmq_protocol/wire_codec.hpp"
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdio>
@@ -131,16 +132,44 @@ result<message> decode_frames(std::span<const std::string_view> frames,
     return msg;
 }
 
+namespace {
+
+/// True when s can go between JSON quotes as it is: printable ASCII, no quote, no backslash.
+bool plain_json_text(std::string_view s) noexcept
+{
+    return std::all_of(s.begin(), s.end(), [](char c) {
+        return c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
+    });
+}
+
+} // namespace
+
 std::string make_header(std::string_view msg_type,
                         std::string_view session,
                         std::string_view username,
                         std::string_view msg_id)
 {
+    const std::string id = msg_id.empty() ? new_uuid() : std::string(msg_id);
+    const std::string date = iso8601_now();
+    if (plain_json_text(msg_type) && plain_json_text(session) && plain_json_text(username) &&
+        plain_json_text(id)) {
+        // The common case, written directly (keys in the order nlohmann's object sorts them,
+        // so both paths give the same text).
+        std::string out;
+        out.reserve(96 + msg_type.size() + session.size() + username.size() + id.size());
+        out.append(R"({"date":")").append(date);
+        out.append(R"(","msg_id":")").append(id);
+        out.append(R"(","msg_type":")").append(msg_type);
+        out.append(R"(","session":")").append(session);
+        out.append(R"(","username":")").append(username);
+        out.append(R"(","version":"5.3"})");
+        return out;
+    }
     nlohmann::json header = nlohmann::json::object();
-    header["msg_id"] = msg_id.empty() ? new_uuid() : std::string(msg_id);
+    header["msg_id"] = id;
     header["session"] = std::string(session);
     header["username"] = std::string(username);
-    header["date"] = iso8601_now();
+    header["date"] = date;
     header["msg_type"] = std::string(msg_type);
     header["version"] = "5.3";
     // Invalid UTF-8 from a caller is replaced rather than thrown on.

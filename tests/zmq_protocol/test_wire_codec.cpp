@@ -4,6 +4,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -439,5 +440,20 @@ TEST_CASE("make_header, new_uuid, iso8601_now", "[wire]")
     SECTION("invalid UTF-8 does not throw")
     {
         CHECK_NOTHROW(nlohmann::json::parse(zp::make_header("x", "\xff\xfe")));
+    }
+    SECTION("plain text is written directly, byte for byte as nlohmann writes it")
+    {
+        for (const auto& [type, sess, user] :
+             {std::tuple{"kernel_info_request", "sess", "kernelgate"},
+              std::tuple{"a b", "c-d_e.f", "~x|y{z}"}, std::tuple{"", "", ""},
+              std::tuple{"t\x7f", "s", "u"}, std::tuple{"t\n", "s", "u"}}) {
+            const std::string text = zp::make_header(type, sess, user, "fixed-id");
+            const auto h = nlohmann::json::parse(text);
+            CHECK(h.at("msg_type") == type);
+            CHECK(h.at("session") == sess);
+            CHECK(h.at("username") == user);
+            // The same object dumped by nlohmann: equal text, same key order and spacing.
+            CHECK(text == h.dump());
+        }
     }
 }
