@@ -67,6 +67,7 @@
 #include <zmq_addon.hpp>
 
 #include "common/asio_fwd.hpp"
+#include "gateway/batching_stream.hpp"
 #include "gateway/ws_frames.hpp"
 #include "zmq_protocol/connection_info.hpp"
 #include "zmq_protocol/signer.hpp"
@@ -676,7 +677,10 @@ private:
         deliver(summarize(channel, header, parent, content));
     }
 
-    websocket::stream<beast::tcp_stream> ws_;
+    // Writes of one turn of the loop leave in one send(), as libzmq batches the direct
+    // client's (its I/O thread writes whatever queued while it was busy): the two clients
+    // pay the same per-message cost, so the gateway's is what the ratios show.
+    websocket::stream<gateway::batching_stream<beast::tcp_stream>> ws_;
     beast::flat_buffer buf_;
     std::string out_;
     bool v1_;
