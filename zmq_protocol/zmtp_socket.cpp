@@ -359,6 +359,7 @@ void zmtp_socket::flush()
         flushing_.swap(pending_);
     }
     writing_ = true;
+    ++writes_;
     net::async_write(sock_, net::buffer(flushing_),
                      [weak = weak_from_this(), gen = generation_](boost::system::error_code ec,
                                                                   std::size_t) {

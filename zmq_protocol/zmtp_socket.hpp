@@ -68,6 +68,8 @@ public:
 
     std::uint64_t received() const noexcept { return received_; }
     std::uint64_t protocol_errors() const noexcept { return protocol_errors_; }
+    /// Writes to the kernel's TCP socket so far (each carries one or more messages).
+    std::uint64_t writes() const noexcept { return writes_; }
 
 private:
     void start_connect();
@@ -110,6 +112,7 @@ private:
     std::uint64_t generation_ = 0;  ///< bumps per connection: fences callbacks of old ones
     std::uint64_t received_ = 0;
     std::uint64_t protocol_errors_ = 0;
+    std::uint64_t writes_ = 0;
 };
 
 using zmtp_socket_ptr = std::shared_ptr<zmtp_socket>;

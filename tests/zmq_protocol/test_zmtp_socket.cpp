@@ -117,6 +117,69 @@ TEST_CASE("zmtp: DEALER talks to a libzmq ROUTER both ways", "[zmtp]")
     dealer->close();
 }
 
+TEST_CASE("zmtp: held messages wait for release() and then leave in one write", "[zmtp]")
+{
+    peer_pair p(zmq::socket_type::router, zp::zmtp_socket::kind::dealer, "me-h");
+    auto& ioc = p.ioc;
+    auto& router = p.peer;
+    auto& dealer = p.sock;
+    p.connect();
+    REQUIRE(run_until(ioc, [&] { return dealer->connected(); }));
+    auto recv_all = [&](std::size_t want, std::chrono::milliseconds limit) {
+        std::vector<std::string> nums;
+        run_until(
+            ioc,
+            [&] {
+                std::vector<zmq::message_t> in;
+                while (zmq::recv_multipart(router, std::back_inserter(in),
+                                           zmq::recv_flags::dontwait)) {
+                    nums.push_back(in.back().to_string());
+                    in.clear();
+                }
+                return nums.size() >= want;
+            },
+            limit);
+        return nums;
+    };
+    auto send_held = [&](int from, int to) {
+        for (int i = from; i < to; ++i) {
+            const std::string num = std::to_string(i);
+            const std::vector<std::string_view> msg{"<IDS|MSG>", num};
+            REQUIRE(dealer->send(msg, /*hold=*/true));
+        }
+    };
+
+    const auto writes0 = dealer->writes();
+    send_held(0, 50);
+    CHECK(recv_all(1, 100ms).empty());  // nothing goes out while held
+    CHECK(dealer->writes() == writes0);
+    dealer->release();
+    auto nums = recv_all(50, 5000ms);
+    REQUIRE(nums.size() == 50);
+    for (int i = 0; i < 50; ++i) {
+        CHECK(nums[static_cast<std::size_t>(i)] == std::to_string(i));
+    }
+    CHECK(dealer->writes() == writes0 + 1);  // all fifty in one write
+
+    // A message sent without hold takes the held ones with it, in order.
+    send_held(50, 60);
+    const std::vector<std::string_view> now{"<IDS|MSG>", "60"};
+    REQUIRE(dealer->send(now));
+    nums = recv_all(11, 5000ms);
+    REQUIRE(nums.size() == 11);
+    CHECK(nums.front() == "50");
+    CHECK(nums.back() == "60");
+
+    // Held bytes are bounded: past 64 KiB they go out without release().
+    const std::string chunk(8 * 1024, 'h');
+    for (int i = 0; i < 9; ++i) {
+        const std::vector<std::string_view> msg{"<IDS|MSG>", chunk};
+        REQUIRE(dealer->send(msg, /*hold=*/true));
+    }
+    CHECK(recv_all(8, 5000ms).size() >= 8);
+    dealer->close();
+}
+
 TEST_CASE("zmtp: SUB receives everything a libzmq PUB publishes", "[zmtp]")
 {
     peer_pair p(zmq::socket_type::pub, zp::zmtp_socket::kind::sub, "");
