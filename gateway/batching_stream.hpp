@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #pragma once
+#include <array>
 #include <cstddef>
 #include <functional>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -20,8 +22,12 @@ namespace kernelgate::gateway {
 /// by Beast itself (pong, keep-alive ping, close) and by the session never interleave.
 /// The session bounds the buffer through buffered() (its high/low watermarks and hard
 /// limit), and on_flushed is called after every completed write to the next layer.
-/// Reads go straight to the next layer; on_input_drained marks where each burst of input
-/// ends. Teardown (the end of a WebSocket close) waits until the buffer is written, so a
+/// Reads: over plain TCP, a read that fills the caller's buffer (Beast asks for 1536 bytes at
+/// a time) is followed by one non-blocking read of up to 64 KiB, kept here and handed out to
+/// the next reads, so a burst of requests costs one or two receive calls, not one per 1536
+/// bytes; nothing is held while idle. Over TLS reads go straight to the next layer (it reads
+/// whole records already). on_input_drained marks where each burst of input ends: every byte
+/// received so far has been handed up and the layer above asks for more. Teardown (the end of a WebSocket close) waits until the buffer is written, so a
 /// close frame is not lost.
 ///
 /// Thread safety: one thread (the event loop), as the WebSocket stream above it.
@@ -71,14 +77,22 @@ public:
     template <class MutableBufferSequence>
     std::size_t read_some(const MutableBufferSequence& buffers, beast::error_code& ec)
     {
+        ec = {};
+        if (!state_->ahead.empty()) {
+            return take_ahead(*state_, buffers);
+        }
         drained();
         return state_->next.read_some(buffers, ec);
     }
     template <class MutableBufferSequence>
     std::size_t read_some(const MutableBufferSequence& buffers)
     {
-        drained();
-        return state_->next.read_some(buffers);
+        beast::error_code ec;
+        const std::size_t n = read_some(buffers, ec);
+        if (ec) {
+            BOOST_THROW_EXCEPTION(beast::system_error{ec});
+        }
+        return n;
     }
     template <class ConstBufferSequence>
     std::size_t write_some(const ConstBufferSequence& buffers, beast::error_code& ec)
@@ -104,8 +118,34 @@ public:
     template <class MutableBufferSequence, class ReadHandler>
     auto async_read_some(const MutableBufferSequence& buffers, ReadHandler&& handler)
     {
-        drained();
-        return state_->next.async_read_some(buffers, std::forward<ReadHandler>(handler));
+        if constexpr (!k_read_ahead) {
+            drained();
+            return state_->next.async_read_some(buffers, std::forward<ReadHandler>(handler));
+        } else {
+            return net::async_initiate<ReadHandler, void(beast::error_code, std::size_t)>(
+                [this](auto h, const MutableBufferSequence& b) {
+                    auto st = state_;
+                    if (!st->ahead.empty()) {
+                        const std::size_t n = take_ahead(*st, b);
+                        net::post(get_executor(),
+                                  beast::bind_front_handler(std::move(h), beast::error_code{}, n));
+                        return;
+                    }
+                    drained();
+                    const std::size_t want = net::buffer_size(b);
+                    // The caller's executor stays bound to the read.
+                    auto ex = net::get_associated_executor(h, get_executor());
+                    st->next.async_read_some(
+                        b, net::bind_executor(ex, [st, want, h = std::move(h)](
+                                                      beast::error_code ec, std::size_t n) mutable {
+                            if (!ec && n == want && want > 0) {
+                                read_ahead(*st);
+                            }
+                            std::move(h)(ec, n);
+                        }));
+                },
+                handler, buffers);
+        }
     }
     template <class ConstBufferSequence, class WriteHandler>
     auto async_write_some(const ConstBufferSequence& buffers, WriteHandler&& handler)
@@ -160,8 +200,49 @@ private:
         beast::error_code error;
         std::function<void()> on_flushed;
         std::function<void()> on_drained;
+        std::string ahead;           ///< read ahead, not yet handed up
+        std::size_t ahead_pos = 0;   ///< first byte of ahead not handed up
         std::vector<std::function<void(beast::error_code)>> after_flush;
     };
+
+    /// Read-ahead only where a non-blocking read of the socket is a whole read (plain TCP).
+    static constexpr bool k_read_ahead = std::is_same_v<NextLayer, beast::tcp_stream>;
+    static constexpr std::size_t k_ahead_max = 64 * 1024;
+
+    /// After a read that filled the caller's buffer: what else the socket holds now (up to
+    /// 64 KiB), without waiting. Errors and end of stream are left for the next read to find.
+    static void read_ahead(state& st)
+    {
+        if constexpr (k_read_ahead) {
+            auto& sock = st.next.socket();
+            beast::error_code ec;
+            if (!sock.non_blocking()) {
+                sock.non_blocking(true, ec);
+                if (ec) {
+                    return;
+                }
+            }
+            thread_local std::array<char, k_ahead_max> scratch;
+            const std::size_t n = sock.read_some(net::buffer(scratch), ec);
+            if (!ec && n > 0) {
+                st.ahead.assign(scratch.data(), n);
+                st.ahead_pos = 0;
+            }
+        }
+    }
+
+    template <class MutableBufferSequence>
+    static std::size_t take_ahead(state& st, const MutableBufferSequence& buffers)
+    {
+        const std::size_t n = net::buffer_copy(
+            buffers, net::buffer(st.ahead.data() + st.ahead_pos, st.ahead.size() - st.ahead_pos));
+        st.ahead_pos += n;
+        if (st.ahead_pos == st.ahead.size()) {
+            std::string().swap(st.ahead);  // nothing is kept between bursts
+            st.ahead_pos = 0;
+        }
+        return n;
+    }
 
     void drained()
     {

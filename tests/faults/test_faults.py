@@ -24,8 +24,8 @@ import websocket
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from conftest import ManagedProcess, clean_child_env, free_port, kernelgate_binary  # noqa: E402
-from kg_client import (LEGACY, V1, ChannelClient, Deadline, RestClient, encode_v1,  # noqa: E402
-                       expect, make_msg, poll_until)
+from kg_client import (LEGACY, V1, ChannelClient, Deadline, RestClient,  # noqa: E402
+                       encode_legacy_text, encode_v1, expect, make_msg, poll_until)
 
 # websocket-client 1.2.3 refuses close code 1013 ("Try Again Later", registered with IANA for
 # RFC 6455 and accepted by browsers); let it through so the test can read the code we send.
@@ -143,6 +143,43 @@ def test_output_bursts_leave_in_batched_socket_writes(fgw, protocol):
     # A burst leaves in batches: far fewer socket writes than frames (one write per frame
     # would make them equal).
     assert 0 < writes <= frames // 2, (frames, writes)
+    ch.close()
+
+
+@pytest.mark.parametrize("protocol", [V1, LEGACY])
+def test_a_burst_of_requests_in_one_tcp_write_is_answered_whole_and_in_order(fgw, protocol):
+    """The gateway reads a client's burst ahead (up to 64 KiB per read, Beast asks for 1536
+    bytes) and sends the kernel the requests of one burst together: nothing may be lost,
+    duplicated, reordered or split wrongly at any of those boundaries."""
+    kid = fgw.start()
+    ch = fgw.channel(kid, protocol)
+    assert ch.run("warm-up", timeout=20).reply is not None
+    n = 400  # ~200 KiB of frames: several read-ahead chunks, frames cut at chunk edges
+    requests_ = []
+    wire = bytearray()
+    for i in range(n):
+        # Codes of varying length, so that frame boundaries fall everywhere in a chunk.
+        msg = ch.new_msg("execute_request", {
+            "code": f"burst-{i}-" + "z" * (i * 37 % 700), "silent": False,
+            "store_history": True, "user_expressions": {}, "allow_stdin": False,
+            "stop_on_error": True})
+        requests_.append(msg)
+        if protocol == V1:
+            frame = _abnf.ABNF.create_frame(encode_v1(msg), _abnf.ABNF.OPCODE_BINARY)
+        else:
+            frame = _abnf.ABNF.create_frame(encode_legacy_text(msg), _abnf.ABNF.OPCODE_TEXT)
+        wire += frame.format()
+    ch.ws.sock.sendall(bytes(wire))  # one write: the whole burst at once
+    replies = []
+    deadline = Deadline(120, "all replies of the burst")
+    while len(replies) < n and not deadline.expired():
+        m = ch.recv(timeout=deadline.remaining())
+        if m is not None and m.msg_type == "execute_reply":
+            replies.append(m)
+    assert len(replies) == n, f"{len(replies)} of {n} replies"
+    # One reply per request, in the order sent (the kernel handles a shell socket in order).
+    assert [r.parent_id for r in replies] == [r.msg_id for r in requests_]
+    assert all(r.content["status"] == "ok" for r in replies)
     ch.close()
 
 
