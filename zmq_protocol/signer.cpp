@@ -30,17 +30,20 @@ using mac_ctx_ptr = std::unique_ptr<EVP_MAC_CTX, mac_ctx_deleter>;
     throw std::runtime_error(std::string("kernelgate signer: ") + what + " failed");
 }
 
-/// Value of a lower-case hex digit, or -1 (upper case is refused, as jupyter_client does).
-int hex_value(char c) noexcept
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
+/// Value of each byte as a lower-case hex digit, or -1.
+constexpr std::array<signed char, 256> k_hex_values = [] {
+    std::array<signed char, 256> t{};
+    for (auto& v : t) {
+        v = -1;
     }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
+    for (int c = '0'; c <= '9'; ++c) {
+        t[static_cast<std::size_t>(c)] = static_cast<signed char>(c - '0');
     }
-    return -1;
-}
+    for (int c = 'a'; c <= 'f'; ++c) {
+        t[static_cast<std::size_t>(c)] = static_cast<signed char>(c - 'a' + 10);
+    }
+    return t;
+}();
 
 } // namespace
 
@@ -138,6 +141,21 @@ std::string signer::sign(std::string_view header,
     return hex;
 }
 
+bool signer::parse_hex(std::string_view signature_hex, digest_type& out) noexcept
+{
+    if (signature_hex.size() != hex_size) {
+        return false;
+    }
+    int bad = 0;
+    for (std::size_t i = 0; i < digest_size; ++i) {
+        const int hi = k_hex_values[static_cast<unsigned char>(signature_hex[2 * i])];
+        const int lo = k_hex_values[static_cast<unsigned char>(signature_hex[2 * i + 1])];
+        bad |= hi | lo;  // negative if either is not a digit
+        out[i] = static_cast<unsigned char>(((hi & 0x0f) << 4) | (lo & 0x0f));
+    }
+    return bad >= 0;
+}
+
 bool signer::verify(std::string_view signature_hex,
                     std::string_view header,
                     std::string_view parent_header,
@@ -155,13 +173,8 @@ bool signer::verify(std::string_view signature_hex,
     // Decoding the claimed signature reveals nothing about the key; only the comparison
     // with the expected digest must not depend on where they differ.
     digest_type claimed{};
-    for (std::size_t i = 0; i < digest_size; ++i) {
-        const int hi = hex_value(signature_hex[2 * i]);
-        const int lo = hex_value(signature_hex[2 * i + 1]);
-        if (hi < 0 || lo < 0) {
-            return false;
-        }
-        claimed[i] = static_cast<unsigned char>((hi << 4) | lo);
+    if (!parse_hex(signature_hex, claimed)) {
+        return false;
     }
     digest_type expected{};
     mac(expected, header, parent_header, metadata, content);

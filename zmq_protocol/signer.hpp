@@ -43,6 +43,10 @@ public:
                   std::string_view metadata,
                   std::string_view content) const;
 
+    /// The digest a lower-case hex signature claims (64 characters), or false. Upper case is
+    /// refused, as jupyter_client does.
+    static bool parse_hex(std::string_view signature_hex, digest_type& out) noexcept;
+
     /// Constant-time check of a lower-case hex signature; checks the length (64) first.
     /// On success, *digest (if given) receives the binary digest (a compact replay key).
     bool verify(std::string_view signature_hex,

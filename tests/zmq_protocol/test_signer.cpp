@@ -151,3 +151,31 @@ TEST_CASE("signer: move keeps the key, moved-from is disabled", "[signer]")
     CHECK(c.enabled());
     CHECK(c.verify(jupyter_sig, jupyter_header, "{}", "{}", jupyter_content));
 }
+
+TEST_CASE("signer: parse_hex takes exactly 64 lower-case hex digits", "[signer]")
+{
+    signer::digest_type d{};
+    REQUIRE(signer::parse_hex(jupyter_sig, d));
+    // Back to text: the same 64 characters.
+    static constexpr char digits[] = "0123456789abcdef";
+    std::string again;
+    for (unsigned char b : d) {
+        again += digits[b >> 4];
+        again += digits[b & 0x0f];
+    }
+    CHECK(again == jupyter_sig);
+    CHECK_FALSE(signer::parse_hex(std::string(jupyter_sig).substr(1), d));
+    CHECK_FALSE(signer::parse_hex(std::string(jupyter_sig) + "0", d));
+    CHECK_FALSE(signer::parse_hex("", d));
+    // Every byte that is not a lower-case hex digit, at the first, a middle and the last
+    // position, is refused.
+    for (int c = 0; c < 256; ++c) {
+        const bool digit = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+        for (std::size_t at : {std::size_t{0}, std::size_t{31}, std::size_t{63}}) {
+            std::string s = jupyter_sig;
+            s[at] = static_cast<char>(c);
+            INFO("byte " << c << " at " << at);
+            CHECK(signer::parse_hex(s, d) == digit);
+        }
+    }
+}
