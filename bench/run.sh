@@ -101,7 +101,7 @@ if [ "$MODE" = quick ]; then
     IDLE_KG=200; IDLE_JS=20
 else
     REPEAT="${REPEAT:-3}"
-    ECHO_ARGS=(--start-n 5 --rt 2000 --flood 20000 --window 64 --iopub-flood 10000 --iopub-size 64
+    ECHO_ARGS=(--start-n 5 --rt 2000 --flood 20000 --window 64 --iopub-flood 100000 --iopub-size 64
                --stream-bytes 33554432 --fanout 1,4,16,32 --fanout-rt 300 --fanout-budget 1.5
                --broadcast-clients 16 --broadcast-msgs 10000 --budget 3 --timeout 60)
     # ipykernel: 32 of them take ~20 s of CPU to start per target, so fan-out stops at 16.
