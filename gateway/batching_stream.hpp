@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include <sys/socket.h>
+
 #include "common/asio_fwd.hpp"
 
 namespace kernelgate::gateway {
@@ -27,8 +29,8 @@ namespace kernelgate::gateway {
 /// the next reads, so a burst of requests costs one or two receive calls, not one per 1536
 /// bytes; nothing is held while idle. Over TLS reads go straight to the next layer (it reads
 /// whole records already). on_input_drained marks where each burst of input ends: every byte
-/// received so far has been handed up and the layer above asks for more. Teardown (the end of a WebSocket close) waits until the buffer is written, so a
-/// close frame is not lost.
+/// received so far has been handed up and the layer above asks for more. Teardown (the end
+/// of a WebSocket close) waits until the buffer is written, so a close frame is not lost.
 ///
 /// Thread safety: one thread (the event loop), as the WebSocket stream above it.
 template <class NextLayer>
@@ -214,18 +216,13 @@ private:
     static void read_ahead(state& st)
     {
         if constexpr (k_read_ahead) {
-            auto& sock = st.next.socket();
-            beast::error_code ec;
-            if (!sock.non_blocking()) {
-                sock.non_blocking(true, ec);
-                if (ec) {
-                    return;
-                }
-            }
+            // MSG_DONTWAIT on this one call: the socket's own mode (and so any synchronous
+            // read through it) stays as it was.
             thread_local std::array<char, k_ahead_max> scratch;
-            const std::size_t n = sock.read_some(net::buffer(scratch), ec);
-            if (!ec && n > 0) {
-                st.ahead.assign(scratch.data(), n);
+            const ssize_t n = ::recv(st.next.socket().native_handle(), scratch.data(),
+                                     scratch.size(), MSG_DONTWAIT);
+            if (n > 0) {
+                st.ahead.assign(scratch.data(), static_cast<std::size_t>(n));
                 st.ahead_pos = 0;
             }
         }
