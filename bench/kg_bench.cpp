@@ -319,7 +319,10 @@ incoming summarize(std::string_view channel,
 class client : public std::enable_shared_from_this<client>
 {
 public:
-    explicit client(net::io_context& ioc) : signal_(ioc), session_(zp::new_uuid()) {}
+    explicit client(net::io_context& ioc)
+        : signal_(ioc), watchdog_(ioc), session_(zp::new_uuid())
+    {
+    }
     virtual ~client() = default;
     client(const client&) = delete;
     client& operator=(const client&) = delete;
@@ -343,7 +346,11 @@ public:
             if (clock_type::now() >= until) {
                 co_return std::nullopt;
             }
-            signal_.expires_at(until);
+            arm_watchdog(until);
+            // The signal waits "forever" behind the watchdog: re-arming it is then no
+            // timerfd_settime() per message (asio reprograms the timerfd only for the
+            // earliest timer), so the client's own wake-ups stay cheap.
+            signal_.expires_at(time_point::max());
             waiting_ = true;
             boost::system::error_code ec;
             co_await signal_.async_wait(net::redirect_error(net::use_awaitable, ec));
@@ -389,8 +396,29 @@ protected:
     void count_rejected() noexcept { ++rejected_; }
 
 private:
+    /// Wakes the waiting try_recv() at `until`; armed again only when `until` changes.
+    void arm_watchdog(time_point until)
+    {
+        if (watchdog_at_ == until) {
+            return;
+        }
+        watchdog_at_ = until;
+        watchdog_.expires_at(until);
+        watchdog_.async_wait([weak = weak_from_this()](boost::system::error_code ec) {
+            auto self = weak.lock();
+            if (!ec && self) {
+                self->watchdog_at_ = time_point::min();
+                if (self->waiting_) {
+                    self->signal_.cancel();
+                }
+            }
+        });
+    }
+
     std::deque<incoming> queue_;
     net::steady_timer signal_;  // a condition variable: cancelled when a message is queued
+    net::steady_timer watchdog_;
+    time_point watchdog_at_ = time_point::min();
     bool waiting_ = false;
     bool keep_ = true;
     std::string failure_;
@@ -2025,20 +2053,26 @@ T run_sync(net::io_context& ioc, net::awaitable<T> aw, double hard_limit_s)
         if (!e) {
             out.emplace(std::move(v));
         }
+        ioc.stop();
     });
-    const auto hard = clock_type::now() + std::chrono::duration_cast<clock_type::duration>(
-                                              std::chrono::duration<double>(hard_limit_s));
-    while (!done) {
-        if (clock_type::now() > hard) {
+    // The hard limit is a timer, not a clock check per handler: the loop below runs at
+    // message rate and must not cost the client more than the work itself.
+    net::steady_timer hard(ioc, std::chrono::duration_cast<clock_type::duration>(
+                                    std::chrono::duration<double>(hard_limit_s)));
+    hard.async_wait([](boost::system::error_code ec) {
+        if (!ec) {
             std::cerr << "kg-bench: hard time limit exceeded; giving up\n";
             kill_all_kernels();
             std::_Exit(3);
         }
-        if (ioc.stopped()) {
-            ioc.restart();
-        }
-        ioc.run_one_for(200ms);
+    });
+    while (!done) {
+        ioc.restart();
+        ioc.run();
     }
+    hard.cancel();
+    ioc.restart();
+    ioc.poll();  // the cancelled guard's handler
     if (failure) {
         std::rethrow_exception(failure);
     }

@@ -11,9 +11,9 @@ namespace kernelgate::zmq_protocol {
 /// An empty key disables signing (sign() returns "" and verify() accepts only "").
 /// The key bytes are never logged or exposed.
 ///
-/// The key schedule is computed once; every signature re-initialises one working context
-/// with it (no allocation per message).
-/// Thread safety: one signer per thread/strand (the OpenSSL context is reused, not locked).
+/// The key schedule is computed once (the SHA-256 states after the inner and outer pads);
+/// every signature works on a copy of them on the stack (no allocation per message).
+/// Thread safety: const members may be called from any number of threads at once.
 class signer
 {
 public:

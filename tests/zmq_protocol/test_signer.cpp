@@ -5,6 +5,8 @@
 #include <string>
 
 #include <catch2/catch.hpp>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 using kernelgate::zmq_protocol::signer;
 
@@ -176,6 +178,41 @@ TEST_CASE("signer: parse_hex takes exactly 64 lower-case hex digits", "[signer]"
             s[at] = static_cast<char>(c);
             INFO("byte " << c << " at " << at);
             CHECK(signer::parse_hex(s, d) == digit);
+        }
+    }
+}
+
+TEST_CASE("signer: matches OpenSSL's HMAC for every key length around the block size",
+          "[signer]")
+{
+    // An independent implementation (OpenSSL's one-shot HMAC) over keys of 1..140 bytes
+    // (shorter than, equal to and longer than SHA-256's 64-byte block, which is where
+    // RFC 2104 hashes the key first) and messages crossing block boundaries in every part.
+    std::string key;
+    for (std::size_t klen = 1; klen <= 140; ++klen) {
+        key.push_back(static_cast<char>((klen * 37 + 11) & 0xff));  // binary bytes, NUL too
+        const signer s(key);
+        for (std::size_t mlen : {0u, 1u, 55u, 56u, 63u, 64u, 65u, 119u, 120u, 200u}) {
+            std::string part(mlen, '\0');
+            for (std::size_t i = 0; i < mlen; ++i) {
+                part[i] = static_cast<char>((i * 131 + klen) & 0xff);
+            }
+            const std::string whole = part + "{}" + part + "x";
+            unsigned char md[EVP_MAX_MD_SIZE];
+            unsigned int md_len = 0;
+            REQUIRE(HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+                         reinterpret_cast<const unsigned char*>(whole.data()), whole.size(), md,
+                         &md_len) != nullptr);
+            REQUIRE(md_len == signer::digest_size);
+            std::string expected;
+            for (unsigned int i = 0; i < md_len; ++i) {
+                static constexpr char digits[] = "0123456789abcdef";
+                expected += digits[md[i] >> 4];
+                expected += digits[md[i] & 0x0f];
+            }
+            INFO("key length " << klen << ", part length " << mlen);
+            CHECK(s.sign(part, "{}", part, "x") == expected);
+            CHECK(s.verify(expected, part, "{}", part, "x"));
         }
     }
 }
