@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "zmq_protocol/errc.hpp"
-#include "zmq_protocol/fifo_table.hpp"
 #include "zmq_protocol/message.hpp"
+#include "zmq_protocol/replay_guard.hpp"
 #include "zmq_protocol/result.hpp"
 #include "zmq_protocol/signer.hpp"
 
@@ -22,29 +22,6 @@ struct decode_limits
 {
     std::size_t max_buffers = 1024;
     std::size_t max_total_bytes = 512u * 1024u * 1024u;
-};
-
-/// Remembers recent signatures to reject replays (jupyter_client's digest_history), bounded:
-/// the oldest entries are forgotten first. Keys are the first 128 bits of the binary digests
-/// of verified signatures, in an open-addressing table (see fifo_table).
-class replay_guard
-{
-public:
-    using key_type = signer::digest_type;
-
-    explicit replay_guard(std::size_t capacity = 65536) : seen_(capacity) {}
-    /// true if the digest is new (and records it), false if seen before.
-    bool check_and_insert(const key_type& digest)
-    {
-        return seen_.insert(key128::from_bytes(digest.data()), {});
-    }
-    std::size_t size() const noexcept { return seen_.size(); }
-
-private:
-    struct nothing
-    {
-    };
-    fifo_table<nothing> seen_;
 };
 
 /// Number of frames msg takes on the wire.

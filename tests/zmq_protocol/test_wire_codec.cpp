@@ -7,6 +7,8 @@
 #include <tuple>
 #include <vector>
 
+#include <random>
+#include <cstring>
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
@@ -343,34 +345,95 @@ TEST_CASE("wire: the first delimiter frame ends the identities", "[wire]")
     CHECK(r->buffers == std::vector<std::string>{"<IDS|MSG>"});
 }
 
-TEST_CASE("replay_guard is bounded and forgets the oldest", "[wire]")
+TEST_CASE("replay_guard: a bucket forgets its oldest first", "[wire][replay]")
 {
-    // Keys that share their first (hashed) eight bytes and differ in the second eight: the
-    // guard must compare its whole 128-bit keys, not hashes.
-    auto key = [](char c) {
+    // Digests whose top bits agree share a bucket; the low bits tell them apart.
+    auto key = [](unsigned char c) {
         zp::replay_guard::key_type k{};
         k.fill(0x5a);
-        k[15] = static_cast<unsigned char>(c);
+        k[0] = static_cast<unsigned char>(c << 1);  // the fingerprint's lowest bit is forced
         return k;
     };
-    zp::replay_guard guard(2);
-    CHECK(guard.check_and_insert(key('a')));
-    CHECK(guard.check_and_insert(key('b')));
-    CHECK_FALSE(guard.check_and_insert(key('a')));
-    CHECK(guard.check_and_insert(key('c'))); // evicts "a"
-    CHECK(guard.size() == 2);
-    CHECK_FALSE(guard.check_and_insert(key('b')));
-    CHECK_FALSE(guard.check_and_insert(key('c')));
-    CHECK(guard.check_and_insert(key('a'))); // evicts "b"
-    CHECK(guard.size() == 2);
-    CHECK(guard.check_and_insert(key('b'))); // evicts "c"
-    CHECK_FALSE(guard.check_and_insert(key('a')));
-    CHECK(guard.check_and_insert(key('c')));
+    zp::replay_guard guard(2);  // the smallest table: two buckets of eight
+    for (unsigned char c = 1; c <= zp::replay_guard::ways; ++c) {
+        CHECK(guard.check_and_insert(key(c)));
+    }
+    CHECK(guard.size() == zp::replay_guard::ways);
+    for (unsigned char c = 1; c <= zp::replay_guard::ways; ++c) {
+        CHECK_FALSE(guard.check_and_insert(key(c)));  // all eight remembered
+    }
+    CHECK(guard.check_and_insert(key(9)));   // a ninth in the same bucket evicts key 1
+    CHECK(guard.size() == zp::replay_guard::ways);
+    CHECK_FALSE(guard.check_and_insert(key(2)));
+    CHECK_FALSE(guard.check_and_insert(key(9)));
+    CHECK(guard.check_and_insert(key(1)));   // forgotten, so new again (and it evicts key 2)
+    CHECK(guard.check_and_insert(key(2)));
+    CHECK_FALSE(guard.check_and_insert(key(1)));
+
+    // Keys differing only past the fingerprint's 8 bytes are one digest to the guard: for
+    // HMAC outputs that is a 2^-64 coincidence, for this test a documented limit.
+    auto same_fp = key(9);
+    same_fp[20] ^= 0xff;
+    CHECK_FALSE(guard.check_and_insert(same_fp));
 
     zp::replay_guard none(0);
-    CHECK(none.check_and_insert(key('a')));
-    CHECK(none.check_and_insert(key('a')));
+    CHECK(none.check_and_insert(key(1)));
+    CHECK(none.check_and_insert(key(1)));
     CHECK(none.size() == 0);
+    CHECK(none.table_bytes() == 0);
+}
+
+TEST_CASE("replay_guard: remembers the recent history of random digests, in 1 MiB",
+          "[wire][replay]")
+{
+    // Digests are HMAC outputs: uniformly random. Feed 2^20 of them through a guard sized
+    // like jupyter_client's history (2^16), checking replays of older ones as it goes.
+    constexpr std::size_t capacity = 65536;
+    constexpr std::size_t total = 1u << 20;
+    zp::replay_guard guard(capacity);
+    std::mt19937_64 rng(20261129);
+    std::vector<zp::replay_guard::key_type> keys(total);
+    for (auto& k : keys) {
+        for (std::size_t i = 0; i < k.size(); i += 8) {
+            const std::uint64_t v = rng();
+            std::memcpy(k.data() + i, &v, 8);
+        }
+    }
+    std::size_t fresh = 0;
+    for (const auto& k : keys) {
+        fresh += guard.check_and_insert(k) ? 1 : 0;
+    }
+    CHECK(fresh == total);  // no new digest was taken for a replay
+    CHECK(guard.size() <= 2 * capacity);
+    CHECK(guard.table_bytes() <= 1024u * 1024u);
+
+    // Replays, newest first: every one of the last capacity/4 is caught, and nearly all of
+    // the last capacity. (Each check of a replay inserts nothing: the guard is unchanged.)
+    std::size_t caught_quarter = 0;
+    std::size_t caught_all = 0;
+    for (std::size_t back = 1; back <= capacity; ++back) {
+        const bool caught = !guard.check_and_insert(keys[total - back]);
+        caught_all += caught ? 1 : 0;
+        if (back <= capacity / 4) {
+            caught_quarter += caught ? 1 : 0;
+        }
+    }
+    CHECK(caught_quarter == capacity / 4);
+    CHECK(caught_all >= capacity * 90 / 100);
+    INFO("caught " << caught_all << " of the last " << capacity);
+
+    // Growth keeps what was learnt, and a table below its full size forgets nothing: a
+    // guard that doubled its table many times over a short history catches all of it.
+    zp::replay_guard small(capacity);
+    for (std::size_t i = 0; i < 5000; ++i) {
+        REQUIRE(small.check_and_insert(keys[i]));
+    }
+    std::size_t caught_small = 0;
+    for (std::size_t i = 0; i < 5000; ++i) {
+        caught_small += small.check_and_insert(keys[i]) ? 0 : 1;
+    }
+    CHECK(caught_small == 5000);
+    CHECK(small.table_bytes() < 1024u * 1024u);  // it grew only as far as it needed
 }
 
 TEST_CASE("wire error category", "[wire]")
