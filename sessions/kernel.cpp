@@ -176,14 +176,15 @@ void kernel::on_kernel_message(zp::channel ch, zp::message&& msg)
     last_activity_ = clock::now();
     auto ev = std::make_shared<kernel_event>();
     ev->channel = ch;
-    ev->msg_type = zp::json_string_field(msg.header, "msg_type").value_or("");
+    std::string scratch;  // decoded values with escapes (rare); views into msg otherwise
+    ev->msg_type = zp::json_string_field_view(msg.header, "msg_type", scratch).value_or("");
     ev->droppable = ch == zp::channel::iopub && is_droppable(ev->msg_type);
 
     if (on_ready_) {
         if (ch == zp::channel::iopub) {
             got_iopub_ = true;
         } else if (ev->msg_type == "kernel_info_reply") {
-            const auto parent = zp::json_string_field(msg.parent_header, "msg_id");
+            const auto parent = zp::json_string_field_view(msg.parent_header, "msg_id", scratch);
             if (parent && std::find(nudge_ids_.begin(), nudge_ids_.end(), *parent) !=
                               nudge_ids_.end()) {
                 got_info_reply_ = true;
@@ -219,14 +220,14 @@ void kernel::on_kernel_message(zp::channel ch, zp::message&& msg)
             nudge_ids_.clear();  // late answers to nudges are long gone: stop checking
         }
         if (!nudge_ids_.empty()) {
-            const auto parent = zp::json_string_field(msg.parent_header, "msg_id");
+            const auto parent = zp::json_string_field_view(msg.parent_header, "msg_id", scratch);
             if (parent && std::find(nudge_ids_.begin(), nudge_ids_.end(), *parent) !=
                               nudge_ids_.end()) {
                 return;
             }
         }
         if (ev->msg_type == "status") {
-            if (auto st = zp::json_string_field(msg.content, "execution_state")) {
+            if (auto st = zp::json_string_field_view(msg.content, "execution_state", scratch)) {
                 state_ = *st;
             }
         }
@@ -235,7 +236,7 @@ void kernel::on_kernel_message(zp::channel ch, zp::message&& msg)
         return;
     }
     // A reply: to the session that asked. Replies to our own nudges go nowhere.
-    const auto parent = zp::json_string_field(msg.parent_header, "msg_id");
+    const auto parent = zp::json_string_field_view(msg.parent_header, "msg_id", scratch);
     if (!parent) {
         return;
     }
@@ -251,12 +252,21 @@ void kernel::on_kernel_message(zp::channel ch, zp::message&& msg)
 void kernel::dispatch(const kernel_event_ptr& ev, const std::uint64_t* target_session)
 {
     bool delivered = false;
-    // Copy: a sink's deliver may close it, which detaches it from sinks_.
-    const auto sinks = sinks_;
-    for (const auto& s : sinks) {
+    auto deliver_to = [&](const std::shared_ptr<client_sink>& s) {
         if (target_session == nullptr || session_hash(s->session_id()) == *target_session) {
             s->deliver(ev);
             delivered = true;
+        }
+    };
+    // A sink's deliver may close it, which detaches it from sinks_: work on a copy (of the
+    // one pointer, in the usual case of one client, rather than of the vector).
+    if (sinks_.size() == 1) {
+        const auto only = sinks_.front();
+        deliver_to(only);
+    } else if (!sinks_.empty()) {
+        const auto sinks = sinks_;
+        for (const auto& s : sinks) {
+            deliver_to(s);
         }
     }
     if (delivered || !buffering_) {

@@ -11,7 +11,18 @@ namespace kernelgate::zmq_protocol {
 /// Reads the string value of a key at the top level of a JSON object text without building a
 /// DOM (the hot path only needs msg_id / msg_type / execution_state). Keys nested deeper are
 /// skipped. Falls back to a full parse when the value holds escapes.
-inline std::optional<std::string> json_string_field(std::string_view text, std::string_view key)
+namespace detail {
+
+/// Where a top-level string value sits in text: its raw characters between the quotes, and
+/// whether they hold escapes.
+struct raw_string_value
+{
+    std::string_view raw;
+    bool escaped = false;
+};
+
+inline std::optional<raw_string_value> find_string_field(std::string_view text,
+                                                         std::string_view key)
 {
     int depth = 0;
     bool expect_key = false;
@@ -80,16 +91,59 @@ inline std::optional<std::string> json_string_field(std::string_view text, std::
         if (ve >= text.size()) {
             return std::nullopt;
         }
-        if (!vesc) {
-            return std::string(text.substr(vs, ve - vs));
-        }
-        const auto j2 = nlohmann::json::parse(text.substr(k, ve - k + 1), nullptr, false);
-        if (j2.is_string()) {
-            return j2.get<std::string>();
-        }
-        return std::nullopt;
+        return raw_string_value{text.substr(vs, ve - vs), vesc};
     }
     return std::nullopt;
+}
+
+/// The value of a raw string with escapes, decoded by a full JSON parse.
+inline std::optional<std::string> unescape(std::string_view raw)
+{
+    std::string quoted;
+    quoted.reserve(raw.size() + 2);
+    quoted += '"';
+    quoted += raw;
+    quoted += '"';
+    const auto j = nlohmann::json::parse(quoted, nullptr, false);
+    if (j.is_string()) {
+        return j.get<std::string>();
+    }
+    return std::nullopt;
+}
+
+} // namespace detail
+
+inline std::optional<std::string> json_string_field(std::string_view text, std::string_view key)
+{
+    const auto v = detail::find_string_field(text, key);
+    if (!v) {
+        return std::nullopt;
+    }
+    if (!v->escaped) {
+        return std::string(v->raw);
+    }
+    return detail::unescape(v->raw);
+}
+
+/// json_string_field without an allocation in the usual case: a view into text when the value
+/// has no escapes, else a view of its decoded value in scratch (valid until scratch changes).
+inline std::optional<std::string_view> json_string_field_view(std::string_view text,
+                                                              std::string_view key,
+                                                              std::string& scratch)
+{
+    const auto v = detail::find_string_field(text, key);
+    if (!v) {
+        return std::nullopt;
+    }
+    if (!v->escaped) {
+        return v->raw;
+    }
+    auto decoded = detail::unescape(v->raw);
+    if (!decoded) {
+        return std::nullopt;
+    }
+    scratch = std::move(*decoded);
+    return std::string_view(scratch);
 }
 
 } // namespace kernelgate::zmq_protocol
