@@ -35,6 +35,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -42,6 +43,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -53,6 +55,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <random>
 #include <set>
 #include <sstream>
 #include <stdexcept>
@@ -65,6 +68,9 @@
 #include <nlohmann/json.hpp>
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
+
+#include <boost/beast/core/detail/base64.hpp>
+#include <openssl/evp.h>
 
 #include "common/asio_fwd.hpp"
 #include "gateway/batching_stream.hpp"
@@ -506,47 +512,73 @@ struct gateway_url
     std::string host_header() const { return host + ":" + std::to_string(port); }
 };
 
-/// WebSocket client through a gateway (Boost.Beast), v1 or legacy frames.
+/// WebSocket client through a gateway, v1 or legacy frames.
+///
+/// The handshake is Beast's HTTP over the socket; the frames are read and written here
+/// (RFC 6455 client side: masked frames out, unmasked frames in). Every read decodes all the
+/// complete frames it brought in one go, and the writes of one turn of the loop leave in one
+/// send(): the same batching libzmq gives the direct client (its I/O thread reads 8 KiB at a
+/// time and decodes every message in it, and writes whatever queued), so the two clients
+/// pay comparable costs per message and the ratios show the gateway's. A client that went
+/// through Beast's WebSocket stream paid a post and an event-loop round per frame, and in an
+/// iopub flood it, not the gateway, was the bottleneck.
 class ws_client final : public client
 {
 public:
-    ws_client(net::io_context& ioc, bool v1) : client(ioc), ws_(ioc), v1_(v1) {}
+    ws_client(net::io_context& ioc, bool v1)
+        : client(ioc), stream_(ioc), close_timer_(ioc), v1_(v1), mask_state_(mask_seed())
+    {
+    }
 
     net::awaitable<void> open(const gateway_url& gw,
                               const std::string& token,
                               const std::string& kernel_id,
                               time_point deadline)
     {
-        auto& tcp_layer = beast::get_lowest_layer(ws_);
+        auto& tcp_layer = stream_.next_layer();
         tcp_layer.expires_at(deadline);
         co_await tcp_layer.async_connect(gw.endpoint(), net::use_awaitable);
         tcp_layer.socket().set_option(tcp::no_delay(true));
+
+        std::array<unsigned char, 16> nonce{};
+        for (auto& b : nonce) {
+            b = static_cast<unsigned char>(next_mask());
+        }
+        const std::string key = base64(nonce.data(), nonce.size());
+        http::request<http::empty_body> req{
+            http::verb::get,
+            gw.base + "/api/kernels/" + kernel_id + "/channels?session_id=" + session(), 11};
+        req.set(http::field::host, gw.host_header());
+        req.set(http::field::upgrade, "websocket");
+        req.set(http::field::connection, "Upgrade");
+        req.set(http::field::sec_websocket_key, key);
+        req.set(http::field::sec_websocket_version, "13");
+        req.set(http::field::authorization, "token " + token);
+        if (v1_) {
+            req.set(http::field::sec_websocket_protocol, std::string(gateway::v1_subprotocol));
+        }
+        co_await http::async_write(tcp_layer, req, net::use_awaitable);
+        beast::flat_buffer hs_buf;
+        http::response_parser<http::empty_body> parser;
+        parser.skip(true);  // a 101 has no body
+        co_await http::async_read_header(tcp_layer, hs_buf, parser, net::use_awaitable);
         tcp_layer.expires_never();
-        websocket::stream_base::timeout to{};
-        to.handshake_timeout = std::max<clock_type::duration>(deadline - clock_type::now(), 1ms);
-        to.idle_timeout = websocket::stream_base::none();
-        to.keep_alive_pings = false;
-        ws_.set_option(to);
-        ws_.read_message_max(1ULL << 30);
-        ws_.auto_fragment(false);
-        const std::string auth = "token " + token;
-        const bool v1 = v1_;
-        ws_.set_option(websocket::stream_base::decorator([auth, v1](websocket::request_type& req) {
-            req.set(http::field::authorization, auth);
-            if (v1) {
-                req.set(http::field::sec_websocket_protocol, std::string(gateway::v1_subprotocol));
-            }
-        }));
-        websocket::response_type res;
-        const std::string target =
-            gw.base + "/api/kernels/" + kernel_id + "/channels?session_id=" + session();
-        co_await ws_.async_handshake(res, gw.host_header(), target, net::use_awaitable);
+        const auto& res = parser.get();
+        if (res.result() != http::status::switching_protocols) {
+            throw bench_error("WebSocket upgrade refused: HTTP " +
+                              std::to_string(res.result_int()));
+        }
+        if (to_sv(res[http::field::sec_websocket_accept]) != accept_for(key)) {
+            throw bench_error("WebSocket upgrade: wrong Sec-WebSocket-Accept");
+        }
         // A server that does not take the subprotocol speaks legacy JSON.
         v1_ = v1_ && to_sv(res[http::field::sec_websocket_protocol]) == gateway::v1_subprotocol;
-        ws_.binary(v1_);
+        // Frames that came in with the response.
+        const auto rest = hs_buf.data();
+        in_.assign(static_cast<const char*>(rest.data()), rest.size());
         open_ = true;
         auto self = std::static_pointer_cast<ws_client>(shared_from_this());
-        net::co_spawn(ws_.get_executor(), self->pump(self), report_exception("WebSocket reader"));
+        net::co_spawn(stream_.get_executor(), self->pump(self), report_exception("WebSocket reader"));
     }
 
     bool v1() const noexcept { return v1_; }
@@ -556,25 +588,17 @@ public:
         if (!open_) {
             throw bench_error("send on a closed WebSocket");
         }
-        if (writing_) {
-            throw bench_error("kg-bench bug: two writes in flight on one WebSocket");
-        }
         if (v1_) {
-            out_ = gateway::encode_v1(channel, msg);
+            write_frame(0x2, gateway::encode_v1(channel, msg));
         } else {
             auto f = gateway::encode_legacy(channel, msg);
-            out_ = std::move(f.data);
+            write_frame(f.binary ? 0x2 : 0x1, f.data);
         }
-        writing_ = true;
-        beast::error_code ec;
-        co_await ws_.async_write(net::buffer(out_), net::redirect_error(net::use_awaitable, ec));
-        writing_ = false;
-        if (ec) {
-            throw bench_error("WebSocket write: " + ec.message());
-        }
+        co_return;
     }
 
-    /// Starts a polite close (close frame, one second at most), then drops the socket.
+    /// Starts a polite close (close frame, one second at most for the answer), then drops
+    /// the socket.
     void close() override
     {
         if (closed_) {
@@ -586,39 +610,268 @@ public:
             return;
         }
         open_ = false;
-        websocket::stream_base::timeout to{};
-        to.handshake_timeout = 1s;  // also bounds the closing handshake
-        to.idle_timeout = websocket::stream_base::none();
-        to.keep_alive_pings = false;
-        ws_.set_option(to);
-        auto self = std::static_pointer_cast<ws_client>(shared_from_this());
-        ws_.async_close(websocket::close_code::normal,
-                        [self](beast::error_code) { self->drop(); });
+        const std::array<char, 2> code{static_cast<char>(1000 >> 8), static_cast<char>(1000 & 0xff)};
+        write_frame(0x8, std::string_view(code.data(), code.size()));
+        close_timer_.expires_after(1s);
+        close_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+            if (!ec) {
+                std::static_pointer_cast<ws_client>(self)->drop();
+            }
+        });
     }
 
 private:
+    static constexpr std::uint64_t k_max_frame = 1ULL << 30;
+
+    static std::uint64_t mask_seed()
+    {
+        std::random_device rd;
+        return (std::uint64_t{rd()} << 32) ^ rd() ^ 0x9e3779b97f4a7c15ULL;
+    }
+    std::uint32_t next_mask() noexcept  // xorshift64*: masks need not be secret here
+    {
+        mask_state_ ^= mask_state_ >> 12;
+        mask_state_ ^= mask_state_ << 25;
+        mask_state_ ^= mask_state_ >> 27;
+        return static_cast<std::uint32_t>((mask_state_ * 0x2545f4914f6cdd1dULL) >> 32);
+    }
+
+    static std::string base64(const unsigned char* p, std::size_t n)
+    {
+        std::string out(beast::detail::base64::encoded_size(n), '\0');
+        out.resize(beast::detail::base64::encode(out.data(), p, n));
+        return out;
+    }
+    static std::string accept_for(const std::string& key)
+    {
+        const std::string in = key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned int len = 0;
+        if (EVP_Digest(in.data(), in.size(), md, &len, EVP_sha1(), nullptr) != 1) {
+            throw bench_error("SHA-1 failed");
+        }
+        return base64(md, len);
+    }
+
+    /// One masked frame (FIN set) appended to the batching layer: it leaves with everything
+    /// else written in this turn of the loop.
+    void write_frame(unsigned opcode, std::string_view payload)
+    {
+        std::string& f = frame_;
+        f.clear();
+        f.push_back(static_cast<char>(0x80 | opcode));
+        const std::uint64_t n = payload.size();
+        if (n < 126) {
+            f.push_back(static_cast<char>(0x80 | n));
+        } else if (n < 65536) {
+            f.push_back(static_cast<char>(0x80 | 126));
+            f.push_back(static_cast<char>(n >> 8));
+            f.push_back(static_cast<char>(n & 0xff));
+        } else {
+            f.push_back(static_cast<char>(0x80 | 127));
+            for (int shift = 56; shift >= 0; shift -= 8) {
+                f.push_back(static_cast<char>((n >> shift) & 0xff));
+            }
+        }
+        const std::uint32_t m = next_mask();
+        const std::array<unsigned char, 4> key{static_cast<unsigned char>(m >> 24),
+                                               static_cast<unsigned char>(m >> 16),
+                                               static_cast<unsigned char>(m >> 8),
+                                               static_cast<unsigned char>(m)};
+        f.append(reinterpret_cast<const char*>(key.data()), key.size());
+        const std::size_t at = f.size();
+        f.append(payload);
+        for (std::size_t i = 0; i < payload.size(); ++i) {
+            f[at + i] = static_cast<char>(static_cast<unsigned char>(f[at + i]) ^ key[i & 3]);
+        }
+        beast::error_code ec;
+        stream_.write_some(net::buffer(f), ec);  // appends; never blocks
+        if (ec) {
+            open_ = false;
+            fail("WebSocket write: " + ec.message());
+        }
+    }
+
     void drop()
     {
+        close_timer_.cancel();
         beast::error_code ignored;
-        auto& sock = beast::get_lowest_layer(ws_).socket();
+        auto& sock = stream_.next_layer().socket();
         sock.shutdown(tcp::socket::shutdown_both, ignored);
         sock.close(ignored);
     }
 
+    /// Reads and decodes until the connection ends: waits until the socket is readable, then
+    /// reads what is there into one scratch buffer (per thread) and decodes every complete
+    /// frame; only the start of an incomplete frame is kept (in_), so an idle client holds
+    /// no buffer.
     net::awaitable<void> pump(std::shared_ptr<ws_client> /*keeps this alive*/)
     {
+        if (!feed(nullptr, 0)) {  // frames that came in with the handshake's response
+            co_return;
+        }
+        auto& sock = stream_.next_layer().socket();
         for (;;) {
             beast::error_code ec;
-            co_await ws_.async_read(buf_, net::redirect_error(net::use_awaitable, ec));
+            co_await sock.async_wait(tcp::socket::wait_read,
+                                     net::redirect_error(net::use_awaitable, ec));
             if (ec) {
                 open_ = false;
                 fail(closed_ ? "closed by kg-bench" : "WebSocket read: " + ec.message());
                 co_return;
             }
-            const auto data = buf_.data();
-            decode({static_cast<const char*>(data.data()), data.size()}, ws_.got_binary());
-            buf_.consume(buf_.size());
+            for (;;) {
+                thread_local std::array<char, 64 * 1024> scratch;
+                const ssize_t n = ::recv(sock.native_handle(), scratch.data(), scratch.size(),
+                                         MSG_DONTWAIT);
+                if (n > 0) {
+                    if (!feed(scratch.data(), static_cast<std::size_t>(n))) {
+                        co_return;  // closed
+                    }
+                    if (static_cast<std::size_t>(n) < scratch.size()) {
+                        break;  // read everything there was
+                    }
+                    continue;
+                }
+                if (n < 0 && errno == EINTR) {
+                    continue;
+                }
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                    break;
+                }
+                open_ = false;
+                fail(closed_ ? "closed by kg-bench"
+                     : n == 0 ? "WebSocket read: the gateway closed the connection"
+                              : std::string("WebSocket read: ") + std::strerror(errno));
+                co_return;
+            }
         }
+    }
+
+    /// Decodes what arrived (after what in_ holds). false once the connection is closed.
+    bool feed(const char* data, std::size_t n)
+    {
+        std::size_t used = 0;
+        if (in_.empty()) {
+            if (n == 0) {
+                return true;
+            }
+            if (!decode_frames(std::string_view(data, n), used)) {
+                return false;
+            }
+            in_.assign(data + used, n - used);
+            return true;
+        }
+        if (n > 0) {
+            in_.append(data, n);
+        }
+        if (!decode_frames(in_, used)) {
+            return false;
+        }
+        in_.erase(0, used);
+        if (in_.empty() && in_.capacity() > 64 * 1024) {
+            std::string().swap(in_);  // a big frame's buffer is not kept
+        }
+        return true;
+    }
+
+    /// Decodes every complete frame at the start of data; used: the bytes they took.
+    bool decode_frames(std::string_view data, std::size_t& used)
+    {
+        std::size_t pos = 0;
+        const auto* p = reinterpret_cast<const unsigned char*>(data.data());
+        while (data.size() - pos >= 2) {
+            const unsigned b0 = p[pos];
+            const unsigned b1 = p[pos + 1];
+            const bool fin = (b0 & 0x80) != 0;
+            const unsigned opcode = b0 & 0x0f;
+            const unsigned len7 = b1 & 0x7f;
+            const std::size_t header = 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0);
+            if ((b1 & 0x80) != 0 || (b0 & 0x70) != 0) {
+                return protocol_error("masked or extension frame from the server");
+            }
+            if (data.size() - pos < header) {
+                break;
+            }
+            std::uint64_t len = len7;
+            if (len7 >= 126) {
+                len = 0;
+                for (std::size_t i = 2; i < header; ++i) {
+                    len = (len << 8) | p[pos + i];
+                }
+            }
+            if (len > k_max_frame) {
+                return protocol_error("frame over 1 GiB");
+            }
+            if (data.size() - pos - header < len) {
+                break;
+            }
+            const std::string_view payload = data.substr(pos + header, static_cast<std::size_t>(len));
+            pos += header + static_cast<std::size_t>(len);
+            if (!on_frame(fin, opcode, payload)) {
+                return false;
+            }
+        }
+        used = pos;
+        return true;
+    }
+
+    bool on_frame(bool fin, unsigned opcode, std::string_view payload)
+    {
+        switch (opcode) {
+        case 0x1:
+        case 0x2:
+            if (fin) {
+                decode(payload, opcode == 0x2);
+            } else {
+                fragments_.assign(payload);
+                fragments_binary_ = opcode == 0x2;
+            }
+            return true;
+        case 0x0:
+            fragments_.append(payload);
+            if (fin) {
+                decode(fragments_, fragments_binary_);
+                std::string().swap(fragments_);
+            }
+            return true;
+        case 0x8: {  // close: answer it (unless ours started it), then the connection ends
+            const bool ours = closed_;
+            if (!ours) {
+                closed_ = true;
+                write_frame(0x8, payload.substr(0, std::min<std::size_t>(payload.size(), 2)));
+            }
+            open_ = false;
+            std::string why = ours ? "closed by kg-bench" : "closed by the gateway";
+            if (!ours && payload.size() >= 2) {
+                why += " (code " +
+                       std::to_string((static_cast<unsigned char>(payload[0]) << 8) |
+                                      static_cast<unsigned char>(payload[1])) +
+                       ")";
+            }
+            fail(why);
+            close_timer_.expires_after(1s);  // our close frame goes out first
+            close_timer_.async_wait([self = shared_from_this()](boost::system::error_code) {
+                std::static_pointer_cast<ws_client>(self)->drop();
+            });
+            return false;
+        }
+        case 0x9:  // ping: pong with the same payload
+            write_frame(0xA, payload);
+            return true;
+        case 0xA:
+            return true;
+        default:
+            return protocol_error("unknown opcode");
+        }
+    }
+
+    bool protocol_error(const char* what)
+    {
+        open_ = false;
+        fail(std::string("WebSocket protocol error from the gateway: ") + what);
+        drop();
+        return false;
     }
 
     static std::uint64_t le64(std::string_view s, std::size_t at)
@@ -705,16 +958,16 @@ private:
         deliver(summarize(channel, header, parent, content));
     }
 
-    // Writes of one turn of the loop leave in one send(), as libzmq batches the direct
-    // client's (its I/O thread writes whatever queued while it was busy): the two clients
-    // pay the same per-message cost, so the gateway's is what the ratios show.
-    websocket::stream<gateway::batching_stream<beast::tcp_stream>> ws_;
-    beast::flat_buffer buf_;
-    std::string out_;
+    gateway::batching_stream<beast::tcp_stream> stream_;  ///< batched writes, reads ahead
+    net::steady_timer close_timer_;
     bool v1_;
     bool open_ = false;
     bool closed_ = false;
-    bool writing_ = false;
+    std::uint64_t mask_state_;
+    std::string in_;         ///< received, not yet decoded (the start of a frame)
+    std::string frame_;      ///< the frame being written
+    std::string fragments_;  ///< a fragmented message so far
+    bool fragments_binary_ = false;
 };
 
 /// Direct ZeroMQ client of a kernel: shell and control DEALERs, an iopub SUB, driven by the
