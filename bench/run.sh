@@ -257,7 +257,7 @@ bench() {
     local log="$OUT/logs/$(basename "${file%.json}")"
     echo "== $label / $kernel: $scenarios" >&2
     if ! "$BENCH" --label "$label" --kernel "$kernel" --dialect "$dialect" --scenarios "$scenarios" \
-            --repeat "$REPEAT" "${counts[@]}" --json "$file" "$@" > "$log.out" 2> "$log.err"; then
+            --repeat "${BENCH_REPEAT:-$REPEAT}" "${counts[@]}" --json "$file" "$@" > "$log.out" 2> "$log.err"; then
         echo "run.sh: kg-bench failed for $label/$kernel (log $log.err):" >&2
         tail -5 "$log.err" >&2
         return 1
@@ -274,47 +274,80 @@ T0=$SECONDS
 echo "run.sh: mode $MODE, $REPEAT repeat(s), targets $TARGETS, kernels $KERNELS; output $OUT" >&2
 FAILED=0
 
-# ---- 1. direct ZeroMQ: the physical limit ---------------------------------------------------
-if has "$TARGETS" direct; then
-    mkdir -p "$WORK/direct"
-    for kernel in echo python3; do
-        has "$KERNELS" "$kernel" || continue
-        bench direct "$kernel" "$DATA_SCENARIOS" --target direct \
-            --kernelspec "$SHARE/kernels/$kernel" --runtime-dir "$WORK/direct" || FAILED=1
+# ---- 1. idle WebSockets on kernelgate ---------------------------------------------------
+# A fresh gateway for each repeat: memory freed by one run is reused by the next and would
+# hide the cost.
+if has "$TARGETS" kernelgate && has "$KERNELS" echo; then
+    for r in $(seq 1 "$REPEAT"); do
+        start_gateway kernelgate
+        # shellcheck disable=SC2046
+        bench kernelgate echo idle_ws $(gateway_args v1) --idle "$IDLE_KG" || FAILED=1
+        stop_gateway
     done
 fi
 
-# ---- 2. gateways -------------------------------------------------------------------------
-# idle_ws needs a fresh gateway for each repeat (memory freed by one run is reused by the
-# next and would hide the cost); the data-path scenarios then run on the last of them.
-for t in kernelgate jupyter-server jupyter-server-nodelay; do
-    has "$TARGETS" "$t" || { [ "$t" = kernelgate ] && has "$TARGETS" kernelgate-legacy; } || continue
-    n=$IDLE_KG
-    [ "$t" = kernelgate ] || n=$IDLE_JS
+# ---- 2. direct ZeroMQ (the physical limit) and kernelgate, taking turns --------------------
+# The ratios kernelgate/direct compare runs made minutes apart on a machine whose speed
+# drifts (a shared VM). Each repeat runs both, one scenario set each, in alternating order
+# (direct first, then kernelgate first, ...), so drift lands on both sides alike. report.py
+# pools the repeats.
+run_direct() {  # $1 kernel
+    mkdir -p "$WORK/direct"
+    BENCH_REPEAT=1 bench direct "$1" "$DATA_SCENARIOS" --target direct \
+        --kernelspec "$SHARE/kernels/$1" --runtime-dir "$WORK/direct" || FAILED=1
+}
+run_kernelgate() {  # $1 kernel
+    if has "$TARGETS" kernelgate; then
+        # shellcheck disable=SC2046
+        BENCH_REPEAT=1 bench kernelgate "$1" "$DATA_SCENARIOS" $(gateway_args v1) || FAILED=1
+    fi
+    if [ "$1" = echo ] && has "$TARGETS" kernelgate-legacy; then
+        # shellcheck disable=SC2046
+        BENCH_REPEAT=1 bench kernelgate-legacy echo "$LEGACY_SCENARIOS" $(gateway_args legacy) \
+            || FAILED=1
+    fi
+}
+KG_DATA=0
+{ has "$TARGETS" kernelgate || has "$TARGETS" kernelgate-legacy; } && KG_DATA=1
+if has "$TARGETS" direct || [ "$KG_DATA" = 1 ]; then
+    [ "$KG_DATA" = 1 ] && start_gateway kernelgate
+    for r in $(seq 1 "$REPEAT"); do
+        for kernel in echo python3; do
+            has "$KERNELS" "$kernel" || continue
+            if [ $((r % 2)) = 1 ]; then
+                has "$TARGETS" direct && run_direct "$kernel"
+                [ "$KG_DATA" = 1 ] && run_kernelgate "$kernel"
+            else
+                [ "$KG_DATA" = 1 ] && run_kernelgate "$kernel"
+                has "$TARGETS" direct && run_direct "$kernel"
+            fi
+        done
+    done
+    [ "$KG_DATA" = 1 ] && stop_gateway
+fi
+
+# ---- 3. Jupyter Server, default and nodelay ------------------------------------------------
+# idle_ws needs a fresh server for each repeat; the data-path scenarios then run on the last.
+for t in jupyter-server jupyter-server-nodelay; do
+    has "$TARGETS" "$t" || continue
     for r in $(seq 1 "$REPEAT"); do
         start_gateway "$t"
-        if has "$TARGETS" "$t" && has "$KERNELS" echo; then
+        if has "$KERNELS" echo; then
             # shellcheck disable=SC2046
-            bench "$t" echo idle_ws $(gateway_args v1) --idle "$n" || FAILED=1
+            bench "$t" echo idle_ws $(gateway_args v1) --idle "$IDLE_JS" || FAILED=1
         fi
         if [ "$r" = "$REPEAT" ]; then
             for kernel in echo python3; do
                 has "$KERNELS" "$kernel" || continue
-                if has "$TARGETS" "$t"; then
-                    # shellcheck disable=SC2046
-                    bench "$t" "$kernel" "$DATA_SCENARIOS" $(gateway_args v1) || FAILED=1
-                fi
-                if [ "$t" = kernelgate ] && [ "$kernel" = echo ] && has "$TARGETS" kernelgate-legacy; then
-                    # shellcheck disable=SC2046
-                    bench kernelgate-legacy echo "$LEGACY_SCENARIOS" $(gateway_args legacy) || FAILED=1
-                fi
+                # shellcheck disable=SC2046
+                bench "$t" "$kernel" "$DATA_SCENARIOS" $(gateway_args v1) || FAILED=1
             done
         fi
         stop_gateway
     done
 done
 
-# ---- 3. one table, one JSON ----------------------------------------------------------------
+# ---- 4. one table, one JSON ----------------------------------------------------------------
 CHECK=()
 [ "$MODE" = quick ] && CHECK=(--check)
 if [ ${#RAW_FILES[@]} -eq 0 ]; then
