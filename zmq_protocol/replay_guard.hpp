@@ -23,7 +23,7 @@ namespace kernelgate::zmq_protocol {
 /// (2^16). The table holds up to 2 * capacity fingerprints (16,384 buckets, 1 MiB, for 2^16),
 /// so the last `capacity` digests fill it to four per bucket on average. A digest is
 /// forgotten early only if eight later ones land in its bucket. In practice the last
-/// capacity/4 digests are all remembered (tested), and about 95% of the last `capacity`.
+/// capacity/4 digests are all remembered, and about 99% of the last `capacity` (tested).
 /// jupyter_client itself forgets a random 10% of its history each time it fills up. The
 /// table starts small and doubles whenever a bucket would have to forget (entries keep their
 /// order), so nothing is forgotten before it has its full size, and a quiet kernel's guard
