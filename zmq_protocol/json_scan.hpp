@@ -8,9 +8,6 @@
 
 namespace kernelgate::zmq_protocol {
 
-/// Reads the string value of a key at the top level of a JSON object text without building a
-/// DOM (the hot path only needs msg_id / msg_type / execution_state). Keys nested deeper are
-/// skipped. Falls back to a full parse when the value holds escapes.
 namespace detail {
 
 /// Where a top-level string value sits in text: its raw characters between the quotes, and
@@ -113,6 +110,9 @@ inline std::optional<std::string> unescape(std::string_view raw)
 
 } // namespace detail
 
+/// Reads the string value of a key at the top level of a JSON object text without building a
+/// DOM (the hot path only needs msg_id / msg_type / execution_state). Keys nested deeper are
+/// skipped. Falls back to a full parse when the value holds escapes.
 inline std::optional<std::string> json_string_field(std::string_view text, std::string_view key)
 {
     const auto v = detail::find_string_field(text, key);
