@@ -1135,6 +1135,7 @@ struct kernelspec
     std::vector<std::string> argv;
     std::vector<std::pair<std::string, std::string>> env;
     fs::path resource_dir;
+    std::string transport = "tcp";  ///< the connection file's: tcp or ipc (--transport)
 };
 
 kernelspec read_kernelspec(fs::path path)
@@ -1203,15 +1204,26 @@ class local_kernel
 public:
     local_kernel(const kernelspec& spec, const fs::path& runtime_dir)
     {
-        const auto ports = free_ports(5);
-        info_.ip = "127.0.0.1";
-        info_.shell_port = ports[0];
-        info_.iopub_port = ports[1];
-        info_.stdin_port = ports[2];
-        info_.control_port = ports[3];
-        info_.hb_port = ports[4];
-        info_.key = zp::new_key();
         const std::string id = zp::new_uuid();
+        if (spec.transport == "ipc") {
+            // As kernelgate does: Unix sockets in the (0700) runtime dir, named ip-port.
+            info_.transport = "ipc";
+            info_.ip = (runtime_dir / ("kernel-" + id + "-ipc")).string();
+            info_.shell_port = 1;
+            info_.iopub_port = 2;
+            info_.stdin_port = 3;
+            info_.control_port = 4;
+            info_.hb_port = 5;
+        } else {
+            const auto ports = free_ports(5);
+            info_.ip = "127.0.0.1";
+            info_.shell_port = ports[0];
+            info_.iopub_port = ports[1];
+            info_.stdin_port = ports[2];
+            info_.control_port = ports[3];
+            info_.hb_port = ports[4];
+        }
+        info_.key = zp::new_key();
         file_ = runtime_dir / ("kernel-" + id + ".json");
         zp::write_connection_file(file_, info_);
         log_ = runtime_dir / ("kernel-" + id + ".log");
@@ -1767,6 +1779,7 @@ struct options
     std::string scenarios = "all";
     std::string json_path;
     std::string runtime_dir;
+    std::string transport = "tcp";
     int repeat = 3;
     int start_n = 3;
     int rt = 2000;
@@ -2442,7 +2455,9 @@ int run_main(options& o)
             fs::create_directories(runtime);
         }
         fs::permissions(runtime, fs::perms::owner_all, fs::perm_options::replace);
-        tgt = std::make_unique<direct_target>(ioc, zctx, read_kernelspec(o.kernelspec_path), runtime);
+        auto spec = read_kernelspec(o.kernelspec_path);
+        spec.transport = o.transport;
+        tgt = std::make_unique<direct_target>(ioc, zctx, std::move(spec), runtime);
         protocol = "zmq";
     } else {
         if (o.token.empty()) {
@@ -2518,6 +2533,7 @@ int run_main(options& o)
     doc["kernel"] = o.kernel_name;
     if (o.target_kind == "direct") {
         doc["kernelspec"] = o.kernelspec_path;
+        doc["transport"] = o.transport;
     }
     doc["dialect"] = o.dialect;
     doc["protocol"] = protocol;
@@ -2614,6 +2630,12 @@ int main(int argc, char** argv)
         ->check(CLI::IsMember({"direct", "gateway"}));
     app.add_option("--label", o.label, "name of this target in the output");
     app.add_option("--kernelspec", o.kernelspec_path, "direct: kernel.json (or its directory) to launch");
+    app.add_option("--transport", o.transport,
+                   "direct: how the client reaches the kernels it launches: tcp (loopback "
+                   "ports) or ipc (Unix sockets in the runtime dir, as kernelgate "
+                   "--kernel-transport ipc)")
+        ->check(CLI::IsMember({"tcp", "ipc"}))
+        ->capture_default_str();
     app.add_option("--runtime-dir", o.runtime_dir, "direct: where connection files and kernel logs go (default: a temp dir)");
     app.add_option("--url", o.url, "gateway: base URL")->capture_default_str();
     app.add_option("--token", o.token, "gateway: token (default: $KG_BENCH_TOKEN)");

@@ -222,6 +222,7 @@ def main() -> int:
     ap.add_argument("files", nargs="+")
     ap.add_argument("--json", help="write the combined results here")
     ap.add_argument("--mode", default="")
+    ap.add_argument("--transport", default="", help="how the targets reached their kernels")
     ap.add_argument("--check", action="store_true",
                     help="fail unless every scenario ran without error (smoke test)")
     args = ap.parse_args()
@@ -235,7 +236,7 @@ def main() -> int:
     all_problems = []
     for kernel in sorted(pooled, key=lambda k: (k != "echo", k)):
         text, rows, problems = table(med, pooled, kernel, docs_by)
-        print(f"\n== kernel {kernel}: medians ({args.mode}); lower is better for *_ms, *_us, gw_cpu_*, "
+        print(f"\n== kernel {kernel}: medians ({args.mode}, {args.transport or 'tcp'} to the kernels); lower is better for *_ms, *_us, gw_cpu_*, "
               "kib_per_conn; higher for the rest")
         print(text)
         if problems:
@@ -271,6 +272,7 @@ def main() -> int:
             "tool": "bench/report.py",
             "generated": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "mode": args.mode,
+            "transport": args.transport,
             "medians": med,
             "ratios": summary_ratios,
             "targets": targets,

@@ -31,6 +31,10 @@ usage: bench/run.sh [--quick | --full] [options]
   --repeat N          repeats per measurement (default: 1 quick, 3 full)
   --targets LIST      comma list of targets (default: all five, see the header of this file)
   --kernels LIST      comma list of kernels: echo, python3 (default: both)
+  --transport T       how every target reaches its kernels: ipc (Unix sockets, kernelgate's
+                      default for ipykernel) or tcp (loopback ports); default ipc. The same
+                      for all targets: kernelgate --kernel-transport, kg-bench --transport,
+                      Jupyter Server --KernelManager.transport
   --help              this text
 
 Needs: a build of kernelgate, kg-bench, kg-echo-kernel; /usr/bin/python3 with jupyter_server
@@ -47,6 +51,7 @@ JSON=""
 REPEAT=""
 TARGETS="direct,kernelgate,kernelgate-legacy,jupyter-server,jupyter-server-nodelay"
 KERNELS="echo,python3"
+TRANSPORT=ipc
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) MODE=quick ;;
@@ -58,12 +63,17 @@ while [ $# -gt 0 ]; do
         --repeat) REPEAT="$2"; shift ;;
         --targets) TARGETS="$2"; shift ;;
         --kernels) KERNELS="$2"; shift ;;
+        --transport) TRANSPORT="$2"; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
 
+case "$TRANSPORT" in
+    ipc|tcp) ;;
+    *) echo "run.sh: --transport is ipc or tcp, not $TRANSPORT" >&2; exit 2 ;;
+esac
 BUILD_DIR="$(cd "$BUILD_DIR" && pwd)"
 KG_BIN="${KG_BIN:-$BUILD_DIR/kernelgate}"
 BENCH="$BUILD_DIR/kg-bench"
@@ -208,6 +218,7 @@ start_gateway() {
             rm -rf "$WORK/kg-data"
             "$WORK/bin/kg-bench-gateway" serve --ip 127.0.0.1 --port 0 --data-dir "$WORK/kg-data" \
                 --auth-token "$TOKEN" --kernel-dir "$SHARE/kernels" --no-conda --log-level warn \
+                --kernel-transport "$TRANSPORT" \
                 > "$log" 2>&1 &
             GW_PID=$!
             while :; do
@@ -226,7 +237,8 @@ start_gateway() {
             [ "$kind" = jupyter-server-nodelay ] && extra=(--config="$SRC_DIR/jupyter_server_nodelay.py")
             "$PY" -m jupyter_server --ServerApp.token="$TOKEN" --no-browser --ServerApp.port="$port" \
                 --ServerApp.ip=127.0.0.1 --ServerApp.root_dir="$WORK/jupyter/root" \
-                --ServerApp.port_retries=0 --allow-root "${extra[@]}" > "$log" 2>&1 &
+                --ServerApp.port_retries=0 --KernelManager.transport="$TRANSPORT" --allow-root \
+                "${extra[@]}" > "$log" 2>&1 &
             GW_PID=$!
             GW_URL="http://127.0.0.1:$port"
             ;;
@@ -272,7 +284,7 @@ gateway_args() {  # $1 protocol
 }
 
 T0=$SECONDS
-echo "run.sh: mode $MODE, $REPEAT repeat(s), targets $TARGETS, kernels $KERNELS; output $OUT" >&2
+echo "run.sh: mode $MODE, $REPEAT repeat(s), targets $TARGETS, kernels $KERNELS, transport $TRANSPORT; output $OUT" >&2
 FAILED=0
 
 # ---- 1. idle WebSockets on kernelgate ---------------------------------------------------
@@ -295,7 +307,8 @@ fi
 run_direct() {  # $1 kernel
     mkdir -p "$WORK/direct"
     BENCH_REPEAT=1 bench direct "$1" "$DATA_SCENARIOS" --target direct \
-        --kernelspec "$SHARE/kernels/$1" --runtime-dir "$WORK/direct" || FAILED=1
+        --kernelspec "$SHARE/kernels/$1" --runtime-dir "$WORK/direct" --transport "$TRANSPORT" \
+        || FAILED=1
 }
 run_kernelgate() {  # $1 kernel
     if has "$TARGETS" kernelgate; then
@@ -355,6 +368,6 @@ if [ ${#RAW_FILES[@]} -eq 0 ]; then
     echo "run.sh: no results" >&2
     exit 1
 fi
-"$PY" "$SRC_DIR/report.py" --mode "$MODE" --json "$JSON" "${CHECK[@]}" "${RAW_FILES[@]}" || FAILED=1
+"$PY" "$SRC_DIR/report.py" --mode "$MODE" --transport "$TRANSPORT" --json "$JSON" "${CHECK[@]}" "${RAW_FILES[@]}" || FAILED=1
 echo "run.sh: done in $((SECONDS - T0)) s; results $JSON, raw runs and logs in $OUT" >&2
 exit "$FAILED"

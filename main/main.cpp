@@ -38,6 +38,7 @@ struct serve_options
     std::vector<std::string> kernel_dirs;
     std::vector<std::string> env_allow;
     bool no_conda = false;
+    std::string kernel_transport = "auto";
     double launch_timeout = 60;
     double shutdown_wait = 5;
     int cull_idle_timeout = 0;
@@ -170,7 +171,8 @@ int run_serve(serve_options& o)
 
     kg::net::io_context ioc(1);
     kg::sessions::store db(data_dir / "kernelgate.db");
-    kg::sessions::local_host host(ioc, data_dir / "runtime", "127.0.0.1");
+    kg::sessions::local_host host(ioc, data_dir / "runtime", "127.0.0.1",
+                                  *kg::sessions::parse_kernel_transport(o.kernel_transport));
     kg::sessions::discovery_options disc;
     for (const auto& d : o.kernel_dirs) {
         disc.extra_kernel_dirs.emplace_back(d);
@@ -376,6 +378,14 @@ int main(int argc, char** argv)
     serve->add_option("--kernel-dir", o.kernel_dirs,
                       "Extra directory of kernelspecs, searched first (repeatable)");
     serve->add_flag("--no-conda", o.no_conda, "Do not add kernelspecs for conda environments");
+    serve->add_option("--kernel-transport", o.kernel_transport,
+                      "How local kernels are reached: ipc (Unix sockets in the runtime dir), "
+                      "tcp (loopback ports), or auto: ipc for ipykernel and for kernelspecs "
+                      "whose metadata says {\"kernelgate\": {\"transport\": \"ipc\"}}, "
+                      "tcp for the rest")
+        ->check(CLI::IsMember({"auto", "tcp", "ipc"}))
+        ->envname("KERNELGATE_KERNEL_TRANSPORT")
+        ->capture_default_str();
     serve->add_option("--default-kernel", o.registry.default_kernel,
                       "Default kernelspec name [default: python3 if present]")
         ->envname("KERNELGATE_DEFAULT_KERNEL");

@@ -12,6 +12,7 @@
 #include <netinet/in.h>
 #include <spawn.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -59,10 +60,49 @@ std::vector<std::uint16_t> free_ports(const std::string& ip, int n)
     return ports;
 }
 
+/// Room in sockaddr_un::sun_path for a path and its terminating NUL.
+constexpr std::size_t k_max_ipc_path = sizeof(sockaddr_un::sun_path) - 1;
+
 } // namespace
 
-local_host::local_host(boost::asio::io_context& ioc, fs::path runtime_dir, std::string ip)
-    : ioc_(ioc), runtime_dir_(std::move(runtime_dir)), ip_(std::move(ip)), sigchld_(ioc, SIGCHLD)
+std::optional<kernel_transport> parse_kernel_transport(std::string_view text)
+{
+    if (text == "auto") {
+        return kernel_transport::automatic;
+    }
+    if (text == "tcp") {
+        return kernel_transport::tcp;
+    }
+    if (text == "ipc") {
+        return kernel_transport::ipc;
+    }
+    return std::nullopt;
+}
+
+bool kernel_speaks_ipc(const kernelspec& spec)
+{
+    if (const auto kg = spec.metadata.find("kernelgate");
+        kg != spec.metadata.end() && kg->is_object()) {
+        if (const auto t = kg->find("transport"); t != kg->end() && t->is_string()) {
+            return t->get<std::string>() == "ipc";
+        }
+    }
+    for (std::size_t i = 0; i + 1 < spec.argv.size(); ++i) {
+        if (spec.argv[i] == "-m" &&
+            (spec.argv[i + 1] == "ipykernel_launcher" || spec.argv[i + 1] == "ipykernel")) {
+            return true;
+        }
+    }
+    return false;
+}
+
+local_host::local_host(boost::asio::io_context& ioc, fs::path runtime_dir, std::string ip,
+                       kernel_transport transport)
+    : ioc_(ioc),
+      runtime_dir_(std::move(runtime_dir)),
+      ip_(std::move(ip)),
+      transport_(transport),
+      sigchld_(ioc, SIGCHLD)
 {
     fs::create_directories(runtime_dir_);
     fs::permissions(runtime_dir_, fs::perms::owner_all, fs::perm_options::replace);
@@ -76,8 +116,18 @@ local_host::~local_host()
             ::kill(-c.pid, SIGKILL);
             ::waitpid(c.pid, nullptr, 0);
         }
-        std::error_code ec;
-        fs::remove(c.connection_file, ec);
+        remove_files(c);
+    }
+}
+
+void local_host::remove_files(const child& c)
+{
+    std::error_code ec;
+    fs::remove(c.connection_file, ec);
+    if (!c.ipc_base.empty()) {
+        for (int port = 1; port <= 5; ++port) {
+            fs::remove(c.ipc_base + "-" + std::to_string(port), ec);
+        }
     }
 }
 
@@ -86,17 +136,42 @@ result<zmq_protocol::connection_info> local_host::launch(const launch_request& r
     if (req.spec == nullptr || req.spec->argv.empty()) {
         return zmq_protocol::errc::bad_connection_info;
     }
-    auto ports = free_ports(ip_, 5);
-    if (ports.size() != 5) {
-        return std::error_code(errno != 0 ? errno : EADDRINUSE, std::generic_category());
-    }
     zmq_protocol::connection_info info;
-    info.ip = ip_;
-    info.shell_port = ports[0];
-    info.iopub_port = ports[1];
-    info.stdin_port = ports[2];
-    info.control_port = ports[3];
-    info.hb_port = ports[4];
+    std::string ipc_base;
+    if (transport_ == kernel_transport::ipc ||
+        (transport_ == kernel_transport::automatic && kernel_speaks_ipc(*req.spec))) {
+        // The sockets live in the runtime dir (mode 0700). Ports are just suffixes. Each
+        // launch gets its own names, so that a restart's cleanup of the previous process
+        // cannot remove the sockets of the next.
+        ipc_base = (runtime_dir_ / ("kernel-" + req.kernel_id + "-" +
+                                    std::to_string(++ipc_launches_) + "-ipc"))
+                       .string();
+        if (ipc_base.size() + 2 > k_max_ipc_path) {
+            spdlog::warn("kernel {}: runtime dir path too long for Unix sockets; using tcp",
+                         req.kernel_id);
+            ipc_base.clear();
+        }
+    }
+    if (!ipc_base.empty()) {
+        info.transport = "ipc";
+        info.ip = ipc_base;
+        info.shell_port = 1;
+        info.iopub_port = 2;
+        info.stdin_port = 3;
+        info.control_port = 4;
+        info.hb_port = 5;
+    } else {
+        const auto ports = free_ports(ip_, 5);
+        if (ports.size() != 5) {
+            return std::error_code(errno != 0 ? errno : EADDRINUSE, std::generic_category());
+        }
+        info.ip = ip_;
+        info.shell_port = ports[0];
+        info.iopub_port = ports[1];
+        info.stdin_port = ports[2];
+        info.control_port = ports[3];
+        info.hb_port = ports[4];
+    }
     info.key = zmq_protocol::new_key();
     info.kernel_name = req.spec->name;
     const auto conn_file = runtime_dir_ / ("kernel-" + req.kernel_id + ".json");
@@ -200,12 +275,12 @@ result<zmq_protocol::connection_info> local_host::launch(const launch_request& r
     ::posix_spawn_file_actions_destroy(&actions);
     ::posix_spawnattr_destroy(&attr);
     if (spawn_err != 0) {
-        std::error_code ec2;
-        fs::remove(conn_file, ec2);
+        remove_files(child{-1, false, conn_file, ipc_base});
         return std::error_code(spawn_err, std::generic_category());
     }
-    children_[req.kernel_id] = child{pid, true, conn_file};
-    spdlog::info("kernel {} started: pid {} spec {}", req.kernel_id, pid, req.spec->name);
+    children_[req.kernel_id] = child{pid, true, conn_file, ipc_base};
+    spdlog::info("kernel {} started: pid {} spec {} transport {}", req.kernel_id, pid,
+                 req.spec->name, info.transport);
     return info;
 }
 
@@ -243,8 +318,7 @@ void local_host::release(const std::string& kernel_id)
     if (it->second.running) {
         ::kill(-it->second.pid, SIGKILL);
     }
-    std::error_code ec;
-    fs::remove(it->second.connection_file, ec);
+    remove_files(it->second);
     if (!it->second.running) {
         children_.erase(it);
     }
@@ -273,8 +347,7 @@ void local_host::reap()
             ::kill(-c.pid, SIGKILL);  // whatever the kernel left behind in its group
             spdlog::info("kernel {} exited: pid {} status {}", it->first, c.pid,
                          WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
-            std::error_code ec;
-            fs::remove(c.connection_file, ec);
+            remove_files(c);
             exited.emplace_back(it->first, status);
             it = children_.erase(it);
             continue;

@@ -65,7 +65,7 @@ void kernel_channels::start(message_handler on_message, reject_handler on_reject
                 self->on_frames(ch, f);
             }
         });
-        s->connect(info_.ip, port);
+        s->connect(info_.transport, info_.ip, port);
         return s;
     };
     shell_ = make(zmtp_socket::kind::dealer, info_.shell_port, channel::shell);
@@ -161,7 +161,7 @@ void kernel_channels::make_hb_socket()
     zmtp::limits hb_limits;
     hb_limits.max_message_bytes = 4096;
     hb_ = std::make_shared<zmtp_socket>(ioc_, zmtp_socket::kind::req, std::string(), hb_limits);
-    hb_->connect(info_.ip, info_.hb_port);
+    hb_->connect(info_.transport, info_.ip, info_.hb_port);
     hb_->start([weak = weak_from_this()](std::span<const std::string_view>) {
         auto self = weak.lock();
         if (!self) {

@@ -4,6 +4,10 @@
 #include <algorithm>
 #include <cstring>
 
+#include <sys/un.h>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/write.hpp>
 #include <spdlog/spdlog.h>
@@ -62,15 +66,30 @@ zmtp_socket::~zmtp_socket()
     close();
 }
 
-void zmtp_socket::connect(const std::string& ip, std::uint16_t port)
+void zmtp_socket::connect(std::string_view transport, const std::string& ip,
+                          std::uint16_t port)
 {
-    boost::system::error_code ec;
-    const auto address = net::ip::make_address(ip, ec);
-    if (ec) {
-        spdlog::warn("zmtp: bad kernel address {}: {}", ip, ec.message());
-        return;
+    if (transport == "ipc") {
+        peer_ = ip + "-" + std::to_string(port);
+        // sun_path holds 108 bytes with the terminating NUL.
+        if (ip.empty() || peer_.size() >= sizeof(sockaddr_un::sun_path)) {
+            spdlog::warn("zmtp: unusable ipc path ({} bytes)", peer_.size());
+            return;
+        }
+        is_tcp_ = false;
+        endpoint_ = net::local::stream_protocol::endpoint(peer_);
+    } else {
+        boost::system::error_code ec;
+        const auto address = net::ip::make_address(ip, ec);
+        if (ec || transport != "tcp") {
+            spdlog::warn("zmtp: bad kernel address {}://{}", transport, ip);
+            return;
+        }
+        is_tcp_ = true;
+        const net::ip::tcp::endpoint ep(address, port);
+        peer_ = ep.address().to_string() + ":" + std::to_string(port);
+        endpoint_ = ep;
     }
-    endpoint_ = net::ip::tcp::endpoint(address, port);
     start_connect();
 }
 
@@ -87,7 +106,7 @@ void zmtp_socket::start_connect()
     const auto gen = ++generation_;
     boost::system::error_code ignored;
     sock_.close(ignored);
-    sock_ = net::ip::tcp::socket(ioc_);
+    sock_ = net::generic::stream_protocol::socket(ioc_);
     sock_.async_connect(endpoint_, [weak = weak_from_this(), gen](boost::system::error_code ec) {
         auto self = weak.lock();
         if (!self || self->closed_ || gen != self->generation_) {
@@ -103,7 +122,7 @@ void zmtp_socket::start_connect()
         // very port as its source and connect to itself, holding the port the kernel is about
         // to bind. Let go of it and try again.
         boost::system::error_code lec;
-        if (self->sock_.local_endpoint(lec) == self->endpoint_) {
+        if (self->is_tcp_ && self->sock_.local_endpoint(lec) == self->endpoint_) {
             self->sock_.close(lec);
             self->schedule_retry();
             return;
@@ -116,7 +135,9 @@ void zmtp_socket::on_connected()
 {
     backoff_ = std::chrono::milliseconds(1);
     boost::system::error_code ignored;
-    sock_.set_option(net::ip::tcp::no_delay(true), ignored);
+    if (is_tcp_) {
+        sock_.set_option(net::ip::tcp::no_delay(true), ignored);
+    }
     sock_.non_blocking(true, ignored);  // pull() reads without waiting
     tcp_up_ = true;
     ready_ = false;
@@ -203,7 +224,7 @@ void zmtp_socket::read()
 
 bool zmtp_socket::pull()
 {
-    // Moves what the kernel's TCP socket holds into our buffer without waiting, so that a
+    // Moves what the kernel's socket holds into our buffer without waiting, so that a
     // kernel publishing faster than we handle messages fills our buffer (bounded), not its
     // PUB high-water mark (where libzmq would drop).
     boost::system::error_code ec;
@@ -290,8 +311,7 @@ void zmtp_socket::on_read(std::size_t n, bool drained)
         }
         case zmtp::event::failed:
             ++protocol_errors_;
-            spdlog::warn("zmtp: dropping the connection to {}:{}: {}",
-                         endpoint_.address().to_string(), endpoint_.port(),
+            spdlog::warn("zmtp: dropping the connection to {}: {}", peer_,
                          decoder_.failure().message());
             disconnected();
             return;

@@ -9,16 +9,16 @@
 #include <string>
 #include <string_view>
 
+#include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include "zmq_protocol/zmtp.hpp"
 
 namespace kernelgate::zmq_protocol {
 
-/// The client end of one ZeroMQ connection, spoken directly on the event loop's own TCP
-/// socket (ZMTP 3.0, NULL mechanism): a DEALER, SUB or REQ peer of a kernel's ROUTER, PUB or
+/// The client end of one ZeroMQ connection, spoken directly on the event loop's own TCP or
+/// Unix-domain socket (ZMTP 3.0, NULL mechanism: libzmq's tcp:// and ipc:// transports): a DEALER, SUB or REQ peer of a kernel's ROUTER, PUB or
 /// heartbeat socket. No libzmq I/O thread sits between the loop and the kernel, so a message
 /// costs no thread hand-off and no mailbox signal.
 ///
@@ -46,8 +46,11 @@ public:
     zmtp_socket(const zmtp_socket&) = delete;
     zmtp_socket& operator=(const zmtp_socket&) = delete;
 
-    /// Starts connecting to ip:port (and reconnecting whenever the connection drops).
-    void connect(const std::string& ip, std::uint16_t port);
+    /// Starts connecting (and reconnecting whenever the connection drops) to ip:port over
+    /// TCP, or for transport "ipc" to the Unix socket "ip-port" (jupyter_client's naming).
+    /// An unusable address is logged and never connects.
+    void connect(std::string_view transport, const std::string& ip, std::uint16_t port);
+    void connect(const std::string& ip, std::uint16_t port) { connect("tcp", ip, port); }
     /// Starts delivering messages.
     void start(handler on_message);
     /// Called each time a connection's handshake completes (for a SUB: its subscription is
@@ -68,7 +71,7 @@ public:
 
     std::uint64_t received() const noexcept { return received_; }
     std::uint64_t protocol_errors() const noexcept { return protocol_errors_; }
-    /// Writes to the kernel's TCP socket so far (each carries one or more messages).
+    /// Writes to the kernel's socket so far (each carries one or more messages).
     std::uint64_t writes() const noexcept { return writes_; }
 
 private:
@@ -89,8 +92,10 @@ private:
     std::string identity_;
     zmtp::limits limits_;
     std::size_t send_limit_;
-    boost::asio::ip::tcp::endpoint endpoint_;
-    boost::asio::ip::tcp::socket sock_;
+    boost::asio::generic::stream_protocol::endpoint endpoint_;
+    std::string peer_;         ///< endpoint_ as text, for logs
+    bool is_tcp_ = true;
+    boost::asio::generic::stream_protocol::socket sock_;
     boost::asio::steady_timer retry_;
     std::chrono::milliseconds backoff_{1};
     handler on_message_;
@@ -102,11 +107,11 @@ private:
     std::size_t rend_ = 0;
 
     std::string handshake_;    ///< greeting + READY (+ subscription) of the current connection
-    std::string pending_;      ///< encoded messages not yet handed to the kernel's TCP socket
+    std::string pending_;      ///< encoded messages not yet handed to the kernel's socket
     std::string flushing_;     ///< the write in flight
     bool writing_ = false;
     bool flush_posted_ = false;
-    bool tcp_up_ = false;      ///< TCP connected (handshake sent or being sent)
+    bool tcp_up_ = false;      ///< stream connected (handshake sent or being sent)
     bool ready_ = false;       ///< the peer's READY arrived
     bool closed_ = false;
     std::uint64_t generation_ = 0;  ///< bumps per connection: fences callbacks of old ones

@@ -12,6 +12,7 @@
 
 #include "sessions/local_host.hpp"
 #include "sessions/registry.hpp"
+#include "zmq_protocol/connection_info.hpp"
 #include "zmq_protocol/json_scan.hpp"
 #include "zmq_protocol/wire_codec.hpp"
 
@@ -50,12 +51,13 @@ struct fixture
     std::unique_ptr<local_host> host;
     std::unique_ptr<registry> reg;
 
-    explicit fixture(registry_config cfg = {}, discovery_options disc = {})
+    explicit fixture(registry_config cfg = {}, discovery_options disc = {},
+                     kernel_transport transport = kernel_transport::automatic)
     {
         char tmpl[] = "/tmp/kg-life-XXXXXX";
         dir = ::mkdtemp(tmpl);
         db = std::make_unique<store>(dir / "kg.db");
-        host = std::make_unique<local_host>(ioc, dir / "runtime");
+        host = std::make_unique<local_host>(ioc, dir / "runtime", "127.0.0.1", transport);
         cfg.launch_timeout = 30s;
         cfg.shutdown_wait = 4s;
         reg = std::make_unique<registry>(ioc, *host, *db, cfg, disc);
@@ -149,6 +151,75 @@ TEST_CASE("real kernel: start, execute, stream, error")
     CHECK(k->rejected_total() == 0);
 }
 
+namespace {
+
+/// The kernel's connection file (in the runtime dir while it runs).
+zp::connection_info connection_of(const fixture& fx, const std::string& kernel_id)
+{
+    auto info = zp::read_connection_file(fx.dir / "runtime" / ("kernel-" + kernel_id + ".json"));
+    REQUIRE(info);
+    return info.value();
+}
+
+std::vector<fs::path> sockets_in(const fs::path& dir)
+{
+    std::vector<fs::path> out;
+    for (const auto& e : fs::directory_iterator(dir)) {
+        if (e.is_socket()) {
+            out.push_back(e.path());
+        }
+    }
+    return out;
+}
+
+} // namespace
+
+TEST_CASE("real kernel over ipc: Unix sockets in the 0700 runtime dir, gone after shutdown")
+{
+    fixture fx;  // auto: ipykernel is reached over ipc
+    auto k = fx.start();
+    const auto info = connection_of(fx, k->id());
+    CHECK(info.transport == "ipc");
+    CHECK(fs::path(info.ip).parent_path() == fx.dir / "runtime");
+    const auto socks = sockets_in(fx.dir / "runtime");
+    CHECK(socks.size() == 5);
+    for (const auto port : {info.shell_port, info.iopub_port, info.stdin_port,
+                            info.control_port, info.hb_port}) {
+        CHECK(fs::is_socket(info.ip + "-" + std::to_string(port)));
+    }
+    CHECK((fs::status(fx.dir / "runtime").permissions() & fs::perms::all) ==
+          fs::perms::owner_all);
+    auto s = std::make_shared<sink>();
+    k->attach(s);
+    const auto id = fx.execute(*k, *s, "print('over a unix socket')");
+    REQUIRE(fx.wait_reply(*s, id));
+    CHECK(fx.run_until([&] { return s->saw("stream", "over a unix socket"); }, 5s));
+    // The heartbeat runs over ipc too: a kernel whose heartbeat failed would be restarted.
+    fx.run_until([] { return false; }, 200ms);
+    CHECK(k->execution_state() == "idle");
+
+    bool down = false;
+    fx.reg->shutdown(k, [&](std::optional<failure>) { down = true; });
+    REQUIRE(fx.run_until([&] { return down; }, 15s));
+    CHECK(sockets_in(fx.dir / "runtime").empty());
+}
+
+TEST_CASE("real kernel over tcp (--kernel-transport tcp): loopback ports, no socket files")
+{
+    fixture fx({}, {}, kernel_transport::tcp);
+    auto k = fx.start();
+    const auto info = connection_of(fx, k->id());
+    CHECK(info.transport == "tcp");
+    CHECK(info.ip == "127.0.0.1");
+    CHECK(info.shell_port > 5);
+    CHECK(sockets_in(fx.dir / "runtime").empty());
+    auto s = std::make_shared<sink>();
+    k->attach(s);
+    const auto id = fx.execute(*k, *s, "print(6*7)");
+    REQUIRE(fx.wait_reply(*s, id));
+    CHECK(fx.run_until([&] { return s->saw("stream", "42"); }, 5s));
+}
+
 TEST_CASE("real kernel: killed from outside is restarted under the same id")
 {
     fixture fx;
@@ -164,6 +235,8 @@ TEST_CASE("real kernel: killed from outside is restarted under the same id")
                          40s));
     CHECK(fx.host->pid(id) != pid);
     CHECK(fx.reg->find(id) == k);
+    // The killed kernel's ipc sockets were removed; the new one has five of its own.
+    CHECK(sockets_in(fx.dir / "runtime").size() == 5);
     CHECK(fx.reg->kernels_died_total() == 1);
     const auto mid = fx.execute(*k, *s, "print(40+2)");
     REQUIRE(fx.wait_reply(*s, mid));

@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include "sessions/kernelspec.hpp"
+#include "sessions/local_host.hpp"
 
 namespace fs = std::filesystem;
 using namespace kernelgate::sessions;
@@ -161,4 +162,38 @@ TEST_CASE("discovery: conda environments with ipykernel become kernelspecs")
         }
     }
     CHECK(found_other);
+}
+
+TEST_CASE("kernel transport: which kernels are reached over ipc under auto")
+{
+    CHECK(parse_kernel_transport("auto") == kernel_transport::automatic);
+    CHECK(parse_kernel_transport("tcp") == kernel_transport::tcp);
+    CHECK(parse_kernel_transport("ipc") == kernel_transport::ipc);
+    CHECK_FALSE(parse_kernel_transport("IPC"));
+    CHECK_FALSE(parse_kernel_transport(""));
+    CHECK_FALSE(parse_kernel_transport("udp"));
+
+    kernelspec py;
+    py.argv = {"/usr/bin/python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"};
+    CHECK(kernel_speaks_ipc(py));
+    py.argv = {"python", "-m", "ipykernel", "-f", "{connection_file}"};
+    CHECK(kernel_speaks_ipc(py));
+    // Other kernels build "transport://ip:port" whatever the file says: tcp unless told.
+    kernelspec ir;
+    ir.argv = {"R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"};
+    CHECK_FALSE(kernel_speaks_ipc(ir));
+    kernelspec tricky;  // "ipykernel" as a value of another option is not ipykernel running
+    tricky.argv = {"mykernel", "--name", "ipykernel_launcher", "-f", "{connection_file}"};
+    CHECK_FALSE(kernel_speaks_ipc(tricky));
+    CHECK_FALSE(kernel_speaks_ipc(kernelspec{}));
+
+    // The spec's metadata decides both ways.
+    ir.metadata = {{"kernelgate", {{"transport", "ipc"}}}};
+    CHECK(kernel_speaks_ipc(ir));
+    py.metadata = {{"kernelgate", {{"transport", "tcp"}}}};
+    CHECK_FALSE(kernel_speaks_ipc(py));
+    py.metadata = {{"kernelgate", {{"transport", 5}}}};  // not a string: ignored
+    CHECK(kernel_speaks_ipc(py));
+    py.metadata = {{"kernelgate", "ipc"}};  // not an object: ignored
+    CHECK(kernel_speaks_ipc(py));
 }

@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: BSD-3-Clause
-// zmtp_socket against real libzmq peers (ROUTER, PUB, REP/ROUTER for heartbeats) on TCP:
-// the same library the kernels use.
+// zmtp_socket against real libzmq peers (ROUTER, PUB, REP/ROUTER for heartbeats) on TCP and
+// on Unix sockets (ipc://): the same library the kernels use.
 #include "zmq_protocol/zmtp_socket.hpp"
 
 #include <chrono>
+#include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <thread>
@@ -264,6 +266,79 @@ TEST_CASE("zmtp: reconnects after the peer goes away and comes back", "[zmtp]")
                                        zmq::buffer(std::string_view("again"))};
     REQUIRE(zmq::send_multipart(router, m));
     REQUIRE(run_until(ioc, [&] { return got == 1; }));
+}
+
+TEST_CASE("zmtp: ipc transport reaches a libzmq peer on a Unix socket named ip-port", "[zmtp]")
+{
+    char tmpl[] = "/tmp/kg-zmtp-ipc-XXXXXX";
+    const std::filesystem::path dir = ::mkdtemp(tmpl);
+    const std::string base = (dir / "kernel-ipc").string();
+    zmq::context_t ctx(1);
+    boost::asio::io_context ioc;
+    auto dealer = std::make_shared<zp::zmtp_socket>(ioc, zp::zmtp_socket::kind::dealer, "d-ipc");
+    std::vector<std::vector<std::string>> got;
+    dealer->start([&](std::span<const std::string_view> parts) { got.push_back(copy(parts)); });
+    const std::vector<std::string_view> hello{"hello", "over ipc"};
+    REQUIRE(dealer->send(hello));  // queued until the handshake
+    // Connecting before the kernel has bound (the socket file does not exist yet) retries,
+    // as with a TCP port nobody listens on yet.
+    dealer->connect("ipc", base, 7);
+    run_until(ioc, [] { return false; }, 50ms);
+    CHECK_FALSE(dealer->connected());
+
+    zmq::socket_t router(ctx, zmq::socket_type::router);
+    router.set(zmq::sockopt::linger, 0);
+    router.bind("ipc://" + base + "-7");
+    CHECK(std::filesystem::is_socket(base + "-7"));
+    std::vector<zmq::message_t> in;
+    REQUIRE(run_until(ioc, [&] {
+        return zmq::recv_multipart(router, std::back_inserter(in), zmq::recv_flags::dontwait)
+            .has_value();
+    }));
+    REQUIRE(in.size() == 3);
+    CHECK(in[0].to_string() == "d-ipc");
+    CHECK(in[1].to_string() == "hello");
+    CHECK(in[2].to_string() == "over ipc");
+    CHECK(dealer->connected());
+
+    const std::string big(300000, 'z');  // larger than one read
+    std::array<zmq::const_buffer, 2> reply{zmq::buffer(std::string_view("d-ipc")),
+                                           zmq::buffer(big)};
+    REQUIRE(zmq::send_multipart(router, reply));
+    REQUIRE(run_until(ioc, [&] { return got.size() == 1; }));
+    CHECK(got[0] == std::vector<std::string>{big});
+    CHECK(dealer->protocol_errors() == 0);
+
+    // The peer goes away and binds again (a restarted kernel): the socket reconnects.
+    router.close();
+    REQUIRE(run_until(ioc, [&] { return !dealer->connected(); }));
+    zmq::socket_t again(ctx, zmq::socket_type::router);
+    again.set(zmq::sockopt::linger, 0);
+    again.bind("ipc://" + base + "-7");
+    REQUIRE(run_until(ioc, [&] { return dealer->connected(); }));
+    dealer->close();
+    again.close();
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("zmtp: an unusable address never connects and does not crash", "[zmtp]")
+{
+    boost::asio::io_context ioc;
+    for (const auto& [transport, ip] : std::vector<std::pair<std::string, std::string>>{
+             {"ipc", "/tmp/" + std::string(200, 'p')},  // longer than sun_path
+             {"ipc", ""},                               // no path
+             {"tcp", "not-an-address"},
+             {"udp", "127.0.0.1"},
+         }) {
+        auto s = std::make_shared<zp::zmtp_socket>(ioc, zp::zmtp_socket::kind::dealer, "x");
+        s->start([](std::span<const std::string_view>) {});
+        s->connect(transport, ip, 1);
+        const std::vector<std::string_view> m{"queued"};
+        CHECK(s->send(m));  // accepted and held, as before any connection
+        run_until(ioc, [] { return false; }, 30ms);
+        CHECK_FALSE(s->connected());
+        s->close();
+    }
 }
 
 TEST_CASE("zmtp: a hostile peer is dropped and counted, and the socket tries again", "[zmtp]")
