@@ -276,7 +276,9 @@ int run_kernelspecs(const std::vector<std::string>& dirs, bool no_conda, bool as
                        {"language", s.language},
                        {"dir", s.dir.string()},
                        {"source", s.source},
-                       {"argv", s.argv}};
+                       {"argv", s.argv},
+                       // what --kernel-transport auto picks for it
+                       {"transport", kg::sessions::kernel_speaks_ipc(s) ? "ipc" : "tcp"}};
         }
         std::cout << j.dump(2) << std::endl;
         return 0;
@@ -287,6 +289,7 @@ int run_kernelspecs(const std::vector<std::string>& dirs, bool no_conda, bool as
     }
     for (const auto& [name, s] : specs) {
         std::cout << name << "\t" << s.display_name << "\t" << s.source << "\t"
+                  << (kg::sessions::kernel_speaks_ipc(s) ? "ipc" : "tcp") << "\t"
                   << s.dir.string() << "\n";
     }
     return 0;

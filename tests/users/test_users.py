@@ -1446,3 +1446,45 @@ def test_storage_no_secret_on_disk_modes_and_no_secret_in_logs(gw):
         assert not any("secret" in c or c == "token" for c in cols), cols
     finally:
         db.close()
+
+
+# =====================================================================================
+# How kernels are reached: --kernel-transport auto (the default)
+# =====================================================================================
+
+def test_kernel_transport_auto_ipc_for_ipykernel_tcp_for_others(gw):
+    """ipykernel gets Unix sockets in the 0700 runtime dir, other kernels loopback TCP; both
+    work end to end, and the socket files go when the kernel goes."""
+    runtime = gw.data_dir / "runtime"
+    user = gw.cli_token("tr-user")
+    kpy = user.start("pyreal")
+    kecho = user.start("echo")
+    info_py = json.loads((runtime / f"kernel-{kpy}.json").read_text())
+    info_echo = json.loads((runtime / f"kernel-{kecho}.json").read_text())
+    assert info_py["transport"] == "ipc", info_py["transport"]
+    assert info_echo["transport"] == "tcp" and info_echo["ip"] == "127.0.0.1"
+    assert Path(info_py["ip"]).parent == runtime
+    socks = [Path(f"{info_py['ip']}-{info_py[p]}") for p in
+             ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")]
+    assert all(stat.S_ISSOCK(s.stat().st_mode) for s in socks), socks
+    # (ipykernel may add the sticky bit to the directory of its connection file)
+    assert stat.S_IMODE(runtime.stat().st_mode) & 0o777 == 0o700
+    for kid in (kpy, kecho):
+        ch = user.channel(kid, V1)
+        ch.nudge(timeout=45)
+        ch.close()
+    ch = user.channel(kpy, V1)
+    assert ch.run("print('via ipc')", timeout=30).stdout().strip() == "via ipc"
+    ch.close()
+    expect(user.delete(f"/api/kernels/{kpy}"), 204)
+    expect(user.delete(f"/api/kernels/{kecho}"), 204)
+    assert not any(s.exists() for s in socks), socks
+    assert not (runtime / f"kernel-{kpy}.json").exists()
+
+    # `kernelgate kernelspecs` says which transport auto gives each spec.
+    p = subprocess.run([kernelgate_binary(), "kernelspecs", "--kernel-dir", str(gw.tmp / "kernels"),
+                        "--no-conda", "--json"], env=gw.env, capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode == 0, p.stderr
+    specs = json.loads(p.stdout)
+    assert specs["pyreal"]["transport"] == "ipc" and specs["echo"]["transport"] == "tcp", specs
