@@ -106,7 +106,36 @@ local_host::local_host(boost::asio::io_context& ioc, fs::path runtime_dir, std::
 {
     fs::create_directories(runtime_dir_);
     fs::permissions(runtime_dir_, fs::perms::owner_all, fs::perm_options::replace);
+    remove_stale_files();
     wait_sigchld();
+}
+
+void local_host::remove_stale_files()
+{
+    // A gateway that did not stop cleanly leaves its kernels' connection files (with their
+    // keys) and ipc sockets behind. Those kernels are not adopted again (the registry drops
+    // their records), so their files go. Nothing else in the directory is touched.
+    std::error_code ec;
+    std::size_t removed = 0;
+    for (fs::directory_iterator it(runtime_dir_, ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        if (name.rfind("kernel-", 0) != 0) {
+            continue;
+        }
+        std::error_code type_ec;
+        const auto type = it->symlink_status(type_ec).type();
+        const bool conn_file = type == fs::file_type::regular && name.size() > 5 &&
+                               name.compare(name.size() - 5, 5, ".json") == 0;
+        const bool ipc_socket = type == fs::file_type::socket &&
+                                name.find("-ipc-") != std::string::npos;
+        std::error_code rm_ec;
+        if ((conn_file || ipc_socket) && fs::remove(it->path(), rm_ec)) {
+            ++removed;
+        }
+    }
+    if (removed > 0) {
+        spdlog::info("removed {} connection files and sockets left by a previous run", removed);
+    }
 }
 
 local_host::~local_host()

@@ -64,6 +64,8 @@ public:
 private:
     void wait_sigchld();
     void reap();
+    /// Connection files and ipc sockets of kernels of an earlier run (at start).
+    void remove_stale_files();
 
     struct child
     {

@@ -4,8 +4,13 @@
 // are covered by the fake-kernel integration tests.
 #include <chrono>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <spdlog/spdlog.h>
@@ -202,6 +207,35 @@ TEST_CASE("real kernel over ipc: Unix sockets in the 0700 runtime dir, gone afte
     fx.reg->shutdown(k, [&](std::optional<failure>) { down = true; });
     REQUIRE(fx.run_until([&] { return down; }, 15s));
     CHECK(sockets_in(fx.dir / "runtime").empty());
+}
+
+TEST_CASE("files of kernels from an earlier run are removed at start, nothing else")
+{
+    char tmpl[] = "/tmp/kg-stale-XXXXXX";
+    const fs::path dir = ::mkdtemp(tmpl);
+    const fs::path runtime = dir / "runtime";
+    fs::create_directories(runtime);
+    std::ofstream(runtime / "kernel-0a1b.json") << R"({"key":"old secret"})";
+    std::ofstream(runtime / "notes.txt") << "keep";
+    std::ofstream(runtime / "kernel-0a1b-1-ipc-1") << "a regular file, not a socket: kept";
+    const fs::path sock_path = runtime / "kernel-0a1b-1-ipc-2";
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, sock_path.c_str(), sizeof(addr.sun_path) - 1);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+    ::close(fd);
+    REQUIRE(fs::is_socket(sock_path));
+    {
+        boost::asio::io_context ioc;
+        local_host host(ioc, runtime);
+        CHECK_FALSE(fs::exists(runtime / "kernel-0a1b.json"));
+        CHECK_FALSE(fs::exists(sock_path));
+        CHECK(fs::exists(runtime / "notes.txt"));
+        CHECK(fs::exists(runtime / "kernel-0a1b-1-ipc-1"));
+    }
+    fs::remove_all(dir);
 }
 
 TEST_CASE("real kernel over tcp (--kernel-transport tcp): loopback ports, no socket files")
