@@ -13,7 +13,11 @@
 //   replay:TEXT           the same signed stream frame sent twice
 //   hang                  busy forever (until interrupted by SIGINT or interrupt_request)
 //   exit:CODE             exit the process at once
-// Usage: kg-echo-kernel -f CONNECTION_FILE
+//   stats                 stream "startup_backlog=N": the shell requests already waiting
+//                         when the kernel started serving (see --slow-start)
+// Usage: kg-echo-kernel -f CONNECTION_FILE [--slow-start MS]
+//   --slow-start MS       bind the sockets, then wait MS before serving (as ipykernel does
+//                         while it imports): what a client sends meanwhile queues up
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -55,6 +59,8 @@ struct kernel
     std::vector<std::string_view> parts_;  // reused per message
     std::vector<zmq::message_t> frames_;
     std::vector<std::string_view> views_;
+
+    std::size_t startup_backlog = 0;  // shell requests waiting when serving began
 
     explicit kernel(const zp::connection_info& c) : sign(c.key)
     {
@@ -181,6 +187,8 @@ struct kernel
                 }
             }
             error = true;
+        } else if (code == "stats") {
+            stream(req, "startup_backlog=" + std::to_string(startup_backlog));
         } else if (starts("exit:")) {
             std::_Exit(std::atoi(code.c_str() + 5));
         } else {
@@ -269,8 +277,17 @@ struct kernel
         return true;
     }
 
-    void run()
+    void run(std::chrono::milliseconds slow_start)
     {
+        if (slow_start.count() > 0) {
+            std::this_thread::sleep_for(slow_start);
+            for (bool got = true; got;) {
+                if (!handle(shell, &got)) {
+                    return;
+                }
+                startup_backlog += got ? 1 : 0;
+            }
+        }
         status(zp::message{}, "starting");
         for (;;) {
             std::array<zmq::pollitem_t, 3> items{{{shell.handle(), 0, ZMQ_POLLIN, 0},
@@ -305,12 +322,15 @@ struct kernel
 int main(int argc, char** argv)
 {
     std::string file;
+    std::chrono::milliseconds slow_start{0};
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if ((a == "-f" || a == "--connection-file") && i + 1 < argc) {
             file = argv[++i];
+        } else if (a == "--slow-start" && i + 1 < argc) {
+            slow_start = std::chrono::milliseconds(std::atoi(argv[++i]));
         } else if (a == "-h" || a == "--help") {
-            std::cout << "usage: kg-echo-kernel -f CONNECTION_FILE\n"
+            std::cout << "usage: kg-echo-kernel -f CONNECTION_FILE [--slow-start MS]\n"
                          "A minimal Jupyter kernel for benchmarks and fault tests; see the "
                          "comment at the top of bench/echo_kernel.cpp for its commands.\n";
             return 0;
@@ -331,7 +351,7 @@ int main(int argc, char** argv)
     sigaction(SIGINT, &sa, nullptr);
     try {
         kernel k(info.value());
-        k.run();
+        k.run(slow_start);
     } catch (const std::exception& e) {
         std::cerr << "kg-echo-kernel: " << e.what() << "\n";
         return 1;

@@ -73,6 +73,8 @@ void kernel::connect(const zp::connection_info& info,
     got_info_reply_ = false;
     got_iopub_ = false;
     nudge_ids_.clear();
+    nudge_rounds_ = 0;
+    last_nudge_at_ = {};
     channels_ = std::make_shared<zp::kernel_channels>(ioc_, info, zp::new_uuid());
     const auto gen = generation_;
     channels_->start(
@@ -94,6 +96,15 @@ void kernel::connect(const zp::connection_info& info,
     channels_->on_iopub_ready([weak = weak_from_this(), gen] {
         auto self = weak.lock();
         if (self && self->generation_ == gen && self->on_ready_ && !self->got_iopub_) {
+            self->nudge_timer_.cancel();
+            self->nudge();
+        }
+    });
+    // The first nudge goes out when shell is up; after a lost connection, one goes again.
+    channels_->on_shell_ready([weak = weak_from_this(), gen] {
+        auto self = weak.lock();
+        if (self && self->generation_ == gen && self->on_ready_ && !self->got_info_reply_) {
+            self->last_nudge_at_ = {};  // what was sent on a previous connection may be lost
             self->nudge_timer_.cancel();
             self->nudge();
         }
@@ -128,8 +139,19 @@ void kernel::nudge()
     }
     // kernel_info on shell: its reply proves shell works, its iopub status proves the
     // subscription is live (the SUB socket's slow-joiner window is over).
-    nudge_ids_.push_back(channels_->request(zp::channel::shell, "kernel_info_request", "{}"));
-    const auto n = std::min<std::size_t>(nudge_ids_.size() - 1, 7);
+    // A starting kernel answers every request it was sent once it is up, one after the other,
+    // and the client's first request would wait behind them (ipykernel: ~1 ms each). So
+    // nothing is sent before the shell connection is up (its ready hook nudges), and while
+    // a nudge is unanswered the next goes only after k_nudge_max (it may have been lost).
+    const auto now = std::chrono::steady_clock::now();
+    const bool unanswered = !nudge_ids_.empty() && !got_info_reply_ &&
+                            now - last_nudge_at_ < k_nudge_max;
+    if (channels_->shell_connected() && !unanswered) {
+        nudge_ids_.push_back(channels_->request(zp::channel::shell, "kernel_info_request", "{}"));
+        last_nudge_at_ = now;
+    }
+    ++nudge_rounds_;
+    const auto n = std::min<std::size_t>(nudge_rounds_ - 1, 7);
     nudge_after(std::min<std::chrono::milliseconds>(k_nudge_first * (1 << n), k_nudge_max));
 }
 

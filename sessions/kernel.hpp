@@ -159,6 +159,8 @@ private:
     boost::asio::steady_timer ready_deadline_;
     std::function<void(bool)> on_ready_;
     std::vector<std::string> nudge_ids_;
+    std::size_t nudge_rounds_ = 0;                         ///< back-off steps so far
+    std::chrono::steady_clock::time_point last_nudge_at_{};  ///< last kernel_info sent
     std::chrono::steady_clock::time_point nudge_filter_until_{};
     // Client messages held while the kernel (re)starts: sent once its iopub is proven live,
     // so their output is not lost to the SUB socket's slow-joiner window.

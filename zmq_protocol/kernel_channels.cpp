@@ -97,6 +97,13 @@ void kernel_channels::on_iopub_ready(std::function<void()> f)
     }
 }
 
+void kernel_channels::on_shell_ready(std::function<void()> f)
+{
+    if (shell_) {
+        shell_->on_ready(std::move(f));
+    }
+}
+
 bool kernel_channels::send(channel ch, const message& msg, bool hold)
 {
     zmtp_socket* s = nullptr;

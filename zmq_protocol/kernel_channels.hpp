@@ -64,6 +64,11 @@ public:
     void start(message_handler on_message, reject_handler on_reject);
     /// Called when the iopub connection's handshake completes (its subscription is sent).
     void on_iopub_ready(std::function<void()> f);
+    /// Called each time the shell connection's handshake completes.
+    void on_shell_ready(std::function<void()> f);
+    /// Whether the shell connection is up (handshake done): a request sent now reaches the
+    /// kernel's socket at once instead of waiting in our queue.
+    bool shell_connected() const noexcept { return shell_ && shell_->connected(); }
 
     /// Signs and sends. Returns false if the channel would block (message dropped, counted).
     /// With `hold` the message waits for release() (zmtp_socket::send), so that a burst of

@@ -44,6 +44,7 @@ class FaultGateway(RestClient):
         specs = tmp / "kernels"
         for name, argv in {
             "echo": [ECHO, "-f", "{connection_file}"],
+            "slowstart": [ECHO, "-f", "{connection_file}", "--slow-start", "700"],
             "dies": ["/bin/false", "{connection_file}"],
             "hangs": ["/bin/sleep", "1000"],
         }.items():
@@ -250,6 +251,21 @@ def test_client_that_cannot_keep_up_with_unskippable_output_is_closed_1013(fgw):
     ch2 = fgw.channel(kid)
     assert ch2.run("after", timeout=20).reply is not None
     ch2.close()
+
+
+def test_a_slow_starting_kernel_is_not_flooded_with_kernel_info_requests(fgw):
+    """A kernel that binds its sockets and then takes 700 ms to start serving (ipykernel
+    importing) finds at most two of the gateway's kernel_info requests waiting, not one per
+    back-off step: each would delay the client's first request by one handling."""
+    kid = fgw.start("slowstart")
+    ch = fgw.channel(kid)
+    res = ch.run("stats", timeout=20)
+    assert res.reply is not None and res.reply.content["status"] == "ok", res
+    m = re.search(r"startup_backlog=(\d+)", res.stdout())
+    assert m, res.stdout()
+    assert 1 <= int(m.group(1)) <= 2, res.stdout()
+    ch.close()
+    expect(fgw.delete(f"/api/kernels/{kid}"), 204)
 
 
 def test_kernel_that_exits_at_start_fails_fast_with_500(fgw):
