@@ -1207,13 +1207,7 @@ public:
         const std::string id = zp::new_uuid();
         if (spec.transport == "ipc") {
             // As kernelgate does: Unix sockets in the (0700) runtime dir, named ip-port.
-            info_.transport = "ipc";
-            info_.ip = (runtime_dir / ("kernel-" + id + "-ipc")).string();
-            info_.shell_port = 1;
-            info_.iopub_port = 2;
-            info_.stdin_port = 3;
-            info_.control_port = 4;
-            info_.hb_port = 5;
+            info_.use_ipc((runtime_dir / ("kernel-" + id + "-ipc")).string());
         } else {
             const auto ports = free_ports(5);
             info_.ip = "127.0.0.1";

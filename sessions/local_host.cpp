@@ -182,13 +182,7 @@ result<zmq_protocol::connection_info> local_host::launch(const launch_request& r
         }
     }
     if (!ipc_base.empty()) {
-        info.transport = "ipc";
-        info.ip = ipc_base;
-        info.shell_port = 1;
-        info.iopub_port = 2;
-        info.stdin_port = 3;
-        info.control_port = 4;
-        info.hb_port = 5;
+        info.use_ipc(ipc_base);
     } else {
         const auto ports = free_ports(ip_, 5);
         if (ports.size() != 5) {

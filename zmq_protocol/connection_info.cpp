@@ -117,6 +117,17 @@ std::string connection_info::endpoint(std::uint16_t port) const
     return transport + "://" + ip + ":" + std::to_string(port);
 }
 
+void connection_info::use_ipc(std::string base)
+{
+    transport = "ipc";
+    ip = std::move(base);
+    shell_port = 1;
+    iopub_port = 2;
+    stdin_port = 3;
+    control_port = 4;
+    hb_port = 5;
+}
+
 nlohmann::json connection_info::to_json() const
 {
     json j = json::object();

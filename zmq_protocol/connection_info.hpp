@@ -26,6 +26,8 @@ struct connection_info
 
     /// "tcp://ip:port" (or "ipc://ip-port" for ipc transport, as jupyter_client does).
     std::string endpoint(std::uint16_t port) const;
+    /// The ipc transport: the five sockets are the Unix sockets base-1 .. base-5.
+    void use_ipc(std::string base);
     nlohmann::json to_json() const;
     static result<connection_info> from_json(const nlohmann::json& j);
 };

@@ -139,7 +139,7 @@ void zmtp_socket::on_connected()
         sock_.set_option(net::ip::tcp::no_delay(true), ignored);
     }
     sock_.non_blocking(true, ignored);  // pull() reads without waiting
-    tcp_up_ = true;
+    stream_up_ = true;
     ready_ = false;
     decoder_ = zmtp::decoder(peer_types(kind_), limits_);
     rstart_ = rend_ = 0;
@@ -155,10 +155,10 @@ void zmtp_socket::on_connected()
 
 void zmtp_socket::disconnected()
 {
-    if (!tcp_up_) {
+    if (!stream_up_) {
         return;
     }
-    tcp_up_ = false;
+    stream_up_ = false;
     ready_ = false;
     writing_ = false;
     flushing_.clear();  // what was in flight is lost, as with libzmq
@@ -351,7 +351,7 @@ void zmtp_socket::release()
 
 void zmtp_socket::schedule_flush()
 {
-    if (flush_posted_ || writing_ || !tcp_up_) {
+    if (flush_posted_ || writing_ || !stream_up_) {
         return;
     }
     // Posted: messages sent in the same turn of the event loop leave in one write.
@@ -366,7 +366,7 @@ void zmtp_socket::schedule_flush()
 
 void zmtp_socket::flush()
 {
-    if (writing_ || !tcp_up_ || closed_) {
+    if (writing_ || !stream_up_ || closed_) {
         return;
     }
     if (!handshake_.empty()) {

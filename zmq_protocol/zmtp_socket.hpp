@@ -18,9 +18,10 @@
 namespace kernelgate::zmq_protocol {
 
 /// The client end of one ZeroMQ connection, spoken directly on the event loop's own TCP or
-/// Unix-domain socket (ZMTP 3.0, NULL mechanism: libzmq's tcp:// and ipc:// transports): a DEALER, SUB or REQ peer of a kernel's ROUTER, PUB or
-/// heartbeat socket. No libzmq I/O thread sits between the loop and the kernel, so a message
-/// costs no thread hand-off and no mailbox signal.
+/// Unix-domain socket (ZMTP 3.0, NULL mechanism: libzmq's tcp:// and ipc:// transports): a
+/// DEALER, SUB or REQ peer of a kernel's ROUTER, PUB or heartbeat socket. No libzmq I/O
+/// thread sits between the loop and the kernel, so a message costs no thread hand-off and no
+/// mailbox signal.
 ///
 /// Like a libzmq socket with connect(): messages sent before the connection is up are queued
 /// and go out after the handshake; a refused or lost connection is retried (after 1, then
@@ -111,7 +112,7 @@ private:
     std::string flushing_;     ///< the write in flight
     bool writing_ = false;
     bool flush_posted_ = false;
-    bool tcp_up_ = false;      ///< stream connected (handshake sent or being sent)
+    bool stream_up_ = false;   ///< stream connected (handshake sent or being sent)
     bool ready_ = false;       ///< the peer's READY arrived
     bool closed_ = false;
     std::uint64_t generation_ = 0;  ///< bumps per connection: fences callbacks of old ones

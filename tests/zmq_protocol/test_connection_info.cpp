@@ -187,6 +187,21 @@ TEST_CASE("connection_info: endpoints", "[connection]")
     info.transport = "ipc";
     info.ip = "/tmp/kernel-abc";
     CHECK(info.endpoint(3) == "ipc:///tmp/kernel-abc-3");
+
+    zp::connection_info u;
+    u.use_ipc("/run/kg/kernel-x-ipc");
+    CHECK(u.transport == "ipc");
+    CHECK(u.endpoint(u.shell_port) == "ipc:///run/kg/kernel-x-ipc-1");
+    CHECK(u.endpoint(u.hb_port) == "ipc:///run/kg/kernel-x-ipc-5");
+    // Five distinct sockets, and a file jupyter_client reads back the same.
+    CHECK(std::set<std::uint16_t>{u.shell_port, u.iopub_port, u.stdin_port, u.control_port,
+                                  u.hb_port}
+              .size() == 5);
+    auto back = zp::connection_info::from_json(u.to_json());
+    REQUIRE(back.has_value());
+    CHECK(back->transport == "ipc");
+    CHECK(back->ip == u.ip);
+    CHECK(back->iopub_port == u.iopub_port);
 }
 
 TEST_CASE("connection_info: refuses bad contents", "[connection]")
