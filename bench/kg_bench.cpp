@@ -1210,12 +1210,7 @@ public:
             info_.use_ipc((runtime_dir / ("kernel-" + id + "-ipc")).string());
         } else {
             const auto ports = free_ports(5);
-            info_.ip = "127.0.0.1";
-            info_.shell_port = ports[0];
-            info_.iopub_port = ports[1];
-            info_.stdin_port = ports[2];
-            info_.control_port = ports[3];
-            info_.hb_port = ports[4];
+            info_.use_tcp("127.0.0.1", std::span<const std::uint16_t, 5>(ports.data(), 5));
         }
         info_.key = zp::new_key();
         file_ = runtime_dir / ("kernel-" + id + ".json");

@@ -188,12 +188,7 @@ result<zmq_protocol::connection_info> local_host::launch(const launch_request& r
         if (ports.size() != 5) {
             return std::error_code(errno != 0 ? errno : EADDRINUSE, std::generic_category());
         }
-        info.ip = ip_;
-        info.shell_port = ports[0];
-        info.iopub_port = ports[1];
-        info.stdin_port = ports[2];
-        info.control_port = ports[3];
-        info.hb_port = ports[4];
+        info.use_tcp(ip_, std::span<const std::uint16_t, 5>(ports.data(), 5));
     }
     info.key = zmq_protocol::new_key();
     info.kernel_name = req.spec->name;

@@ -128,6 +128,17 @@ void connection_info::use_ipc(std::string base)
     hb_port = 5;
 }
 
+void connection_info::use_tcp(std::string address, std::span<const std::uint16_t, 5> ports)
+{
+    transport = "tcp";
+    ip = std::move(address);
+    shell_port = ports[0];
+    iopub_port = ports[1];
+    stdin_port = ports[2];
+    control_port = ports[3];
+    hb_port = ports[4];
+}
+
 nlohmann::json connection_info::to_json() const
 {
     json j = json::object();

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdint>
 #include <filesystem>
+#include <span>
 #include <string>
 
 #include <nlohmann/json_fwd.hpp>
@@ -28,6 +29,9 @@ struct connection_info
     std::string endpoint(std::uint16_t port) const;
     /// The ipc transport: the five sockets are the Unix sockets base-1 .. base-5.
     void use_ipc(std::string base);
+    /// The tcp transport on `address`, ports in connection-file order: shell, iopub, stdin,
+    /// control, hb.
+    void use_tcp(std::string address, std::span<const std::uint16_t, 5> ports);
     nlohmann::json to_json() const;
     static result<connection_info> from_json(const nlohmann::json& j);
 };

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "zmq_protocol/connection_info.hpp"
 
+#include <array>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -202,6 +203,15 @@ TEST_CASE("connection_info: endpoints", "[connection]")
     CHECK(back->transport == "ipc");
     CHECK(back->ip == u.ip);
     CHECK(back->iopub_port == u.iopub_port);
+
+    const std::array<std::uint16_t, 5> ports{5001, 5002, 5003, 5004, 5005};
+    u.use_tcp("127.0.0.1", ports);
+    CHECK(u.transport == "tcp");
+    CHECK(u.endpoint(u.shell_port) == "tcp://127.0.0.1:5001");
+    CHECK(u.iopub_port == 5002);
+    CHECK(u.stdin_port == 5003);
+    CHECK(u.control_port == 5004);
+    CHECK(u.hb_port == 5005);
 }
 
 TEST_CASE("connection_info: refuses bad contents", "[connection]")
