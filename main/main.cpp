@@ -269,6 +269,10 @@ int run_kernelspecs(const std::vector<std::string>& dirs, bool no_conda, bool as
     }
     disc.include_conda = !no_conda;
     const auto specs = kg::sessions::discover_kernelspecs(disc);
+    // What --kernel-transport auto gives each spec.
+    auto transport = [](const kg::sessions::kernelspec& s) {
+        return kg::sessions::kernel_speaks_ipc(s) ? "ipc" : "tcp";
+    };
     if (as_json) {
         nlohmann::json j = nlohmann::json::object();
         for (const auto& [name, s] : specs) {
@@ -277,8 +281,7 @@ int run_kernelspecs(const std::vector<std::string>& dirs, bool no_conda, bool as
                        {"dir", s.dir.string()},
                        {"source", s.source},
                        {"argv", s.argv},
-                       // what --kernel-transport auto picks for it
-                       {"transport", kg::sessions::kernel_speaks_ipc(s) ? "ipc" : "tcp"}};
+                       {"transport", transport(s)}};
         }
         std::cout << j.dump(2) << std::endl;
         return 0;
@@ -289,7 +292,7 @@ int run_kernelspecs(const std::vector<std::string>& dirs, bool no_conda, bool as
     }
     for (const auto& [name, s] : specs) {
         std::cout << name << "\t" << s.display_name << "\t" << s.source << "\t"
-                  << (kg::sessions::kernel_speaks_ipc(s) ? "ipc" : "tcp") << "\t"
+                  << transport(s) << "\t"
                   << s.dir.string() << "\n";
     }
     return 0;

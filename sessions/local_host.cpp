@@ -124,8 +124,8 @@ void local_host::remove_stale_files()
         }
         std::error_code type_ec;
         const auto type = it->symlink_status(type_ec).type();
-        const bool conn_file = type == fs::file_type::regular && name.size() > 5 &&
-                               name.compare(name.size() - 5, 5, ".json") == 0;
+        const bool conn_file =
+            type == fs::file_type::regular && it->path().extension() == ".json";
         const bool ipc_socket = type == fs::file_type::socket &&
                                 name.find("-ipc-") != std::string::npos;
         std::error_code rm_ec;
@@ -153,10 +153,8 @@ void local_host::remove_files(const child& c)
 {
     std::error_code ec;
     fs::remove(c.connection_file, ec);
-    if (!c.ipc_base.empty()) {
-        for (int port = 1; port <= 5; ++port) {
-            fs::remove(c.ipc_base + "-" + std::to_string(port), ec);
-        }
+    for (const auto& path : c.ipc_files) {
+        fs::remove(path, ec);
     }
 }
 
@@ -293,10 +291,10 @@ result<zmq_protocol::connection_info> local_host::launch(const launch_request& r
     ::posix_spawn_file_actions_destroy(&actions);
     ::posix_spawnattr_destroy(&attr);
     if (spawn_err != 0) {
-        remove_files(child{-1, false, conn_file, ipc_base});
+        remove_files(child{-1, false, conn_file, info.ipc_paths()});
         return std::error_code(spawn_err, std::generic_category());
     }
-    children_[req.kernel_id] = child{pid, true, conn_file, ipc_base};
+    children_[req.kernel_id] = child{pid, true, conn_file, info.ipc_paths()};
     spdlog::info("kernel {} started: pid {} spec {} transport {}", req.kernel_id, pid,
                  req.spec->name, info.transport);
     return info;

@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -72,7 +73,7 @@ private:
         int pid = -1;
         bool running = false;
         std::filesystem::path connection_file;
-        std::string ipc_base;  ///< ipc transport: the sockets are ipc_base-1 .. ipc_base-5
+        std::vector<std::string> ipc_files;  ///< ipc transport: its five socket files
     };
     /// Removes the connection file and any ipc socket files of a kernel.
     static void remove_files(const child& c);

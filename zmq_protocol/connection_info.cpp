@@ -139,6 +139,18 @@ void connection_info::use_tcp(std::string address, std::span<const std::uint16_t
     hb_port = ports[4];
 }
 
+std::vector<std::string> connection_info::ipc_paths() const
+{
+    if (transport != "ipc") {
+        return {};
+    }
+    std::vector<std::string> out;
+    for (const auto& [name, field] : port_fields) {
+        out.push_back(ip + "-" + std::to_string(this->*field));
+    }
+    return out;
+}
+
 nlohmann::json connection_info::to_json() const
 {
     json j = json::object();

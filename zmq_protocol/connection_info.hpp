@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <span>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 
@@ -32,6 +33,8 @@ struct connection_info
     /// The tcp transport on `address`, ports in connection-file order: shell, iopub, stdin,
     /// control, hb.
     void use_tcp(std::string address, std::span<const std::uint16_t, 5> ports);
+    /// The five Unix socket paths of the ipc transport (ip-port); empty for tcp.
+    std::vector<std::string> ipc_paths() const;
     nlohmann::json to_json() const;
     static result<connection_info> from_json(const nlohmann::json& j);
 };

@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <vector>
 
 #include <sys/stat.h>
 
@@ -198,6 +199,10 @@ TEST_CASE("connection_info: endpoints", "[connection]")
     CHECK(std::set<std::uint16_t>{u.shell_port, u.iopub_port, u.stdin_port, u.control_port,
                                   u.hb_port}
               .size() == 5);
+    CHECK(u.ipc_paths() == std::vector<std::string>{
+                               "/run/kg/kernel-x-ipc-1", "/run/kg/kernel-x-ipc-2",
+                               "/run/kg/kernel-x-ipc-3", "/run/kg/kernel-x-ipc-4",
+                               "/run/kg/kernel-x-ipc-5"});
     auto back = zp::connection_info::from_json(u.to_json());
     REQUIRE(back.has_value());
     CHECK(back->transport == "ipc");
@@ -212,6 +217,7 @@ TEST_CASE("connection_info: endpoints", "[connection]")
     CHECK(u.stdin_port == 5003);
     CHECK(u.control_port == 5004);
     CHECK(u.hb_port == 5005);
+    CHECK(u.ipc_paths().empty());
 }
 
 TEST_CASE("connection_info: refuses bad contents", "[connection]")
