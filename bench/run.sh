@@ -7,6 +7,8 @@
 #   direct                  kg-bench's own ZeroMQ client to a kernel it launches (the limit)
 #   kernelgate              kernelgate, v1 WebSocket frames
 #   kernelgate-legacy       kernelgate, legacy JSON frames (echo kernel, data-path scenarios)
+#   kernelgate-busy-poll    kernelgate --busy-poll (opt-in: the loop polls after work instead
+#                           of sleeping), v1 frames, the latency scenarios
 #   jupyter-server          Debian's Jupyter Server 1.23, default configuration
 #   jupyter-server-nodelay  the same with bench/jupyter_server_nodelay.py (TCP_NODELAY on the
 #                           kernel WebSockets, iopub rate limit off)
@@ -29,8 +31,9 @@ usage: bench/run.sh [--quick | --full] [options]
   --out DIR           raw kg-bench JSON and logs (default: a new temp dir, kept)
   --json FILE         combined results (default: OUT/results.json)
   --repeat N          repeats per measurement (default: 1 quick, 3 full)
-  --targets LIST      comma list of targets (default: all five, see the header of this file)
+  --targets LIST      comma list of targets (default: all six, see the header of this file)
   --kernels LIST      comma list of kernels: echo, python3 (default: both)
+  --busy-poll US      kernelgate-busy-poll's --busy-poll window in microseconds (default 200)
   --transport T       how every target reaches its kernels: ipc (Unix sockets, kernelgate's
                       default for ipykernel) or tcp (loopback ports); default ipc. The same
                       for all targets: kernelgate --kernel-transport, kg-bench --transport,
@@ -49,7 +52,8 @@ KG_BIN=""
 OUT=""
 JSON=""
 REPEAT=""
-TARGETS="direct,kernelgate,kernelgate-legacy,jupyter-server,jupyter-server-nodelay"
+TARGETS="direct,kernelgate,kernelgate-legacy,kernelgate-busy-poll,jupyter-server,jupyter-server-nodelay"
+BUSY_POLL=200
 KERNELS="echo,python3"
 TRANSPORT=ipc
 while [ $# -gt 0 ]; do
@@ -64,6 +68,7 @@ while [ $# -gt 0 ]; do
         --targets) TARGETS="$2"; shift ;;
         --kernels) KERNELS="$2"; shift ;;
         --transport) TRANSPORT="$2"; shift ;;
+        --busy-poll) BUSY_POLL="$2"; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -73,6 +78,9 @@ done
 case "$TRANSPORT" in
     ipc|tcp) ;;
     *) echo "run.sh: --transport is ipc or tcp, not $TRANSPORT" >&2; exit 2 ;;
+esac
+case "$BUSY_POLL" in
+    ''|*[!0-9]*) echo "run.sh: --busy-poll is a number of microseconds, not $BUSY_POLL" >&2; exit 2 ;;
 esac
 BUILD_DIR="$(cd "$BUILD_DIR" && pwd)"
 KG_BIN="${KG_BIN:-$BUILD_DIR/kernelgate}"
@@ -123,6 +131,7 @@ else
 fi
 DATA_SCENARIOS=start,kernel_info,execute,flood,iopub_flood,stream,fanout,broadcast
 LEGACY_SCENARIOS=kernel_info,execute,flood,iopub_flood,stream,broadcast
+BUSY_POLL_SCENARIOS=kernel_info,execute,fanout
 
 # ---- workspace and cleanup ---------------------------------------------------------------
 WORK="$(mktemp -d /tmp/kg-bench-run.XXXXXX)"
@@ -167,7 +176,7 @@ cleanup() {
         kill -KILL "$pid" 2>/dev/null || true
     done
     if [[ "$OUT/" == "$WORK/"* ]]; then  # results live in the work dir: keep only them
-        rm -rf "$WORK/jupyter" "$WORK/kg-data" "$WORK/direct" "$WORK/share" "$WORK/bin"
+        rm -rf "$WORK/jupyter" "$WORK/kg-data" "$WORK/kg-data-poll" "$WORK/direct" "$WORK/share" "$WORK/bin"
     else
         rm -rf "$WORK"
     fi
@@ -209,16 +218,19 @@ free_port() {
     "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# Starts a gateway; sets GW_PID and GW_URL. $1: kernelgate | jupyter-server | jupyter-server-nodelay
+# Starts a gateway; sets GW_PID and GW_URL.
+# $1: kernelgate | kernelgate-busy-poll | jupyter-server | jupyter-server-nodelay
 start_gateway() {
     local kind="$1" log="$OUT/logs/$1-$(date +%s%N).log" deadline port line
     deadline=$((SECONDS + 60))
     case "$kind" in
-        kernelgate)
-            rm -rf "$WORK/kg-data"
-            "$WORK/bin/kg-bench-gateway" serve --ip 127.0.0.1 --port 0 --data-dir "$WORK/kg-data" \
+        kernelgate|kernelgate-busy-poll)
+            local data="$WORK/kg-data" poll=0
+            [ "$kind" = kernelgate-busy-poll ] && { data="$WORK/kg-data-poll"; poll="$BUSY_POLL"; }
+            rm -rf "$data"
+            "$WORK/bin/kg-bench-gateway" serve --ip 127.0.0.1 --port 0 --data-dir "$data" \
                 --auth-token "$TOKEN" --kernel-dir "$SHARE/kernels" --no-conda --log-level warn \
-                --kernel-transport "$TRANSPORT" \
+                --kernel-transport "$TRANSPORT" --busy-poll "$poll" \
                 > "$log" 2>&1 &
             GW_PID=$!
             while :; do
@@ -252,11 +264,12 @@ start_gateway() {
     done
 }
 
-stop_gateway() {
-    stop_pid "$GW_PID"
-    wait "$GW_PID" 2>/dev/null || true
+stop_gateway() {  # $1: its pid (default GW_PID)
+    local pid="${1:-$GW_PID}"
+    stop_pid "$pid"
+    wait "$pid" 2>/dev/null || true
     local keep=() p
-    for p in "${STARTED_PIDS[@]}"; do [ "$p" != "$GW_PID" ] && keep+=("$p"); done
+    for p in "${STARTED_PIDS[@]}"; do [ "$p" != "$pid" ] && keep+=("$p"); done
     STARTED_PIDS=("${keep[@]}")
 }
 
@@ -279,12 +292,13 @@ bench() {
     cat "$log.out" >&2
 }
 
-gateway_args() {  # $1 protocol
-    echo --target gateway --url "$GW_URL" --token "$TOKEN" --protocol "$1" --gateway-pid "$GW_PID"
+gateway_args() {  # $1 protocol [$2 url $3 pid: another gateway than GW_*]
+    echo --target gateway --url "${2:-$GW_URL}" --token "$TOKEN" --protocol "$1" \
+        --gateway-pid "${3:-$GW_PID}"
 }
 
 T0=$SECONDS
-echo "run.sh: mode $MODE, $REPEAT repeat(s), targets $TARGETS, kernels $KERNELS, transport $TRANSPORT; output $OUT" >&2
+echo "run.sh: mode $MODE, $REPEAT repeat(s), targets $TARGETS, kernels $KERNELS, transport $TRANSPORT, busy poll $BUSY_POLL us; output $OUT" >&2
 FAILED=0
 
 # ---- 1. idle WebSockets on kernelgate ---------------------------------------------------
@@ -320,10 +334,22 @@ run_kernelgate() {  # $1 kernel
         BENCH_REPEAT=1 bench kernelgate-legacy echo "$LEGACY_SCENARIOS" $(gateway_args legacy) \
             || FAILED=1
     fi
+    if has "$TARGETS" kernelgate-busy-poll; then
+        # shellcheck disable=SC2046
+        BENCH_REPEAT=1 bench kernelgate-busy-poll "$1" "$BUSY_POLL_SCENARIOS" \
+            $(gateway_args v1 "$POLL_URL" "$POLL_PID") || FAILED=1
+    fi
 }
 KG_DATA=0
-{ has "$TARGETS" kernelgate || has "$TARGETS" kernelgate-legacy; } && KG_DATA=1
+{ has "$TARGETS" kernelgate || has "$TARGETS" kernelgate-legacy ||
+  has "$TARGETS" kernelgate-busy-poll; } && KG_DATA=1
 if has "$TARGETS" direct || [ "$KG_DATA" = 1 ]; then
+    # Two kernelgates, default and --busy-poll, side by side; each idles (sleeps) while the
+    # other is measured.
+    if has "$TARGETS" kernelgate-busy-poll; then
+        start_gateway kernelgate-busy-poll
+        POLL_URL="$GW_URL" POLL_PID="$GW_PID"
+    fi
     [ "$KG_DATA" = 1 ] && start_gateway kernelgate
     for r in $(seq 1 "$REPEAT"); do
         for kernel in echo python3; do
@@ -338,6 +364,7 @@ if has "$TARGETS" direct || [ "$KG_DATA" = 1 ]; then
         done
     done
     [ "$KG_DATA" = 1 ] && stop_gateway
+    has "$TARGETS" kernelgate-busy-poll && stop_gateway "$POLL_PID"
 fi
 
 # ---- 3. Jupyter Server, default and nodelay ------------------------------------------------
@@ -368,6 +395,6 @@ if [ ${#RAW_FILES[@]} -eq 0 ]; then
     echo "run.sh: no results" >&2
     exit 1
 fi
-"$PY" "$SRC_DIR/report.py" --mode "$MODE" --transport "$TRANSPORT" --json "$JSON" "${CHECK[@]}" "${RAW_FILES[@]}" || FAILED=1
+"$PY" "$SRC_DIR/report.py" --mode "$MODE" --transport "$TRANSPORT" --busy-poll "$BUSY_POLL" --json "$JSON" "${CHECK[@]}" "${RAW_FILES[@]}" || FAILED=1
 echo "run.sh: done in $((SECONDS - T0)) s; results $JSON, raw runs and logs in $OUT" >&2
 exit "$FAILED"

@@ -329,6 +329,22 @@ std::string metrics_text(server& srv)
             rejected);
     counter("kernelgate_replay_dropped_total",
             "Messages dropped from full replay buffers (live kernels)", replay_dropped);
+    if (const auto* loop = srv.loop()) {
+        const auto& ls = loop->stats();
+        gauge("kernelgate_busy_poll_microseconds", "Largest busy-poll window (--busy-poll; 0: off)",
+              static_cast<std::uint64_t>(loop->busy_poll().count()));
+        gauge("kernelgate_busy_poll_window_microseconds",
+              "The busy-poll window as adapted to the traffic",
+              static_cast<std::uint64_t>(ls.window.count()));
+        counter("kernelgate_loop_sleeps_total",
+                "Times the event loop blocked waiting for events (busy polling on)", ls.sleeps);
+        counter("kernelgate_busy_poll_hits_total",
+                "Times busy polling found work the loop would have slept for", ls.busy_poll_hits);
+        o << "# HELP kernelgate_busy_poll_idle_seconds_total Time spent busy polling without "
+             "finding work (CPU spent at most)\n# TYPE kernelgate_busy_poll_idle_seconds_total counter\n"
+          << "kernelgate_busy_poll_idle_seconds_total "
+          << std::chrono::duration<double>(ls.busy_poll_idle).count() << '\n';
+    }
     return o.str();
 }
 

@@ -17,6 +17,7 @@
 #include "auth/token_store.hpp"
 #include "common/asio_fwd.hpp"
 #include "gateway/config.hpp"
+#include "gateway/event_loop.hpp"
 #include "sessions/registry.hpp"
 
 namespace kernelgate::gateway {
@@ -64,6 +65,9 @@ public:
     sessions::registry& registry() noexcept { return reg_; }
     const sessions::registry& registry() const noexcept { return reg_; }
     server_metrics& metrics() noexcept { return metrics_; }
+    /// The loop that runs this server, for /metrics (busy polling); may stay unset.
+    void set_event_loop(const event_loop* loop) noexcept { loop_ = loop; }
+    const event_loop* loop() const noexcept { return loop_; }
     /// Result of checking a request's credentials.
     struct auth_result
     {
@@ -113,6 +117,7 @@ private:
     std::map<std::string, failures> auth_failures_;  // by source address
     net::ip::tcp::acceptor acceptor_;
     server_metrics metrics_;
+    const event_loop* loop_ = nullptr;
     std::set<std::shared_ptr<ws_session>> ws_;
     std::size_t http_connections_ = 0;
     bool stopping_ = false;

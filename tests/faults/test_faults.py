@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -484,3 +485,48 @@ def test_keepalive_pings_drop_silent_clients_and_keep_live_ones(tmp_path):
         live.close()
     finally:
         g.process.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_busy_poll_serves_round_trips_and_an_idle_gateway_still_sleeps(tmp_path):
+    g = FaultGateway(tmp_path, ["--busy-poll", "200"])
+    try:
+        assert g.metric("kernelgate_busy_poll_microseconds") == 200
+        kid = g.start()
+        ch = g.channel(kid, V1)
+        hits0 = g.metric("kernelgate_busy_poll_hits_total")
+        # Round trips in a row: every one answered, in order, with its own reply.
+        for i in range(300):
+            res = ch.kernel_info(timeout=10) if i % 2 else ch.run(f"rt-{i}", timeout=10)
+            assert res.reply is not None and res.status == "ok", (i, res)
+        # Some of the messages were found by polling rather than by waking up.
+        assert g.metric("kernelgate_busy_poll_hits_total") > hits0
+        assert g.metric("kernelgate_loop_sleeps_total") > 0
+        # Idle, the loop sleeps: CPU time barely moves (a loop that kept polling would use
+        # about one CPU second per second).
+        time.sleep(0.5)
+        cpu0 = _cpu_seconds(g.process.pid)
+        time.sleep(2)
+        used = _cpu_seconds(g.process.pid) - cpu0
+        assert used < 0.2, f"an idle gateway used {used:.2f} s of CPU in 2 s"
+        ch.close()
+    finally:
+        rc = g.process.stop()
+    # Graceful shutdown works from a polling loop: SIGTERM, kernels shut down, exit 0.
+    assert rc == 0, f"exit code {rc}:\n{g.log_tail()}"
+
+
+def test_busy_poll_is_off_by_default_and_bad_values_are_refused(fgw, tmp_path):
+    assert fgw.metric("kernelgate_busy_poll_microseconds") == 0
+    assert fgw.metric("kernelgate_busy_poll_hits_total") == 0
+    for bad in ("-1", "100001", "fast"):
+        p = subprocess.run([kernelgate_binary(), "serve", "--busy-poll", bad, "--data-dir",
+                            str(tmp_path / "data"), "--port", "0"],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode != 0, (bad, p.stdout, p.stderr)
+        assert "--busy-poll" in p.stderr, (bad, p.stderr)

@@ -1,0 +1,66 @@
+// SPDX-License-Identifier: BSD-3-Clause
+#include "gateway/event_loop.hpp"
+
+#include <sched.h>
+
+#include <algorithm>
+
+namespace kernelgate::gateway {
+
+void event_loop::run()
+{
+    if (busy_poll_.count() <= 0) {
+        ioc_.run();
+        return;
+    }
+    using clock = std::chrono::steady_clock;
+    using std::chrono::microseconds;
+    constexpr auto unset = clock::time_point::min();
+    // The window adapts as the kernel's haltpoll governor does, from how long each wait
+    // (polling, then sleeping) lasted: longer than busy_poll, and polling was of no use, so the
+    // window halves; longer than the window but within busy_poll, and a longer window would
+    // have caught it, so it doubles (from a quarter of busy_poll). Sparse traffic soon costs
+    // nothing; dense traffic wins the window back.
+    const auto grow_from = std::max(microseconds(1), busy_poll_ / 4);
+    auto& window = window_;  // kept across run() calls
+    auto poll_until = unset;   // polling goes on until then; the loop starts idle
+    auto empty_since = unset;  // since when polls have found nothing
+    while (!ioc_.stopped()) {
+        if (ioc_.poll() > 0) {
+            const auto now = clock::now();
+            if (empty_since != unset) {
+                ++stats_.busy_poll_hits;  // the loop would have slept: a wake-up saved
+                stats_.busy_poll_idle += now - empty_since;
+                empty_since = unset;
+            }
+            poll_until = now + window;
+            continue;
+        }
+        const auto now = clock::now();
+        if (empty_since == unset) {
+            empty_since = now;
+        }
+        if (now < poll_until) {
+            ::sched_yield();
+            continue;
+        }
+        // The window passed with nothing to do: sleep until the next event.
+        stats_.busy_poll_idle += now - empty_since;
+        ++stats_.sleeps;
+        ioc_.run_one();
+        const auto woke = clock::now();
+        if (poll_until != unset) {  // not the first wait
+            const auto waited = woke - empty_since;  // polling, then sleeping
+            if (waited > busy_poll_) {
+                window /= 2;  // longer than any window: polling was no use
+            } else if (waited > window) {
+                window = std::min(busy_poll_, std::max(grow_from, window * 2));  // just missed
+            }
+        }
+        empty_since = unset;
+        stats_.window = window;
+        poll_until = woke + window;
+    }
+}
+
+} // namespace kernelgate::gateway
