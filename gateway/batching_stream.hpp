@@ -5,6 +5,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -28,9 +29,10 @@ namespace kernelgate::gateway {
 /// a time) is followed by one non-blocking read of up to 64 KiB, kept here and handed out to
 /// the next reads, so a burst of requests costs one or two receive calls, not one per 1536
 /// bytes; nothing is held while idle. Over TLS reads go straight to the next layer (it reads
-/// whole records already). on_input_drained marks where each burst of input ends: every byte
-/// received so far has been handed up and the layer above asks for more. Teardown (the end
-/// of a WebSocket close) waits until the buffer is written, so a close frame is not lost.
+/// whole records already). preload() hands up bytes read before this layer existed.
+/// on_input_drained marks where each burst of input ends: every byte received so far has
+/// been handed up and the layer above asks for more. Teardown (the end of a WebSocket close)
+/// waits until the buffer is written, so a close frame is not lost.
 ///
 /// Thread safety: one thread (the event loop), as the WebSocket stream above it.
 template <class NextLayer>
@@ -71,6 +73,14 @@ public:
     void discard_pending() noexcept { state_->pending.clear(); }
     /// Called after each completed write to the next layer.
     void on_flushed(std::function<void()> f) { state_->on_flushed = std::move(f); }
+    /// Bytes the connection's previous reader took from the socket and did not use (an HTTP
+    /// parser that read past the upgrade request: a client that sent its first frames without
+    /// waiting for the 101). They are handed up before anything is read from the next layer.
+    void preload(std::string_view bytes)
+    {
+        state_->ahead.assign(bytes.data(), bytes.size());
+        state_->ahead_pos = 0;
+    }
     /// Called each time the layer above has used every byte read so far and asks for more:
     /// a burst of input has been handled (the session sends on what the burst asked for).
     void on_input_drained(std::function<void()> f) { state_->on_drained = std::move(f); }
@@ -121,8 +131,19 @@ public:
     auto async_read_some(const MutableBufferSequence& buffers, ReadHandler&& handler)
     {
         if constexpr (!k_read_ahead) {
-            drained();
-            return state_->next.async_read_some(buffers, std::forward<ReadHandler>(handler));
+            return net::async_initiate<ReadHandler, void(beast::error_code, std::size_t)>(
+                [this](auto h, const MutableBufferSequence& b) {
+                    auto st = state_;
+                    if (!st->ahead.empty()) {  // preloaded
+                        const std::size_t n = take_ahead(*st, b);
+                        net::post(get_executor(),
+                                  beast::bind_front_handler(std::move(h), beast::error_code{}, n));
+                        return;
+                    }
+                    drained();
+                    st->next.async_read_some(b, std::move(h));
+                },
+                handler, buffers);
         } else {
             return net::async_initiate<ReadHandler, void(beast::error_code, std::size_t)>(
                 [this](auto h, const MutableBufferSequence& b) {

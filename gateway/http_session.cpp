@@ -192,6 +192,13 @@ net::awaitable<void> serve_requests(server& srv, Stream stream, const std::strin
             spdlog::info("{} {} 101", to_sv(req.method_string()), loggable_path(to_sv(req.target())));
             auto ws = std::make_shared<ws_session>(srv, std::move(stream), std::move(k),
                                                    std::move(sid), fmt, *auth.who);
+            // The parser may have read past the request: frames sent with it belong to the
+            // WebSocket.
+            if (buffer.size() > 0) {
+                const auto early = buffer.data();
+                ws->preload(std::string_view(static_cast<const char*>(early.data()), early.size()));
+                buffer.consume(buffer.size());
+            }
             co_await ws->run(std::move(req));
             co_return;
         }

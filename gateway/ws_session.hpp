@@ -40,6 +40,12 @@ public:
                std::string session_id, ws_format fmt, auth::identity who);
     ~ws_session() override;
 
+    /// Bytes read past the upgrade request (frames a client sent without waiting for the
+    /// 101): the read loop takes them first. Call before run().
+    void preload(std::string_view early_input)
+    {
+        std::visit([&](auto& ws) { ws.next_layer().preload(early_input); }, ws_);
+    }
     /// Completes the upgrade (answering with the chosen subprotocol) and runs the read loop.
     net::awaitable<void> run(request req);
 

@@ -8,11 +8,14 @@ gateway must do: drop and count, bound memory, answer with the right status or c
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import secrets
 import socket
+import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -25,8 +28,9 @@ import websocket
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from conftest import ManagedProcess, clean_child_env, free_port, kernelgate_binary  # noqa: E402
-from kg_client import (LEGACY, V1, ChannelClient, Deadline, RestClient,  # noqa: E402
-                       encode_legacy_text, encode_v1, expect, make_msg, poll_until)
+from kg_client import (LEGACY, V1, V1_PROTOCOL, ChannelClient, Deadline, RestClient,  # noqa: E402
+                       decode_legacy_text, decode_v1, encode_legacy_text, encode_v1, expect,
+                       make_msg, poll_until)
 
 # websocket-client 1.2.3 refuses close code 1013 ("Try Again Later", registered with IANA for
 # RFC 6455 and accepted by browsers); let it through so the test can read the code we send.
@@ -183,6 +187,92 @@ def test_a_burst_of_requests_in_one_tcp_write_is_answered_whole_and_in_order(fgw
     assert [r.parent_id for r in replies] == [r.msg_id for r in requests_]
     assert all(r.content["status"] == "ok" for r in replies)
     ch.close()
+
+
+def upgrade_with_early_frames(sock, host: str, token: str, kernel_id: str, protocol: str,
+                              timeout: float = 20):
+    """Sends the WebSocket upgrade request and, in the same write, a kernel_info_request and
+    an execute_request (a client that does not wait for the 101; RFC 6455 asks clients to
+    wait, proxies and hurried clients do not). Returns (status line, {request msg_type: reply
+    Message}) once both replies came, or what came before the timeout."""
+    sid = uuid.uuid4().hex
+    reqs = [make_msg("kernel_info_request", session=sid),
+            make_msg("execute_request", {"code": "early-bird", "silent": False,
+                                         "store_history": True, "user_expressions": {},
+                                         "allow_stdin": False, "stop_on_error": True},
+                     session=sid)]
+    head = (f"GET /api/kernels/{kernel_id}/channels?session_id={sid} HTTP/1.1\r\n"
+            f"Host: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+            f"Sec-WebSocket-Version: 13\r\nAuthorization: token {token}\r\n")
+    if protocol == V1:
+        head += f"Sec-WebSocket-Protocol: {V1_PROTOCOL}\r\n"
+    wire = bytearray((head + "\r\n").encode())
+    for m in reqs:
+        if protocol == V1:
+            wire += _abnf.ABNF.create_frame(encode_v1(m), _abnf.ABNF.OPCODE_BINARY).format()
+        else:
+            wire += _abnf.ABNF.create_frame(encode_legacy_text(m), _abnf.ABNF.OPCODE_TEXT).format()
+    sock.settimeout(1)
+    sock.sendall(bytes(wire))
+    deadline = Deadline(timeout, "replies to frames sent with the upgrade request")
+    buf = bytearray()
+
+    def need(n: int) -> bool:
+        while len(buf) < n and not deadline.expired():
+            try:
+                chunk = sock.recv(65536)
+            except (socket.timeout, ssl.SSLWantReadError):
+                continue
+            if not chunk:
+                return False
+            buf.extend(chunk)
+        return len(buf) >= n
+
+    while b"\r\n\r\n" not in buf and need(len(buf) + 1):
+        pass
+    end = buf.find(b"\r\n\r\n")
+    assert end >= 0, f"no HTTP response: {bytes(buf[:200])!r}"
+    status = bytes(buf[:buf.find(b"\r\n")]).decode()
+    del buf[:end + 4]
+    wanted = {m.msg_id: m.msg_type for m in reqs}
+    replies = {}
+    while len(replies) < len(reqs) and need(2):
+        opcode, n, at = buf[0] & 0x0F, buf[1] & 0x7F, 2
+        if n == 126:
+            if not need(4):
+                break
+            n, at = struct.unpack(">H", buf[2:4])[0], 4
+        elif n == 127:
+            if not need(10):
+                break
+            n, at = struct.unpack(">Q", buf[2:10])[0], 10
+        if not need(at + n):
+            break
+        payload = bytes(buf[at:at + n])
+        del buf[:at + n]
+        if opcode == 0x8:
+            break  # closed
+        if opcode not in (0x1, 0x2):
+            continue
+        m = decode_v1(payload) if protocol == V1 else decode_legacy_text(payload.decode())
+        if m.parent_id in wanted and m.msg_type.endswith("_reply"):
+            replies[wanted[m.parent_id]] = m
+    return status, replies
+
+
+@pytest.mark.parametrize("protocol", [V1, LEGACY])
+def test_frames_sent_with_the_upgrade_request_are_answered(fgw, protocol):
+    """The HTTP parser reads whatever the socket holds; frames that came with the upgrade
+    request must reach the WebSocket, not vanish with the parser's buffer."""
+    kid = fgw.start()
+    with socket.create_connection(("127.0.0.1", fgw.port), timeout=10) as s:
+        status, replies = upgrade_with_early_frames(s, f"127.0.0.1:{fgw.port}", fgw.token, kid,
+                                                    protocol)
+    assert status.startswith("HTTP/1.1 101"), status
+    assert set(replies) == {"kernel_info_request", "execute_request"}, replies
+    assert replies["kernel_info_request"].msg_type == "kernel_info_reply"
+    assert replies["execute_request"].content["status"] == "ok"
 
 
 def test_slow_client_memory_is_bounded_and_output_dropped_with_a_notice(fgw):

@@ -3,6 +3,7 @@
 authority made in the test with the openssl command line."""
 from __future__ import annotations
 
+import socket
 import ssl
 import subprocess
 import uuid
@@ -12,8 +13,8 @@ import pytest
 import requests
 import websocket
 
-from test_faults import FaultGateway  # noqa: F401  (same launcher, other flags)
-from kg_client import ChannelClient, make_msg  # noqa: E402
+from test_faults import FaultGateway, upgrade_with_early_frames  # noqa: F401
+from kg_client import LEGACY, ChannelClient, make_msg  # noqa: E402
 
 
 def _openssl(*args, cwd: Path):
@@ -77,6 +78,14 @@ def test_https_and_wss_with_a_self_signed_ca(tmp_path, pki):
         while not ('"execute_reply"' in seen and "over-tls" in seen):
             seen += ws.recv()  # the socket's 20 s timeout bounds the wait
         ws.close()
+        # Frames sent in the same TLS records as the upgrade request reach the kernel too.
+        ctx = ssl.create_default_context(cafile=str(g.pki / "ca.pem"))
+        with socket.create_connection(("127.0.0.1", g.port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            status, replies = upgrade_with_early_frames(s, f"127.0.0.1:{g.port}", g.token, kid,
+                                                        LEGACY)
+        assert status.startswith("HTTP/1.1 101"), status
+        assert set(replies) == {"kernel_info_request", "execute_request"}, replies
         # Plain HTTP to the TLS port gets no answer, and certificates are checked by clients.
         with pytest.raises(requests.exceptions.ConnectionError):
             requests.get(f"http://127.0.0.1:{g.port}/api/health", timeout=5)
