@@ -162,6 +162,33 @@ async function execute(kernel, code, { onStdin, timeoutMs = EXEC_TIMEOUT, onIOPu
   return { reply, iopub, stdout: stream('stdout'), stderr: stream('stderr') };
 }
 
+/**
+ * kernel.info through a Jupyter Server 1.23 front. That front can lose the first message a client
+ * sends on a new kernel WebSocket: its GatewayWebSocketClient opens its own connection to the
+ * gateway in a spawned callback, and a message that arrives before that callback has run is chained
+ * on a placeholder future that never resolves (jupyter_server/gateway/handlers.py, on_message with
+ * self.ws None). Frames sent together with the upgrade request hit that window every time: the front
+ * never answers them, while kernelgate does (tests/faults checks kernelgate's side). The library's
+ * own kernel_info_request is that first message, so, like Jupyter Server's nudge (and
+ * tests/integration's), ask again every 2 s until a reply comes. Without a front one request must
+ * do.
+ */
+async function kernelInfoThroughFront(kernel) {
+  let done = false;
+  const info = kernel.info.then((v) => {
+    done = true;
+    return v;
+  });
+  for (let i = 0; i < 9 && !done; i++) {
+    await Promise.race([info, new Promise((r) => realSetTimeout(r, 2000))]);
+    if (!done && !kernel.isDisposed) {
+      process.stderr.write('# front: no kernel_info_reply yet; asking again (the front can lose a first message)\n');
+      kernel.requestKernelInfo().catch(() => {});
+    }
+  }
+  return info;
+}
+
 /** The websockets opened by one KernelConnection (same kernel, same client session id), oldest first. */
 function kernelSockets(sockets, conn) {
   return sockets.filter((s) => {
@@ -282,7 +309,7 @@ for (const { name: mode, title, offer, front: frontKind, protocol, replay, buffe
       kernel = await withDeadline(kernelManager.startNew({ name: 'python3' }), 60_000, 'KernelManager.startNew');
       assert.match(kernel.id, UUID_RE);
       assert.equal(kernel.name, 'python3');
-      const info = await withDeadline(kernel.info, 20_000, 'kernel_info reply');
+      const info = await withDeadline(front ? kernelInfoThroughFront(kernel) : kernel.info, 20_000, 'kernel_info reply');
       assert.equal(info.language_info.name, 'python');
       assert.equal(info.status, 'ok');
       assert.match(info.protocol_version, /^5\./);
