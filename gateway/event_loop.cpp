@@ -58,7 +58,6 @@ void event_loop::run()
             }
         }
         empty_since = unset;
-        stats_.window = window;
         poll_until = woke + window;
     }
 }

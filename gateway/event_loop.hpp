@@ -13,7 +13,6 @@ struct loop_stats
     std::uint64_t sleeps = 0;          ///< times the loop blocked waiting for events
     std::uint64_t busy_poll_hits = 0;  ///< times polling found work that would have woken it
     std::chrono::nanoseconds busy_poll_idle{0};  ///< time spent polling and finding nothing
-    std::chrono::microseconds window{0};  ///< the adapted window after the last sleep
 };
 
 /// Runs an io_context until it is stopped or runs out of work, as io_context::run() does.
@@ -38,6 +37,8 @@ public:
 
     void run();
     std::chrono::microseconds busy_poll() const noexcept { return busy_poll_; }
+    /// The window as adapted to the traffic so far (busy_poll at first).
+    std::chrono::microseconds window() const noexcept { return window_; }
     const loop_stats& stats() const noexcept { return stats_; }
 
 private:

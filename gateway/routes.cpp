@@ -335,7 +335,7 @@ std::string metrics_text(server& srv)
               static_cast<std::uint64_t>(loop->busy_poll().count()));
         gauge("kernelgate_busy_poll_window_microseconds",
               "The busy-poll window as adapted to the traffic",
-              static_cast<std::uint64_t>(ls.window.count()));
+              static_cast<std::uint64_t>(loop->window().count()));
         counter("kernelgate_loop_sleeps_total",
                 "Times the event loop blocked waiting for events (busy polling on)", ls.sleeps);
         counter("kernelgate_busy_poll_hits_total",
