@@ -28,17 +28,25 @@ namespace fs = std::filesystem;
 
 namespace {
 
-/// Asks the OS for n distinct free TCP ports on ip (bind to port 0, read back, close), the
-/// way jupyter_client picks kernel ports.
-std::vector<std::uint16_t> free_ports(const std::string& ip, int n)
+/// Room in sockaddr_un::sun_path for a path and its terminating NUL.
+constexpr std::size_t k_max_ipc_path = sizeof(sockaddr_un::sun_path) - 1;
+
+} // namespace
+
+std::vector<std::uint16_t> port_picker::pick(const std::string& ip, int n)
 {
-    std::vector<int> fds;
+    const auto now = std::chrono::steady_clock::now();
+    std::erase_if(recent_, [&](const auto& kv) { return now - kv.second > hold_; });
+    std::vector<int> fds;  // held open until done: one call never sees a port twice
     std::vector<std::uint16_t> ports;
-    for (int i = 0; i < n; ++i) {
+    // A port handed out recently stays bound here while we ask again; bounded so that a
+    // host whose ephemeral range is nearly used up gets an error rather than a loop.
+    for (int attempts = 0; static_cast<int>(ports.size()) < n && attempts < 64 * n; ++attempts) {
         const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0) {
             break;
         }
+        fds.push_back(fd);
         sockaddr_in addr{};
         addr.sin_family = AF_INET;
         addr.sin_port = 0;
@@ -48,22 +56,21 @@ std::vector<std::uint16_t> free_ports(const std::string& ip, int n)
         socklen_t len = sizeof(addr);
         if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
             ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-            ::close(fd);
             break;
         }
-        fds.push_back(fd);
-        ports.push_back(ntohs(addr.sin_port));
+        const std::uint16_t port = ntohs(addr.sin_port);
+        if (!recent_.contains(port)) {
+            ports.push_back(port);
+        }
     }
     for (int fd : fds) {
         ::close(fd);
     }
+    for (const auto p : ports) {
+        recent_[p] = now;
+    }
     return ports;
 }
-
-/// Room in sockaddr_un::sun_path for a path and its terminating NUL.
-constexpr std::size_t k_max_ipc_path = sizeof(sockaddr_un::sun_path) - 1;
-
-} // namespace
 
 std::optional<kernel_transport> parse_kernel_transport(std::string_view text)
 {
@@ -182,7 +189,7 @@ result<zmq_protocol::connection_info> local_host::launch(const launch_request& r
     if (!ipc_base.empty()) {
         info.use_ipc(ipc_base);
     } else {
-        const auto ports = free_ports(ip_, 5);
+        const auto ports = ports_.pick(ip_, 5);
         if (ports.size() != 5) {
             return std::error_code(errno != 0 ? errno : EADDRINUSE, std::generic_category());
         }

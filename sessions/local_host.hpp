@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #pragma once
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -33,6 +34,25 @@ std::optional<kernel_transport> parse_kernel_transport(std::string_view text);
 /// (`-m ipykernel_launcher` or `-m ipykernel`), which does, and false for any other kernel,
 /// since many (IRkernel, IJulia) build tcp-style addresses whatever the file says.
 bool kernel_speaks_ipc(const kernelspec& spec);
+
+/// Picks free TCP ports for kernels the way jupyter_client does (bind to port 0, read it back,
+/// close), but never hands out a port it handed out in the last `hold`. The kernel binds its
+/// ports only after it has started, so without that memory two launches close together could
+/// be given the same port and the later kernel would exit with "Address already in use"
+/// (jupyter_client keeps the same kind of cache).
+///
+/// Thread safety: one thread.
+class port_picker
+{
+public:
+    explicit port_picker(std::chrono::seconds hold = std::chrono::seconds(120)) : hold_(hold) {}
+    /// n distinct free ports on ip (loopback if ip does not parse); fewer if the OS has none.
+    std::vector<std::uint16_t> pick(const std::string& ip, int n);
+
+private:
+    std::chrono::seconds hold_;
+    std::map<std::uint16_t, std::chrono::steady_clock::time_point> recent_;  ///< port -> when
+};
 
 /// Kernels as child processes of the gateway (the embedded default host).
 /// Each kernel gets its own process group (so SIGINT reaches the whole kernel), a connection
@@ -83,6 +103,7 @@ private:
     std::string ip_;
     kernel_transport transport_;
     std::uint64_t ipc_launches_ = 0;
+    port_picker ports_;
     boost::asio::signal_set sigchld_;
     std::map<std::string, child> children_;
     exit_handler on_exit_;

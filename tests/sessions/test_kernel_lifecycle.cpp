@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -511,4 +512,31 @@ TEST_CASE("replay: an overflowing buffer keeps the newest messages and says how 
                Catch::Contains("messages were dropped while no client was connected"));
     CHECK(back->saw("execute_reply"));  // the newest messages were kept
     CHECK_FALSE(back->saw("execute_input"));  // the oldest were dropped
+}
+
+TEST_CASE("port picker: launches close together never share a port")
+{
+    // bind(0) picks from the ephemeral range at random; a thousand ports drawn one launch
+    // after another would repeat dozens of times without the picker's memory (a kernel given
+    // a port another kernel is about to bind exits with "Address already in use").
+    kernelgate::sessions::port_picker picker;
+    std::set<std::uint16_t> seen;
+    for (int launch = 0; launch < 200; ++launch) {
+        const auto ports = picker.pick("127.0.0.1", 5);
+        REQUIRE(ports.size() == 5);
+        for (const auto p : ports) {
+            CHECK(p != 0);
+            CHECK(seen.insert(p).second);
+        }
+    }
+    // After the hold period a port may be handed out again.
+    kernelgate::sessions::port_picker forgetful(std::chrono::seconds(0));
+    std::set<std::uint16_t> again;
+    int repeats = 0;
+    for (int launch = 0; launch < 400 && repeats == 0; ++launch) {
+        for (const auto p : forgetful.pick("127.0.0.1", 5)) {
+            repeats += again.insert(p).second ? 0 : 1;
+        }
+    }
+    CHECK(repeats > 0);
 }
