@@ -13,8 +13,6 @@ struct loop_stats
     std::uint64_t sleeps = 0;          ///< times the loop blocked waiting for events
     std::uint64_t busy_poll_hits = 0;  ///< times polling found work that would have woken it
     std::chrono::nanoseconds busy_poll_idle{0};  ///< time spent polling and finding nothing
-    /// times the window shrank because other threads were waiting for the loop's CPU
-    std::uint64_t busy_poll_contended = 0;
 };
 
 /// Runs an io_context until it is stopped or runs out of work, as io_context::run() does.
@@ -27,18 +25,13 @@ struct loop_stats
 /// burst of work. The window adapts: halved after a wait longer than busy_poll, doubled
 /// after a wait longer than the window but within busy_poll (so traffic sparser than
 /// busy_poll soon costs nothing). An idle loop sleeps as usual: polling only follows work.
-/// With back_off_when_contended (the default) the window also halves, and does not grow,
-/// whenever the loop's thread was preempted or its yield handed the CPU to another thread
-/// since the last check: a kernel or client waiting for this CPU means polling steals from it.
 ///
 /// Thread safety: run() on one thread; stats() on that thread (the loop's own handlers).
 class event_loop
 {
 public:
-    event_loop(net::io_context& ioc, std::chrono::microseconds busy_poll,
-               bool back_off_when_contended = true) noexcept
-        : ioc_(ioc), busy_poll_(busy_poll), window_(busy_poll),
-          back_off_when_contended_(back_off_when_contended)
+    event_loop(net::io_context& ioc, std::chrono::microseconds busy_poll) noexcept
+        : ioc_(ioc), busy_poll_(busy_poll), window_(busy_poll)
     {
     }
 
@@ -52,7 +45,6 @@ private:
     net::io_context& ioc_;
     std::chrono::microseconds busy_poll_;
     std::chrono::microseconds window_;
-    bool back_off_when_contended_;
     loop_stats stats_;
 };
 

@@ -340,9 +340,6 @@ std::string metrics_text(server& srv)
                 "Times the event loop blocked waiting for events (busy polling on)", ls.sleeps);
         counter("kernelgate_busy_poll_hits_total",
                 "Times busy polling found work the loop would have slept for", ls.busy_poll_hits);
-        counter("kernelgate_busy_poll_contended_total",
-                "Times the busy-poll window shrank because other threads waited for the loop's CPU",
-                ls.busy_poll_contended);
         o << "# HELP kernelgate_busy_poll_idle_seconds_total Time spent busy polling without "
              "finding work (CPU spent at most)\n# TYPE kernelgate_busy_poll_idle_seconds_total counter\n"
           << "kernelgate_busy_poll_idle_seconds_total "

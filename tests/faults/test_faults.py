@@ -590,17 +590,12 @@ def test_busy_poll_serves_round_trips_and_an_idle_gateway_still_sleeps(tmp_path)
         kid = g.start()
         ch = g.channel(kid, V1)
         hits0 = g.metric("kernelgate_busy_poll_hits_total")
-        contended0 = g.metric("kernelgate_busy_poll_contended_total")
         # Round trips in a row: every one answered, in order, with its own reply.
         for i in range(300):
             res = ch.kernel_info(timeout=10) if i % 2 else ch.run(f"rt-{i}", timeout=10)
             assert res.reply is not None and res.status == "ok", (i, res)
-        # Some of the messages were found by polling rather than by waking up; on a machine
-        # whose CPUs are all busy the loop instead backs off (its window shrinks each time
-        # another thread waited for its CPU), which the contended counter shows.
-        hits = g.metric("kernelgate_busy_poll_hits_total") - hits0
-        contended = g.metric("kernelgate_busy_poll_contended_total") - contended0
-        assert hits > 0 or contended > 0, (hits, contended)
+        # Some of the messages were found by polling rather than by waking up.
+        assert g.metric("kernelgate_busy_poll_hits_total") > hits0
         assert g.metric("kernelgate_loop_sleeps_total") > 0
         # Idle, the loop sleeps: CPU time barely moves (a loop that kept polling would use
         # about one CPU second per second).
@@ -619,7 +614,6 @@ def test_busy_poll_serves_round_trips_and_an_idle_gateway_still_sleeps(tmp_path)
 def test_busy_poll_is_off_by_default_and_bad_values_are_refused(fgw, tmp_path):
     assert fgw.metric("kernelgate_busy_poll_microseconds") == 0
     assert fgw.metric("kernelgate_busy_poll_hits_total") == 0
-    assert fgw.metric("kernelgate_busy_poll_contended_total") == 0
     for bad in ("-1", "100001", "fast"):
         p = subprocess.run([kernelgate_binary(), "serve", "--busy-poll", bad, "--data-dir",
                             str(tmp_path / "data"), "--port", "0"],

@@ -7,9 +7,6 @@
 #include <future>
 #include <thread>
 
-#include <pthread.h>
-#include <sched.h>
-
 #include <boost/asio.hpp>
 
 #include "gateway/event_loop.hpp"
@@ -59,9 +56,7 @@ TEST_CASE("work arriving within the window is found by polling, not by waking up
     net::io_context ioc(1);
     auto guard = net::make_work_guard(ioc);
     std::atomic<int> ran{0};
-    // Far longer than the 2 ms between messages. The back-off for a contended CPU is off
-    // here: this case is about the window alone, on however busy a machine.
-    event_loop loop(ioc, 5s, false);
+    event_loop loop(ioc, 5s);  // far longer than the 2 ms between messages
     auto poster = paced_poster(ioc, ran, 20, 2ms);
     loop.run();
     poster.join();
@@ -101,7 +96,7 @@ TEST_CASE("the window shrinks while work comes seldom and grows back when it com
     net::io_context ioc(1);
     auto guard = net::make_work_guard(ioc);
     std::atomic<int> ran{0};
-    event_loop loop(ioc, 40ms, false);  // the window alone, however busy the machine
+    event_loop loop(ioc, 40ms);
     auto sparse = paced_poster(ioc, ran, 8, 100ms);
     loop.run();
     sparse.join();
@@ -154,46 +149,4 @@ TEST_CASE("a polling loop returns when the io_context runs out of work", "[event
     auto done = std::async(std::launch::async, [&loop] { loop.run(); });
     REQUIRE(done.wait_for(5s) == std::future_status::ready);
     CHECK(ran == 2);
-}
-
-TEST_CASE("a thread waiting for the loop's CPU makes the window shrink", "[event_loop]")
-{
-    // The loop and a spinning thread pinned to one CPU: every yield of the polling loop hands
-    // that CPU over, which a loop polling at others' expense must notice.
-    cpu_set_t before;
-    REQUIRE(pthread_getaffinity_np(pthread_self(), sizeof before, &before) == 0);
-    const int cpu = sched_getcpu();
-    REQUIRE(cpu >= 0);
-    cpu_set_t one;
-    CPU_ZERO(&one);
-    CPU_SET(cpu, &one);
-    REQUIRE(pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0);
-    std::atomic<bool> spin{true};
-    std::thread hog([&spin, one] {
-        pthread_setaffinity_np(pthread_self(), sizeof one, &one);
-        while (spin.load(std::memory_order_relaxed)) {
-        }
-    });
-    const auto run = [](bool back_off) {
-        net::io_context ioc(1);
-        auto guard = net::make_work_guard(ioc);
-        std::atomic<int> ran{0};
-        event_loop loop(ioc, 5s, back_off);
-        auto poster = paced_poster(ioc, ran, 20, 2ms);
-        loop.run();
-        poster.join();
-        CHECK(ran == 20);
-        return std::make_pair(loop.window(), loop.stats().busy_poll_contended);
-    };
-    const auto [window_off, contended_off] = run(false);
-    const auto [window_on, contended_on] = run(true);
-    spin = false;
-    hog.join();
-    pthread_setaffinity_np(pthread_self(), sizeof before, &before);
-    // Without the back-off the 2 ms waits leave the 5 s window as it was; with it the window
-    // halved at every wait that found the CPU wanted (20 halvings: 5 s -> under 5 ms).
-    CHECK(contended_off == 0);
-    CHECK(window_off == 5s);
-    CHECK(contended_on >= 10);
-    CHECK(window_on < 100ms);
 }
