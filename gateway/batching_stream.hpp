@@ -130,31 +130,19 @@ public:
     template <class MutableBufferSequence, class ReadHandler>
     auto async_read_some(const MutableBufferSequence& buffers, ReadHandler&& handler)
     {
-        if constexpr (!k_read_ahead) {
-            return net::async_initiate<ReadHandler, void(beast::error_code, std::size_t)>(
-                [this](auto h, const MutableBufferSequence& b) {
-                    auto st = state_;
-                    if (!st->ahead.empty()) {  // preloaded
-                        const std::size_t n = take_ahead(*st, b);
-                        net::post(get_executor(),
-                                  beast::bind_front_handler(std::move(h), beast::error_code{}, n));
-                        return;
-                    }
-                    drained();
+        return net::async_initiate<ReadHandler, void(beast::error_code, std::size_t)>(
+            [this](auto h, const MutableBufferSequence& b) {
+                auto st = state_;
+                if (!st->ahead.empty()) {  // read ahead or preloaded
+                    const std::size_t n = take_ahead(*st, b);
+                    net::post(get_executor(),
+                              beast::bind_front_handler(std::move(h), beast::error_code{}, n));
+                    return;
+                }
+                drained();
+                if constexpr (!k_read_ahead) {
                     st->next.async_read_some(b, std::move(h));
-                },
-                handler, buffers);
-        } else {
-            return net::async_initiate<ReadHandler, void(beast::error_code, std::size_t)>(
-                [this](auto h, const MutableBufferSequence& b) {
-                    auto st = state_;
-                    if (!st->ahead.empty()) {
-                        const std::size_t n = take_ahead(*st, b);
-                        net::post(get_executor(),
-                                  beast::bind_front_handler(std::move(h), beast::error_code{}, n));
-                        return;
-                    }
-                    drained();
+                } else {
                     const std::size_t want = net::buffer_size(b);
                     // The caller's executor stays bound to the read.
                     auto ex = net::get_associated_executor(h, get_executor());
@@ -166,9 +154,9 @@ public:
                             }
                             std::move(h)(ec, n);
                         }));
-                },
-                handler, buffers);
-        }
+                }
+            },
+            handler, buffers);
     }
     template <class ConstBufferSequence, class WriteHandler>
     auto async_write_some(const ConstBufferSequence& buffers, WriteHandler&& handler)
