@@ -76,7 +76,7 @@ def callgrind(out: pathlib.Path, scenario: str, top: int):
         if in_table and "libcrypto" in what:
             crypto += ir
         if in_table and len(rows) < top:
-            rows.append((ir, float(m.group(2)), short_name(what)))
+            rows.append((float(m.group(2)), short_name(what)))
     bench = out / f"{scenario}.bench.txt"
     n = bench_value(bench, "n") or bench_value(bench, "requests")
     return {"total": total, "crypto": crypto, "n": n, "rows": rows}
@@ -90,7 +90,8 @@ def perf(out: pathlib.Path, scenario: str, top: int):
     for line in p.read_text().splitlines():
         m = PERF_LINE.match(line)
         if m and len(rows) < top:
-            rows.append((float(m.group(1)), m.group(2), short_name(m.group(4), has_file=False)))
+            rows.append((float(m.group(1)),
+                         f"{m.group(2):<18} {short_name(m.group(4), has_file=False)}"))
     native = out / f"{scenario}.native.bench.txt"
     result = {}
     for metric in ("p50_us", "msgs_per_s", "req_per_s"):
@@ -110,6 +111,7 @@ def main() -> int:
     names = a.names.split(",")
     if len(names) != 2:
         ap.error("--names takes two comma-separated labels")
+
     def profiled(d: pathlib.Path) -> set:
         return {p.name.split(".")[0] for p in d.glob("*.self.txt") if not p.name.startswith("perf.")}
 
@@ -137,18 +139,13 @@ def main() -> int:
             if p and p["result"]:
                 print(f"{name:>8}: native " +
                       ", ".join(f"{k} {v:g}" for k, v in p["result"].items()))
-        for name, c in zip(names, cg):
-            if not c:
-                continue
-            print(f"-- {name}, callgrind self, top {a.top}")
-            for ir, pct, fn in c["rows"]:
-                print(f"  {pct:6.2f}%  {fn}")
-        for name, p in zip(names, pf):
-            if not p:
-                continue
-            print(f"-- {name}, perf cpu-clock self, top {a.top}")
-            for pct, dso, fn in p["rows"]:
-                print(f"  {pct:6.2f}%  {dso:<18} {fn}")
+        for what, profiles in (("callgrind self", cg), ("perf cpu-clock self", pf)):
+            for name, prof in zip(names, profiles):
+                if not prof:
+                    continue
+                print(f"-- {name}, {what}, top {a.top}")
+                for pct, label in prof["rows"]:
+                    print(f"  {pct:6.2f}%  {label}")
     return 0
 
 
