@@ -17,10 +17,12 @@ usage() {
     cat <<EOF
 usage: bench/profile.sh [--build-dir DIR] [--kernelgate BIN] [--out DIR] [--top N]
                         [--scenarios kernel_info,flood] [--protocol v1|legacy] [--perf]
+                        [--quick]
 
 Writes OUT/callgrind.<scenario>.out and OUT/<scenario>.{inclusive,self}.txt; prints the top N
 (default 15) of each. Needs valgrind (callgrind_control, callgrind_annotate) and curl.
 --perf also samples a native run with perf (cpu-clock, DWARF call graphs): OUT/perf.<scenario>.*
+--quick records a tenth of the requests (a smoke run that checks the tooling, in CI).
 EOF
 }
 BUILD_DIR="$(dirname "$SRC_DIR")/build"
@@ -30,6 +32,7 @@ TOP=15
 SCENARIOS="kernel_info,flood"
 PROTOCOL=v1
 PERF=0
+QUICK=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --build-dir) BUILD_DIR="$2"; shift ;;
@@ -39,12 +42,15 @@ while [ $# -gt 0 ]; do
         --scenarios) SCENARIOS="$2"; shift ;;
         --protocol) PROTOCOL="$2"; shift ;;
         --perf) PERF=1 ;;
+        --quick) QUICK=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "profile.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
 done
 KG_BIN="${KG_BIN:-$BUILD_DIR/kernelgate}"
+KG_BIN="$(realpath -m "$KG_BIN")"  # linked from the work dir below
+BUILD_DIR="$(realpath -m "$BUILD_DIR")"
 BENCH="$BUILD_DIR/kg-bench"
 ECHO_KERNEL="$BUILD_DIR/kg-echo-kernel"
 for f in "$KG_BIN" "$BENCH" "$ECHO_KERNEL"; do
@@ -101,6 +107,10 @@ ID="$(curl -sf --max-time 120 -H "Authorization: token $TOKEN" -d '{"name":"echo
       /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
 common=(--target gateway --url "$URL" --token "$TOKEN" --kernel-id "$ID" --protocol "$PROTOCOL"
         --repeat 1 --timeout 120 --budget 60)
+RT=1000 FLOOD=5000 STREAM_BYTES=8388608
+if [ "$QUICK" = 1 ]; then
+    RT=100 FLOOD=500 STREAM_BYTES=838860
+fi
 # Warm-up (connections, allocator, caches), not recorded.
 "$BENCH" "${common[@]}" --scenarios kernel_info,flood --rt 100 --flood 500 > /dev/null 2>&1
 
@@ -108,8 +118,8 @@ IFS=',' read -r -a list <<< "$SCENARIOS"
 for s in "${list[@]}"; do
     callgrind_control -z "$VG_PID" > /dev/null 2>&1
     callgrind_control -i on "$VG_PID" > /dev/null 2>&1
-    "$BENCH" "${common[@]}" --scenarios "$s" --rt 1000 --flood 5000 --window 64 \
-        --iopub-flood 5000 --stream-bytes 8388608 > "$OUT/$s.bench.txt" 2>&1
+    "$BENCH" "${common[@]}" --scenarios "$s" --rt "$RT" --flood "$FLOOD" --window 64 \
+        --iopub-flood "$FLOOD" --stream-bytes "$STREAM_BYTES" > "$OUT/$s.bench.txt" 2>&1
     callgrind_control -i off "$VG_PID" > /dev/null 2>&1
     callgrind_control -d "$s" "$VG_PID" > /dev/null 2>&1
     sleep 1

@@ -3,7 +3,7 @@
 # Installs everything kernelgate needs from Debian 12 packages.
 #   tools/install-deps.sh          build + run dependencies (incl. python3-ipykernel)
 #   tools/install-deps.sh --test   plus what the test suite uses (jupyter_server, notebook,
-#                                  chromium, node/npm clients)
+#                                  chromium, node/npm clients, valgrind for the profiling smoke)
 set -euo pipefail
 want_test=0
 for a in "$@"; do
@@ -21,7 +21,7 @@ build_pkgs=(build-essential cmake pkg-config git
     libsqlite3-dev sqlite3 libspdlog-dev libfmt-dev libcli11-dev
     python3 python3-ipykernel python3-jupyter-client)
 test_pkgs=(python3-pytest python3-jupyter-server python3-notebook python3-websocket python3-requests
-    chromium nodejs npm curl procps openssl)
+    chromium nodejs npm curl procps openssl valgrind)
 pkgs=("${build_pkgs[@]}")
 [ "$want_test" -eq 1 ] && pkgs+=("${test_pkgs[@]}")
 missing=()
