@@ -60,12 +60,13 @@ def callgrind(out: pathlib.Path, scenario: str, top: int):
     total = None
     crypto = 0
     rows = []
-    in_table = False
+    in_table = False  # past PROGRAM TOTALS: the function table
+    entries = 0
     for line in self_txt.read_text().splitlines():
         m = CG_LINE.match(line)
         if not m:
-            if in_table and line.startswith("---"):
-                pass
+            if entries and line.startswith("--"):
+                break  # the table ended; annotated source follows
             continue
         ir = int(m.group(1).replace(",", ""))
         what = m.group(3)
@@ -73,6 +74,7 @@ def callgrind(out: pathlib.Path, scenario: str, top: int):
             total = ir
             in_table = True
             continue
+        entries += in_table
         if in_table and "libcrypto" in what:
             crypto += ir
         if in_table and len(rows) < top:
