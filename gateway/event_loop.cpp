@@ -5,11 +5,48 @@
 
 #include <algorithm>
 
+#include <boost/asio/io_context.hpp>
+
+#include "common/cpu_pressure.hpp"
+
 namespace kernelgate::gateway {
+
+event_loop::event_loop(net::io_context& ioc, std::chrono::microseconds busy_poll,
+                       pressure_guard guard)
+    : ioc_(ioc), busy_poll_(busy_poll), window_(busy_poll), guard_(std::move(guard))
+{
+    guarded_ = busy_poll_.count() > 0 && guard_.max < 1.0;
+    if (!guarded_) {
+        return;
+    }
+    if (!guard_.source) {
+        auto psi = std::make_shared<common::cpu_pressure>();
+        guard_.source = [psi](std::chrono::steady_clock::time_point now) {
+            return psi->sample(now);
+        };
+    }
+    pressure_known_ = guard_.source(std::chrono::steady_clock::now()).has_value();
+}
+
+bool event_loop::check_pressure(std::chrono::steady_clock::time_point now)
+{
+    if (!guarded_ || now < next_check_) {
+        return paused_;
+    }
+    next_check_ = now + guard_.interval;
+    const auto p = guard_.source(now);
+    stats_.cpu_pressure = p.value_or(1.0);
+    const bool pause = !p || *p > guard_.max;
+    if (pause && !paused_) {
+        ++stats_.pressure_pauses;
+    }
+    paused_ = pause;
+    return paused_;
+}
 
 void event_loop::run()
 {
-    if (busy_poll_.count() <= 0) {
+    if (busy_poll_.count() <= 0 || pressure_unknown()) {
         ioc_.run();
         return;
     }
@@ -26,19 +63,33 @@ void event_loop::run()
     auto poll_until = unset;   // polling goes on until then; the loop starts idle
     auto empty_since = unset;  // since when polls have found nothing
     while (!ioc_.stopped()) {
-        if (ioc_.poll() > 0) {
-            const auto now = clock::now();
+        if (paused_) {  // CPUs contended: sleep between events, as io_context::run() does
+            ioc_.run_one();
+            check_pressure(clock::now());
+            continue;
+        }
+        const bool worked = ioc_.poll() > 0;
+        const auto now = clock::now();
+        if (worked) {
             if (empty_since != unset) {
                 ++stats_.busy_poll_hits;  // the loop would have slept: a wake-up saved
                 stats_.busy_poll_idle += now - empty_since;
                 empty_since = unset;
             }
             poll_until = now + window;
+        } else if (empty_since == unset) {
+            empty_since = now;
+        }
+        if (check_pressure(now)) {  // just paused: polling resumes from idle
+            if (empty_since != unset) {
+                stats_.busy_poll_idle += now - empty_since;
+                empty_since = unset;
+            }
+            poll_until = unset;
             continue;
         }
-        const auto now = clock::now();
-        if (empty_since == unset) {
-            empty_since = now;
+        if (worked) {
+            continue;
         }
         if (now < poll_until) {
             ::sched_yield();

@@ -2,6 +2,8 @@
 #pragma once
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <optional>
 
 #include "common/asio_fwd.hpp"
 
@@ -10,9 +12,25 @@ namespace kernelgate::gateway {
 /// What the loop did, for /metrics. All zero while busy polling is off.
 struct loop_stats
 {
-    std::uint64_t sleeps = 0;          ///< times the loop blocked waiting for events
+    std::uint64_t sleeps = 0;          ///< times the loop blocked waiting for events (polling)
     std::uint64_t busy_poll_hits = 0;  ///< times polling found work that would have woken it
     std::chrono::nanoseconds busy_poll_idle{0};  ///< time spent polling and finding nothing
+    std::uint64_t pressure_pauses = 0;  ///< times polling paused because CPUs were contended
+    double cpu_pressure = 0;            ///< share of the last interval some task waited for a CPU
+};
+
+/// When busy polling pauses for other processes' sake: while CPU pressure (Linux PSI, the
+/// share of time some runnable task waited for a CPU) was above `max` over the last
+/// `interval`. With max >= 1 polling never pauses (and PSI is not read).
+struct pressure_guard
+{
+    /// The share (0 to 1) of the time since its previous call in which some task waited for a
+    /// CPU; nullopt when unknown.
+    using source_fn = std::function<std::optional<double>(std::chrono::steady_clock::time_point)>;
+
+    double max = 1.0;
+    std::chrono::milliseconds interval{250};
+    source_fn source;  ///< empty: Linux PSI (common::cpu_pressure)
 };
 
 /// Runs an io_context until it is stopped or runs out of work, as io_context::run() does.
@@ -26,25 +44,41 @@ struct loop_stats
 /// after a wait longer than the window but within busy_poll (so traffic sparser than
 /// busy_poll soon costs nothing). An idle loop sleeps as usual: polling only follows work.
 ///
+/// With a pressure_guard (max < 1) polling takes only CPU no one else is waiting for: every
+/// interval the loop reads the CPU pressure, and while it is above max the loop sleeps
+/// between events as io_context::run() does. Without PSI (an old kernel, psi=0) polling
+/// stays off: there is no telling whether the CPU is wanted.
+///
 /// Thread safety: run() on one thread; stats() on that thread (the loop's own handlers).
 class event_loop
 {
 public:
-    event_loop(net::io_context& ioc, std::chrono::microseconds busy_poll) noexcept
-        : ioc_(ioc), busy_poll_(busy_poll), window_(busy_poll)
-    {
-    }
+    event_loop(net::io_context& ioc, std::chrono::microseconds busy_poll,
+               pressure_guard guard = {});
 
     void run();
     std::chrono::microseconds busy_poll() const noexcept { return busy_poll_; }
     /// The window as adapted to the traffic so far (busy_poll at first).
     std::chrono::microseconds window() const noexcept { return window_; }
+    /// Busy polling was asked for, but is off for good: the guard has no PSI to read.
+    bool pressure_unknown() const noexcept { return guarded_ && !pressure_known_; }
+    /// Polling is paused: CPU pressure was above the guard's max at the last reading.
+    bool paused() const noexcept { return paused_; }
+    const pressure_guard& guard() const noexcept { return guard_; }
     const loop_stats& stats() const noexcept { return stats_; }
 
 private:
+    /// Reads the pressure if an interval has passed; returns whether polling is paused.
+    bool check_pressure(std::chrono::steady_clock::time_point now);
+
     net::io_context& ioc_;
     std::chrono::microseconds busy_poll_;
     std::chrono::microseconds window_;
+    pressure_guard guard_;
+    bool guarded_ = false;         // polling with a guard (max < 1)
+    bool pressure_known_ = false;  // the guard's source answered at construction
+    std::chrono::steady_clock::time_point next_check_{};
+    bool paused_ = false;
     loop_stats stats_;
 };
 

@@ -344,6 +344,17 @@ std::string metrics_text(server& srv)
              "finding work (CPU spent at most)\n# TYPE kernelgate_busy_poll_idle_seconds_total counter\n"
           << "kernelgate_busy_poll_idle_seconds_total "
           << std::chrono::duration<double>(ls.busy_poll_idle).count() << '\n';
+        gauge("kernelgate_busy_poll_paused",
+              "1 while busy polling is paused: CPU pressure above --busy-poll-max-pressure, or "
+              "no pressure information",
+              loop->paused() || loop->pressure_unknown() ? 1 : 0);
+        counter("kernelgate_busy_poll_pressure_pauses_total",
+                "Times busy polling paused because other tasks waited for a CPU",
+                ls.pressure_pauses);
+        o << "# HELP kernelgate_cpu_pressure Share of the last interval some task waited for a "
+             "CPU (Linux PSI; read only while busy polling is guarded)\n"
+             "# TYPE kernelgate_cpu_pressure gauge\nkernelgate_cpu_pressure "
+          << ls.cpu_pressure << '\n';
     }
     return o.str();
 }

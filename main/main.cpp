@@ -39,7 +39,8 @@ struct serve_options
     std::vector<std::string> env_allow;
     bool no_conda = false;
     std::string kernel_transport = "auto";
-    int busy_poll_us = 0;
+    int busy_poll_us = 200;
+    double busy_poll_max_pressure = 0.4;
     double launch_timeout = 60;
     double shutdown_wait = 5;
     int cull_idle_timeout = 0;
@@ -257,10 +258,16 @@ int run_serve(serve_options& o)
         });
     });
     ::signal(SIGPIPE, SIG_IGN);
-    kg::gateway::event_loop loop(ioc, std::chrono::microseconds(o.busy_poll_us));
+    kg::gateway::pressure_guard guard;
+    guard.max = o.busy_poll_max_pressure;
+    kg::gateway::event_loop loop(ioc, std::chrono::microseconds(o.busy_poll_us), guard);
     srv.set_event_loop(&loop);
-    if (o.busy_poll_us > 0) {
-        spdlog::info("busy polling {} us after work", o.busy_poll_us);
+    if (loop.pressure_unknown()) {
+        spdlog::warn("busy polling off: this kernel reports no CPU pressure (PSI) to tell "
+                     "whether the CPU is wanted; --busy-poll-max-pressure 1 polls regardless");
+    } else if (o.busy_poll_us > 0) {
+        spdlog::info("busy polling up to {} us after work, paused while CPU pressure is above "
+                     "{}", o.busy_poll_us, o.busy_poll_max_pressure);
     }
     loop.run();
     (void)stopping;
@@ -406,6 +413,13 @@ int main(int argc, char** argv)
                       "is sparser than this; an idle gateway still sleeps")
         ->check(CLI::Range(0, 100000))
         ->envname("KERNELGATE_BUSY_POLL_US")
+        ->capture_default_str();
+    serve->add_option("--busy-poll-max-pressure", o.busy_poll_max_pressure,
+                      "Busy polling pauses while CPU pressure (Linux PSI: the share of time "
+                      "some runnable task waited for a CPU, read every 250 ms) is above this, "
+                      "so that polling takes only CPU nobody else wants (1: poll regardless)")
+        ->check(CLI::Range(0.0, 1.0))
+        ->envname("KERNELGATE_BUSY_POLL_MAX_PRESSURE")
         ->capture_default_str();
     serve->add_option("--default-kernel", o.registry.default_kernel,
                       "Default kernelspec name [default: python3 if present]")

@@ -79,6 +79,12 @@ class FaultGateway(RestClient):
         assert m, f"metric {name} missing from /metrics"
         return int(m.group(1))
 
+    def metric_float(self, name: str) -> float:
+        text = expect(self.get("/metrics"), 200).text
+        m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
+        assert m, f"metric {name} missing from /metrics"
+        return float(m.group(1))
+
     def rss_kib(self) -> int:
         with open(f"/proc/{self.process.pid}/status") as f:
             for line in f:
@@ -584,7 +590,8 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def test_busy_poll_serves_round_trips_and_an_idle_gateway_still_sleeps(tmp_path):
-    g = FaultGateway(tmp_path, ["--busy-poll", "200"])
+    # --busy-poll-max-pressure 1: polling whatever else runs (the test suite runs in parallel).
+    g = FaultGateway(tmp_path, ["--busy-poll", "200", "--busy-poll-max-pressure", "1"])
     try:
         assert g.metric("kernelgate_busy_poll_microseconds") == 200
         kid = g.start()
@@ -597,6 +604,7 @@ def test_busy_poll_serves_round_trips_and_an_idle_gateway_still_sleeps(tmp_path)
         # Some of the messages were found by polling rather than by waking up.
         assert g.metric("kernelgate_busy_poll_hits_total") > hits0
         assert g.metric("kernelgate_loop_sleeps_total") > 0
+        assert g.metric("kernelgate_busy_poll_pressure_pauses_total") == 0
         # Idle, the loop sleeps: CPU time barely moves (a loop that kept polling would use
         # about one CPU second per second).
         time.sleep(0.5)
@@ -611,12 +619,83 @@ def test_busy_poll_serves_round_trips_and_an_idle_gateway_still_sleeps(tmp_path)
     assert rc == 0, f"exit code {rc}:\n{g.log_tail()}"
 
 
-def test_busy_poll_is_off_by_default_and_bad_values_are_refused(fgw, tmp_path):
-    assert fgw.metric("kernelgate_busy_poll_microseconds") == 0
-    assert fgw.metric("kernelgate_busy_poll_hits_total") == 0
-    for bad in ("-1", "100001", "fast"):
-        p = subprocess.run([kernelgate_binary(), "serve", "--busy-poll", bad, "--data-dir",
+def _psi_available() -> bool:
+    for path in ("/sys/fs/cgroup/cpu.pressure", "/proc/pressure/cpu"):
+        try:
+            with open(path) as f:
+                if "total=" in f.read():
+                    return True
+        except OSError:
+            pass
+    return False
+
+
+def _round_trips_for(ch, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < end:
+        res = ch.kernel_info(timeout=30)
+        assert res.reply is not None and res.status == "ok", (i, res)
+        i += 1
+
+
+def test_busy_polling_pauses_while_other_tasks_wait_for_a_cpu(tmp_path):
+    # The default configuration: --busy-poll 200, paused above a CPU pressure of 0.4.
+    g = FaultGateway(tmp_path, [])
+    hogs = []
+    try:
+        assert g.metric("kernelgate_busy_poll_microseconds") == 200
+        kid = g.start()
+        ch = g.channel(kid, V1)
+        if not _psi_available():
+            # No pressure information: polling stays off for good.
+            _round_trips_for(ch, 0.5)
+            assert g.metric("kernelgate_busy_poll_paused") == 1
+            assert g.metric("kernelgate_busy_poll_hits_total") == 0
+            assert "no CPU pressure" in g.log_tail()
+            return
+        # More spinning processes than CPUs: some task always waits for one.
+        for _ in range((os.cpu_count() or 1) + 2):
+            hogs.append(subprocess.Popen([sys.executable, "-c", "while True: pass"]))
+        time.sleep(0.5)
+        _round_trips_for(ch, 1.0)  # readings every 250 ms, taken while the loop works
+        assert g.metric("kernelgate_busy_poll_paused") == 1
+        assert g.metric("kernelgate_busy_poll_pressure_pauses_total") >= 1
+        assert g.metric_float("kernelgate_cpu_pressure") > 0.4
+        # Paused, round trips still work; the loop sleeps between them instead of polling.
+        hits = g.metric("kernelgate_busy_poll_hits_total")
+        _round_trips_for(ch, 0.3)
+        assert g.metric("kernelgate_busy_poll_hits_total") - hits < 10
+        for h in hogs:
+            h.kill()
+            h.wait()
+        hogs.clear()
+        # The hogs gone, polling resumes at a reading that finds the CPUs free (other tests
+        # may load the machine meanwhile: wait for such a reading, up to 60 s).
+        deadline = time.monotonic() + 60
+        while g.metric("kernelgate_busy_poll_paused") == 1:
+            assert time.monotonic() < deadline, "busy polling never resumed"
+            _round_trips_for(ch, 0.3)
+        hits = g.metric("kernelgate_busy_poll_hits_total")
+        _round_trips_for(ch, 0.2)
+        assert g.metric_float("kernelgate_cpu_pressure") <= 0.4
+        assert g.metric("kernelgate_busy_poll_hits_total") > hits
+        ch.close()
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+        rc = g.process.stop()
+    assert rc == 0, f"exit code {rc}:\n{g.log_tail()}"
+
+
+def test_busy_poll_defaults_and_bad_values_are_refused(fgw, tmp_path):
+    assert fgw.metric("kernelgate_busy_poll_microseconds") == 200
+    for flag, bad in (("--busy-poll", "-1"), ("--busy-poll", "100001"), ("--busy-poll", "fast"),
+                      ("--busy-poll-max-pressure", "-0.1"), ("--busy-poll-max-pressure", "1.5"),
+                      ("--busy-poll-max-pressure", "low")):
+        p = subprocess.run([kernelgate_binary(), "serve", flag, bad, "--data-dir",
                             str(tmp_path / "data"), "--port", "0"],
                            capture_output=True, text=True, timeout=30)
-        assert p.returncode != 0, (bad, p.stdout, p.stderr)
-        assert "--busy-poll" in p.stderr, (bad, p.stderr)
+        assert p.returncode != 0, (flag, bad, p.stdout, p.stderr)
+        assert flag in p.stderr, (flag, bad, p.stderr)

@@ -5,14 +5,17 @@
 #include <atomic>
 #include <chrono>
 #include <future>
+#include <optional>
 #include <thread>
 
 #include <boost/asio.hpp>
 
+#include "common/cpu_pressure.hpp"
 #include "gateway/event_loop.hpp"
 
 namespace net = boost::asio;
 using kernelgate::gateway::event_loop;
+using kernelgate::gateway::pressure_guard;
 using namespace std::chrono_literals;
 
 namespace {
@@ -33,6 +36,18 @@ std::thread paced_poster(net::io_context& ioc, std::atomic<int>& ran, int n,
         std::this_thread::sleep_for(gap);
         net::post(ioc, [&ioc] { ioc.stop(); });
     });
+}
+
+/// A guard reading a pressure the test sets (0 to 1), every 5 ms.
+pressure_guard guard_with(const std::atomic<double>& pressure)
+{
+    pressure_guard g;
+    g.max = 0.4;
+    g.interval = 5ms;
+    g.source = [&pressure](std::chrono::steady_clock::time_point) {
+        return std::optional<double>(pressure.load());
+    };
+    return g;
 }
 
 } // namespace
@@ -149,4 +164,107 @@ TEST_CASE("a polling loop returns when the io_context runs out of work", "[event
     auto done = std::async(std::launch::async, [&loop] { loop.run(); });
     REQUIRE(done.wait_for(5s) == std::future_status::ready);
     CHECK(ran == 2);
+}
+
+TEST_CASE("a guarded loop polls while no task waits for a CPU", "[event_loop]")
+{
+    std::atomic<double> pressure{0.0};
+    net::io_context ioc(1);
+    auto guard = net::make_work_guard(ioc);
+    std::atomic<int> ran{0};
+    event_loop loop(ioc, 5s, guard_with(pressure));
+    CHECK_FALSE(loop.pressure_unknown());
+    auto poster = paced_poster(ioc, ran, 20, 2ms);
+    loop.run();
+    poster.join();
+    CHECK(ran == 20);
+    CHECK(loop.stats().busy_poll_hits == 20);
+    CHECK(loop.stats().pressure_pauses == 0);
+    CHECK_FALSE(loop.paused());
+}
+
+TEST_CASE("a guarded loop stops polling while tasks wait for a CPU, and resumes after",
+          "[event_loop]")
+{
+    std::atomic<double> pressure{0.9};
+    net::io_context ioc(1);
+    auto guard = net::make_work_guard(ioc);
+    event_loop loop(ioc, 5s, guard_with(pressure));
+    std::atomic<int> ran{0};
+    auto poster = paced_poster(ioc, ran, 20, 2ms);
+    loop.run();
+    poster.join();
+    CHECK(ran == 20);
+    CHECK(loop.stats().pressure_pauses == 1);
+    CHECK(loop.paused());
+    CHECK(loop.stats().cpu_pressure == 0.9);
+    // With a 5 s window every message would be a hit (and the loop would spin 5 s after the
+    // stop's post). Paused from the first reading on, it sleeps between messages.
+    CHECK(loop.stats().busy_poll_hits == 0);
+    CHECK(loop.stats().busy_poll_idle < 1s);
+
+    // The pressure gone, polling resumes at the next reading.
+    pressure = 0.1;
+    ioc.restart();
+    ran = 0;
+    auto quiet = paced_poster(ioc, ran, 20, 2ms);
+    loop.run();
+    quiet.join();
+    CHECK(ran == 20);
+    CHECK_FALSE(loop.paused());
+    CHECK(loop.stats().cpu_pressure == 0.1);
+    CHECK(loop.stats().pressure_pauses == 1);
+    // The first message ends the pause (it comes 2 ms after the last reading; readings are
+    // 5 ms apart), the ones after it are caught polling.
+    CHECK(loop.stats().busy_poll_hits >= 15);
+}
+
+TEST_CASE("without pressure information a guarded loop does not poll at all", "[event_loop]")
+{
+    pressure_guard g;
+    g.max = 0.4;
+    g.source = [](std::chrono::steady_clock::time_point) { return std::optional<double>(); };
+    net::io_context ioc(1);
+    auto guard = net::make_work_guard(ioc);
+    std::atomic<int> ran{0};
+    event_loop loop(ioc, 5s, g);
+    CHECK(loop.pressure_unknown());
+    auto poster = paced_poster(ioc, ran, 5, 2ms);
+    loop.run();  // io_context::run(): a polling loop would spin 5 s after the last message
+    poster.join();
+    CHECK(ran == 5);
+    CHECK(loop.stats().busy_poll_hits == 0);
+    CHECK(loop.stats().busy_poll_idle == std::chrono::nanoseconds(0));
+}
+
+TEST_CASE("an unguarded loop (max 1) polls without reading any pressure", "[event_loop]")
+{
+    pressure_guard g;
+    g.max = 1.0;
+    bool read = false;
+    g.source = [&read](std::chrono::steady_clock::time_point) {
+        read = true;
+        return std::optional<double>(1.0);
+    };
+    net::io_context ioc(1);
+    auto guard = net::make_work_guard(ioc);
+    std::atomic<int> ran{0};
+    event_loop loop(ioc, 5s, g);
+    CHECK_FALSE(loop.pressure_unknown());
+    auto poster = paced_poster(ioc, ran, 10, 2ms);
+    loop.run();
+    poster.join();
+    CHECK(ran == 10);
+    CHECK(loop.stats().busy_poll_hits == 10);
+    CHECK_FALSE(read);
+}
+
+TEST_CASE("the default guard reads this machine's PSI", "[event_loop]")
+{
+    net::io_context ioc(1);
+    pressure_guard g;
+    g.max = 0.4;
+    event_loop loop(ioc, 200us, g);
+    // Known exactly when the kernel has PSI (test_common checks the reader itself).
+    CHECK(loop.pressure_unknown() == !kernelgate::common::cpu_pressure().available());
 }
