@@ -5,10 +5,11 @@
 # Targets, all on 127.0.0.1 and all serving the same kernelspecs (kg-echo-kernel and Debian's
 # python3 ipykernel):
 #   direct                  kg-bench's own ZeroMQ client to a kernel it launches (the limit)
-#   kernelgate              kernelgate as configured by default, v1 WebSocket frames
+#   kernelgate              kernelgate, v1 WebSocket frames
 #   kernelgate-legacy       kernelgate, legacy JSON frames (echo kernel, data-path scenarios)
-#   kernelgate-no-poll      kernelgate --busy-poll 0 (the loop always sleeps between events),
-#                           v1 frames, the latency and fan-out scenarios
+#   kernelgate-busy-poll    kernelgate --busy-poll (opt-in: the loop polls after work instead
+#                           of sleeping, paused under CPU pressure), v1 frames, the latency
+#                           and fan-out scenarios
 #   jupyter-server          Debian's Jupyter Server 1.23, default configuration
 #   jupyter-server-nodelay  the same with bench/jupyter_server_nodelay.py (TCP_NODELAY on the
 #                           kernel WebSockets, iopub rate limit off)
@@ -33,8 +34,7 @@ usage: bench/run.sh [--quick | --full] [options]
   --repeat N          repeats per measurement (default: 1 quick, 3 full)
   --targets LIST      comma list of targets (default: all six, see the header of this file)
   --kernels LIST      comma list of kernels: echo, python3 (default: both)
-  --busy-poll US      kernelgate's --busy-poll window in microseconds (default: kernelgate's
-                      own default)
+  --busy-poll US      kernelgate-busy-poll's --busy-poll window in microseconds (default 200)
   --transport T       how every target reaches its kernels: ipc (Unix sockets, kernelgate's
                       default for ipykernel) or tcp (loopback ports); default ipc. The same
                       for all targets: kernelgate --kernel-transport, kg-bench --transport,
@@ -53,8 +53,8 @@ KG_BIN=""
 OUT=""
 JSON=""
 REPEAT=""
-TARGETS="direct,kernelgate,kernelgate-legacy,kernelgate-no-poll,jupyter-server,jupyter-server-nodelay"
-BUSY_POLL=""
+TARGETS="direct,kernelgate,kernelgate-legacy,kernelgate-busy-poll,jupyter-server,jupyter-server-nodelay"
+BUSY_POLL=200
 KERNELS="echo,python3"
 TRANSPORT=ipc
 while [ $# -gt 0 ]; do
@@ -81,8 +81,7 @@ case "$TRANSPORT" in
     *) echo "run.sh: --transport is ipc or tcp, not $TRANSPORT" >&2; exit 2 ;;
 esac
 case "$BUSY_POLL" in
-    '') ;;
-    *[!0-9]*) echo "run.sh: --busy-poll is a number of microseconds, not $BUSY_POLL" >&2; exit 2 ;;
+    ''|*[!0-9]*) echo "run.sh: --busy-poll is a number of microseconds, not $BUSY_POLL" >&2; exit 2 ;;
 esac
 BUILD_DIR="$(cd "$BUILD_DIR" && pwd)"
 KG_BIN="${KG_BIN:-$BUILD_DIR/kernelgate}"
@@ -133,7 +132,7 @@ else
 fi
 DATA_SCENARIOS=start,kernel_info,execute,flood,iopub_flood,stream,fanout,broadcast
 LEGACY_SCENARIOS=kernel_info,execute,flood,iopub_flood,stream,broadcast
-NO_POLL_SCENARIOS=kernel_info,execute,fanout
+BUSY_POLL_SCENARIOS=kernel_info,execute,fanout
 
 # ---- workspace and cleanup ---------------------------------------------------------------
 WORK="$(mktemp -d /tmp/kg-bench-run.XXXXXX)"
@@ -178,7 +177,7 @@ cleanup() {
         kill -KILL "$pid" 2>/dev/null || true
     done
     if [[ "$OUT/" == "$WORK/"* ]]; then  # results live in the work dir: keep only them
-        rm -rf "$WORK/jupyter" "$WORK/kg-data" "$WORK/kg-data-no-poll" "$WORK/direct" "$WORK/share" "$WORK/bin"
+        rm -rf "$WORK/jupyter" "$WORK/kg-data" "$WORK/kg-data-poll" "$WORK/direct" "$WORK/share" "$WORK/bin"
     else
         rm -rf "$WORK"
     fi
@@ -221,19 +220,18 @@ free_port() {
 }
 
 # Starts a gateway; sets GW_PID and GW_URL.
-# $1: kernelgate | kernelgate-no-poll | jupyter-server | jupyter-server-nodelay
+# $1: kernelgate | kernelgate-busy-poll | jupyter-server | jupyter-server-nodelay
 start_gateway() {
     local kind="$1" log="$OUT/logs/$1-$(date +%s%N).log" deadline port line
     deadline=$((SECONDS + 60))
     case "$kind" in
-        kernelgate|kernelgate-no-poll)
-            local data="$WORK/kg-data" poll=()
-            [ -n "$BUSY_POLL" ] && poll=(--busy-poll "$BUSY_POLL")
-            [ "$kind" = kernelgate-no-poll ] && { data="$WORK/kg-data-no-poll"; poll=(--busy-poll 0); }
+        kernelgate|kernelgate-busy-poll)
+            local data="$WORK/kg-data" poll=0
+            [ "$kind" = kernelgate-busy-poll ] && { data="$WORK/kg-data-poll"; poll="$BUSY_POLL"; }
             rm -rf "$data"
             "$WORK/bin/kg-bench-gateway" serve --ip 127.0.0.1 --port 0 --data-dir "$data" \
                 --auth-token "$TOKEN" --kernel-dir "$SHARE/kernels" --no-conda --log-level warn \
-                --kernel-transport "$TRANSPORT" "${poll[@]}" \
+                --kernel-transport "$TRANSPORT" --busy-poll "$poll" \
                 > "$log" 2>&1 &
             GW_PID=$!
             while :; do
@@ -301,7 +299,7 @@ gateway_args() {  # $1 protocol [$2 url $3 pid: another gateway than GW_*]
 }
 
 T0=$SECONDS
-echo "run.sh: mode $MODE, $REPEAT repeat(s), targets $TARGETS, kernels $KERNELS, transport $TRANSPORT, kernelgate --busy-poll ${BUSY_POLL:-default}; output $OUT" >&2
+echo "run.sh: mode $MODE, $REPEAT repeat(s), targets $TARGETS, kernels $KERNELS, transport $TRANSPORT, busy poll $BUSY_POLL us; output $OUT" >&2
 FAILED=0
 
 # ---- 1. idle WebSockets on kernelgate ---------------------------------------------------
@@ -337,21 +335,21 @@ run_kernelgate() {  # $1 kernel
         BENCH_REPEAT=1 bench kernelgate-legacy echo "$LEGACY_SCENARIOS" $(gateway_args legacy) \
             || FAILED=1
     fi
-    if has "$TARGETS" kernelgate-no-poll; then
+    if has "$TARGETS" kernelgate-busy-poll; then
         # shellcheck disable=SC2046
-        BENCH_REPEAT=1 bench kernelgate-no-poll "$1" "$NO_POLL_SCENARIOS" \
-            $(gateway_args v1 "$NO_POLL_URL" "$NO_POLL_PID") || FAILED=1
+        BENCH_REPEAT=1 bench kernelgate-busy-poll "$1" "$BUSY_POLL_SCENARIOS" \
+            $(gateway_args v1 "$POLL_URL" "$POLL_PID") || FAILED=1
     fi
 }
 KG_DATA=0
 { has "$TARGETS" kernelgate || has "$TARGETS" kernelgate-legacy ||
-  has "$TARGETS" kernelgate-no-poll; } && KG_DATA=1
+  has "$TARGETS" kernelgate-busy-poll; } && KG_DATA=1
 if has "$TARGETS" direct || [ "$KG_DATA" = 1 ]; then
-    # Two kernelgates, default and --busy-poll 0, side by side; each idles (sleeps) while
-    # the other is measured.
-    if has "$TARGETS" kernelgate-no-poll; then
-        start_gateway kernelgate-no-poll
-        NO_POLL_URL="$GW_URL" NO_POLL_PID="$GW_PID"
+    # Two kernelgates, default and --busy-poll, side by side; each idles (sleeps) while the
+    # other is measured.
+    if has "$TARGETS" kernelgate-busy-poll; then
+        start_gateway kernelgate-busy-poll
+        POLL_URL="$GW_URL" POLL_PID="$GW_PID"
     fi
     [ "$KG_DATA" = 1 ] && start_gateway kernelgate
     for r in $(seq 1 "$REPEAT"); do
@@ -367,7 +365,7 @@ if has "$TARGETS" direct || [ "$KG_DATA" = 1 ]; then
         done
     done
     [ "$KG_DATA" = 1 ] && stop_gateway
-    has "$TARGETS" kernelgate-no-poll && stop_gateway "$NO_POLL_PID"
+    has "$TARGETS" kernelgate-busy-poll && stop_gateway "$POLL_PID"
 fi
 
 # ---- 3. Jupyter Server, default and nodelay ------------------------------------------------

@@ -39,7 +39,7 @@ struct serve_options
     std::vector<std::string> env_allow;
     bool no_conda = false;
     std::string kernel_transport = "auto";
-    int busy_poll_us = 200;
+    int busy_poll_us = 0;
     double busy_poll_max_pressure = 0.4;
     double launch_timeout = 60;
     double shutdown_wait = 5;
@@ -415,9 +415,10 @@ int main(int argc, char** argv)
         ->envname("KERNELGATE_BUSY_POLL_US")
         ->capture_default_str();
     serve->add_option("--busy-poll-max-pressure", o.busy_poll_max_pressure,
-                      "Busy polling pauses while CPU pressure (Linux PSI: the share of time "
-                      "some runnable task waited for a CPU, read every 250 ms) is above this, "
-                      "so that polling takes only CPU nobody else wants (1: poll regardless)")
+                      "With --busy-poll: polling pauses while CPU pressure (Linux PSI: the "
+                      "share of time some runnable task waited for a CPU, read every 250 ms) "
+                      "is above this, so that it takes only CPU nobody else is waiting for "
+                      "(1: poll regardless)")
         ->check(CLI::Range(0.0, 1.0))
         ->envname("KERNELGATE_BUSY_POLL_MAX_PRESSURE")
         ->capture_default_str();

@@ -640,8 +640,8 @@ def _round_trips_for(ch, seconds: float) -> None:
 
 
 def test_busy_polling_pauses_while_other_tasks_wait_for_a_cpu(tmp_path):
-    # The default configuration: --busy-poll 200, paused above a CPU pressure of 0.4.
-    g = FaultGateway(tmp_path, [])
+    # --busy-poll 200 with the default guard: paused above a CPU pressure of 0.4.
+    g = FaultGateway(tmp_path, ["--busy-poll", "200"])
     hogs = []
     try:
         assert g.metric("kernelgate_busy_poll_microseconds") == 200
@@ -689,8 +689,10 @@ def test_busy_polling_pauses_while_other_tasks_wait_for_a_cpu(tmp_path):
     assert rc == 0, f"exit code {rc}:\n{g.log_tail()}"
 
 
-def test_busy_poll_defaults_and_bad_values_are_refused(fgw, tmp_path):
-    assert fgw.metric("kernelgate_busy_poll_microseconds") == 200
+def test_busy_poll_is_off_by_default_and_bad_values_are_refused(fgw, tmp_path):
+    assert fgw.metric("kernelgate_busy_poll_microseconds") == 0
+    assert fgw.metric("kernelgate_busy_poll_hits_total") == 0
+    assert fgw.metric("kernelgate_busy_poll_paused") == 0
     for flag, bad in (("--busy-poll", "-1"), ("--busy-poll", "100001"), ("--busy-poll", "fast"),
                       ("--busy-poll-max-pressure", "-0.1"), ("--busy-poll-max-pressure", "1.5"),
                       ("--busy-poll-max-pressure", "low")):
