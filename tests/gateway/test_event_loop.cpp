@@ -38,6 +38,19 @@ std::thread paced_poster(net::io_context& ioc, std::atomic<int>& ran, int n,
     });
 }
 
+/// Runs the loop while paced_poster() posts n handlers gap apart, then stops it; returns how
+/// many ran.
+int run_paced(event_loop& loop, net::io_context& ioc, int n, std::chrono::milliseconds gap)
+{
+    ioc.restart();
+    auto guard = net::make_work_guard(ioc);
+    std::atomic<int> ran{0};
+    auto poster = paced_poster(ioc, ran, n, gap);
+    loop.run();
+    poster.join();
+    return ran;
+}
+
 /// A guard reading a pressure the test sets (0 to 1), every 5 ms.
 pressure_guard guard_with(const std::atomic<double>& pressure)
 {
@@ -170,14 +183,9 @@ TEST_CASE("a guarded loop polls while no task waits for a CPU", "[event_loop]")
 {
     std::atomic<double> pressure{0.0};
     net::io_context ioc(1);
-    auto guard = net::make_work_guard(ioc);
-    std::atomic<int> ran{0};
     event_loop loop(ioc, 5s, guard_with(pressure));
     CHECK_FALSE(loop.pressure_unknown());
-    auto poster = paced_poster(ioc, ran, 20, 2ms);
-    loop.run();
-    poster.join();
-    CHECK(ran == 20);
+    CHECK(run_paced(loop, ioc, 20, 2ms) == 20);
     CHECK(loop.stats().busy_poll_hits == 20);
     CHECK(loop.stats().pressure_pauses == 0);
     CHECK_FALSE(loop.paused());
@@ -188,13 +196,8 @@ TEST_CASE("a guarded loop stops polling while tasks wait for a CPU, and resumes 
 {
     std::atomic<double> pressure{0.9};
     net::io_context ioc(1);
-    auto guard = net::make_work_guard(ioc);
     event_loop loop(ioc, 5s, guard_with(pressure));
-    std::atomic<int> ran{0};
-    auto poster = paced_poster(ioc, ran, 20, 2ms);
-    loop.run();
-    poster.join();
-    CHECK(ran == 20);
+    CHECK(run_paced(loop, ioc, 20, 2ms) == 20);
     CHECK(loop.stats().pressure_pauses == 1);
     CHECK(loop.paused());
     CHECK(loop.stats().cpu_pressure == 0.9);
@@ -205,12 +208,7 @@ TEST_CASE("a guarded loop stops polling while tasks wait for a CPU, and resumes 
 
     // The pressure gone, polling resumes at the next reading.
     pressure = 0.1;
-    ioc.restart();
-    ran = 0;
-    auto quiet = paced_poster(ioc, ran, 20, 2ms);
-    loop.run();
-    quiet.join();
-    CHECK(ran == 20);
+    CHECK(run_paced(loop, ioc, 20, 2ms) == 20);
     CHECK_FALSE(loop.paused());
     CHECK(loop.stats().cpu_pressure == 0.1);
     CHECK(loop.stats().pressure_pauses == 1);
@@ -225,14 +223,10 @@ TEST_CASE("without pressure information a guarded loop does not poll at all", "[
     g.max = 0.4;
     g.source = [](std::chrono::steady_clock::time_point) { return std::optional<double>(); };
     net::io_context ioc(1);
-    auto guard = net::make_work_guard(ioc);
-    std::atomic<int> ran{0};
     event_loop loop(ioc, 5s, g);
     CHECK(loop.pressure_unknown());
-    auto poster = paced_poster(ioc, ran, 5, 2ms);
-    loop.run();  // io_context::run(): a polling loop would spin 5 s after the last message
-    poster.join();
-    CHECK(ran == 5);
+    // io_context::run(): a polling loop would spin 5 s after the last message.
+    CHECK(run_paced(loop, ioc, 5, 2ms) == 5);
     CHECK(loop.stats().busy_poll_hits == 0);
     CHECK(loop.stats().busy_poll_idle == std::chrono::nanoseconds(0));
 }
@@ -247,14 +241,9 @@ TEST_CASE("an unguarded loop (max 1) polls without reading any pressure", "[even
         return std::optional<double>(1.0);
     };
     net::io_context ioc(1);
-    auto guard = net::make_work_guard(ioc);
-    std::atomic<int> ran{0};
     event_loop loop(ioc, 5s, g);
     CHECK_FALSE(loop.pressure_unknown());
-    auto poster = paced_poster(ioc, ran, 10, 2ms);
-    loop.run();
-    poster.join();
-    CHECK(ran == 10);
+    CHECK(run_paced(loop, ioc, 10, 2ms) == 10);
     CHECK(loop.stats().busy_poll_hits == 10);
     CHECK_FALSE(read);
 }
