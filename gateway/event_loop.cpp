@@ -5,8 +5,6 @@
 
 #include <algorithm>
 
-#include <boost/asio/io_context.hpp>
-
 #include "common/cpu_pressure.hpp"
 
 namespace kernelgate::gateway {

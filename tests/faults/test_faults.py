@@ -73,17 +73,16 @@ class FaultGateway(RestClient):
     def log_tail(self, chars: int = 6000) -> str:
         return self.process.log_tail(chars)
 
-    def metric(self, name: str) -> int:
-        text = expect(self.get("/metrics"), 200).text
-        m = re.search(rf"^{re.escape(name)} (\d+)$", text, re.M)
-        assert m, f"metric {name} missing from /metrics"
-        return int(m.group(1))
-
     def metric_float(self, name: str) -> float:
         text = expect(self.get("/metrics"), 200).text
         m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
         assert m, f"metric {name} missing from /metrics"
         return float(m.group(1))
+
+    def metric(self, name: str) -> int:
+        value = self.metric_float(name)
+        assert value == int(value), f"metric {name} is not a whole number: {value}"
+        return int(value)
 
     def rss_kib(self) -> int:
         with open(f"/proc/{self.process.pid}/status") as f:
