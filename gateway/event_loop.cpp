@@ -10,10 +10,11 @@
 namespace kernelgate::gateway {
 
 event_loop::event_loop(net::io_context& ioc, std::chrono::microseconds busy_poll,
-                       pressure_guard guard)
-    : ioc_(ioc), busy_poll_(busy_poll), window_(busy_poll), guard_(std::move(guard))
+                       pressure_guard guard, common::poll_hint* hint)
+    : ioc_(ioc), busy_poll_(busy_poll), window_(busy_poll), guard_(std::move(guard)), hint_(hint)
 {
-    guarded_ = busy_poll_.count() > 0 && guard_.max < 1.0;
+    const bool polling = busy_poll_.count() > 0 || (hint_ != nullptr && hint_->enabled());
+    guarded_ = polling && guard_.max < 1.0;
     if (!guarded_) {
         return;
     }
@@ -24,6 +25,15 @@ event_loop::event_loop(net::io_context& ioc, std::chrono::microseconds busy_poll
         };
     }
     pressure_known_ = guard_.source(std::chrono::steady_clock::now()).has_value();
+    if (!pressure_known_ && hint_ != nullptr) {
+        hint_->budget = std::chrono::microseconds(0);  // the kernels need not keep books
+    }
+}
+
+bool event_loop::predictive() const noexcept
+{
+    return busy_poll_.count() <= 0 && hint_ != nullptr && hint_->enabled() &&
+           !pressure_unknown();
 }
 
 bool event_loop::check_pressure(std::chrono::steady_clock::time_point now)
@@ -42,8 +52,51 @@ bool event_loop::check_pressure(std::chrono::steady_clock::time_point now)
     return paused_;
 }
 
+void event_loop::run_predictive()
+{
+    using clock = std::chrono::steady_clock;
+    constexpr auto unset = clock::time_point::min();
+    auto empty_since = unset;  // since when polls have found nothing
+    while (!ioc_.stopped()) {
+        if (paused_) {  // CPUs contended: sleep between events, as io_context::run() does
+            ioc_.run_one();
+            check_pressure(clock::now());
+            continue;
+        }
+        const bool worked = ioc_.poll() > 0;  // handlers may move hint_->until on
+        const auto now = clock::now();
+        if (worked) {
+            if (empty_since != unset) {
+                ++stats_.busy_poll_hits;  // the expected event came: a wake-up saved
+                stats_.busy_poll_idle += now - empty_since;
+                empty_since = unset;
+            }
+            continue;
+        }
+        if (now < hint_->until && !check_pressure(now)) {
+            if (empty_since == unset) {
+                empty_since = now;
+            }
+            ::sched_yield();
+            continue;
+        }
+        // Nothing expected soon (or the CPUs are contended): sleep until the next event.
+        if (empty_since != unset) {
+            stats_.busy_poll_idle += now - empty_since;
+            empty_since = unset;
+        }
+        hint_->until = unset;
+        ++stats_.sleeps;
+        ioc_.run_one();
+    }
+}
+
 void event_loop::run()
 {
+    if (predictive()) {
+        run_predictive();
+        return;
+    }
     if (busy_poll_.count() <= 0 || pressure_unknown()) {
         ioc_.run();
         return;

@@ -6,10 +6,12 @@
 #include <optional>
 
 #include "common/asio_fwd.hpp"
+#include "common/poll_hint.hpp"
 
 namespace kernelgate::gateway {
 
-/// What the loop did, for /metrics. All zero while busy polling is off.
+/// What the loop did, for /metrics. All zero while busy polling and predictive polling are
+/// off.
 struct loop_stats
 {
     std::uint64_t sleeps = 0;          ///< times the loop blocked waiting for events (polling)
@@ -49,32 +51,44 @@ struct pressure_guard
 /// between events as io_context::run() does. Without PSI (an old kernel, psi=0) polling
 /// stays off: there is no telling whether the CPU is wanted.
 ///
+/// With a poll_hint whose budget is > 0 and busy_poll 0 (predictive polling), the loop polls
+/// only while the hint says an event is expected soon (see common::poll_hint: the kernels
+/// learn how long their own replies and their clients' next requests take, and only waits
+/// shorter than the budget are polled for). The same pressure guard applies.
+///
 /// Thread safety: run() on one thread; stats() on that thread (the loop's own handlers).
 class event_loop
 {
 public:
     event_loop(net::io_context& ioc, std::chrono::microseconds busy_poll,
-               pressure_guard guard = {});
+               pressure_guard guard = {}, common::poll_hint* hint = nullptr);
 
     void run();
     std::chrono::microseconds busy_poll() const noexcept { return busy_poll_; }
     /// The window as adapted to the traffic so far (busy_poll at first).
     std::chrono::microseconds window() const noexcept { return window_; }
-    /// Busy polling was asked for, but is off for good: the guard has no PSI to read.
+    /// Predictive polling is on (a hint with a budget, no busy polling, PSI known or unguarded).
+    bool predictive() const noexcept;
+    /// Busy or predictive polling was asked for, but is off for good: the guard has no PSI to
+    /// read.
     bool pressure_unknown() const noexcept { return guarded_ && !pressure_known_; }
     /// Polling is paused: CPU pressure was above the guard's max at the last reading.
     bool paused() const noexcept { return paused_; }
     const pressure_guard& guard() const noexcept { return guard_; }
+    /// The predictive-polling hint (nullptr: none).
+    const common::poll_hint* hint() const noexcept { return hint_; }
     const loop_stats& stats() const noexcept { return stats_; }
 
 private:
     /// Reads the pressure if an interval has passed; returns whether polling is paused.
     bool check_pressure(std::chrono::steady_clock::time_point now);
+    void run_predictive();
 
     net::io_context& ioc_;
     std::chrono::microseconds busy_poll_;
     std::chrono::microseconds window_;
     pressure_guard guard_;
+    common::poll_hint* hint_ = nullptr;
     bool guarded_ = false;         // polling with a guard (max < 1)
     bool pressure_known_ = false;  // the guard's source answered at construction
     std::chrono::steady_clock::time_point next_check_{};

@@ -336,17 +336,27 @@ std::string metrics_text(server& srv)
         gauge("kernelgate_busy_poll_window_microseconds",
               "The busy-poll window as adapted to the traffic",
               static_cast<std::uint64_t>(loop->window().count()));
+        const auto* hint = loop->predictive() ? loop->hint() : nullptr;
+        gauge("kernelgate_predictive_poll_microseconds",
+              "Longest expected wait polled for (--predictive-poll; 0: off)",
+              hint != nullptr ? static_cast<std::uint64_t>(hint->budget.count()) : 0);
+        counter("kernelgate_predictive_poll_predictions_total",
+                "Times a kernel or its client was expected to send within the budget",
+                hint != nullptr ? hint->predictions : 0);
         counter("kernelgate_loop_sleeps_total",
-                "Times the event loop blocked waiting for events (busy polling on)", ls.sleeps);
+                "Times the event loop blocked waiting for events (busy or predictive polling "
+                "on)",
+                ls.sleeps);
         counter("kernelgate_busy_poll_hits_total",
-                "Times busy polling found work the loop would have slept for", ls.busy_poll_hits);
+                "Times busy or predictive polling found work the loop would have slept for",
+                ls.busy_poll_hits);
         o << "# HELP kernelgate_busy_poll_idle_seconds_total Time spent busy polling without "
              "finding work (CPU spent at most)\n# TYPE kernelgate_busy_poll_idle_seconds_total counter\n"
           << "kernelgate_busy_poll_idle_seconds_total "
           << std::chrono::duration<double>(ls.busy_poll_idle).count() << '\n';
         gauge("kernelgate_busy_poll_paused",
-              "1 while busy polling is paused: CPU pressure above --busy-poll-max-pressure, or "
-              "no pressure information",
+              "1 while busy or predictive polling is paused: CPU pressure above "
+              "--busy-poll-max-pressure, or no pressure information",
               loop->paused() || loop->pressure_unknown() ? 1 : 0);
         counter("kernelgate_busy_poll_pressure_pauses_total",
                 "Times busy polling paused because other tasks waited for a CPU",

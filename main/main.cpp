@@ -41,6 +41,7 @@ struct serve_options
     std::string kernel_transport = "auto";
     int busy_poll_us = 0;
     double busy_poll_max_pressure = 0.4;
+    int predictive_poll_us = 200;
     double launch_timeout = 60;
     double shutdown_wait = 5;
     int cull_idle_timeout = 0;
@@ -180,6 +181,10 @@ int run_serve(serve_options& o)
         disc.extra_kernel_dirs.emplace_back(d);
     }
     disc.include_conda = !o.no_conda;
+    // Predictive polling: the kernels say when a message is expected soon, the loop polls.
+    kg::common::poll_hint poll_hint;
+    poll_hint.budget = std::chrono::microseconds(o.busy_poll_us > 0 ? 0 : o.predictive_poll_us);
+    o.registry.poll_hint = &poll_hint;
     kg::sessions::registry reg(ioc, host, db, o.registry, disc);
     if (reg.specs().empty()) {
         spdlog::warn("no kernelspecs found: install python3-ipykernel or point --kernel-dir at "
@@ -260,11 +265,19 @@ int run_serve(serve_options& o)
     ::signal(SIGPIPE, SIG_IGN);
     kg::gateway::pressure_guard guard;
     guard.max = o.busy_poll_max_pressure;
-    kg::gateway::event_loop loop(ioc, std::chrono::microseconds(o.busy_poll_us), guard);
+    kg::gateway::event_loop loop(ioc, std::chrono::microseconds(o.busy_poll_us), guard,
+                                 &poll_hint);
     srv.set_event_loop(&loop);
-    if (loop.pressure_unknown()) {
+    if (loop.pressure_unknown() && o.busy_poll_us > 0) {
         spdlog::warn("busy polling off: this kernel reports no CPU pressure (PSI) to tell "
                      "whether the CPU is wanted; --busy-poll-max-pressure 1 polls regardless");
+    } else if (loop.pressure_unknown()) {
+        spdlog::info("predictive polling off: this kernel reports no CPU pressure (PSI) to "
+                     "tell whether the CPU is wanted; --busy-poll-max-pressure 1 polls "
+                     "regardless");
+    } else if (loop.predictive()) {
+        spdlog::info("predictive polling for expected messages up to {} us away, paused while "
+                     "CPU pressure is above {}", o.predictive_poll_us, o.busy_poll_max_pressure);
     } else if (o.busy_poll_us > 0) {
         spdlog::info("busy polling up to {} us after work, paused while CPU pressure is above "
                      "{}", o.busy_poll_us, o.busy_poll_max_pressure);
@@ -414,8 +427,19 @@ int main(int argc, char** argv)
         ->check(CLI::Range(0, 100000))
         ->envname("KERNELGATE_BUSY_POLL_US")
         ->capture_default_str();
+    serve->add_option("--predictive-poll", o.predictive_poll_us,
+                      "Microseconds of the longest wait the event loop polls for instead of "
+                      "sleeping, when a message is expected: a kernel working on a request, "
+                      "or a client that usually sends its next request right after the last "
+                      "reply. Each kernel learns how long these waits last; waits predicted "
+                      "longer than this (ipykernel's milliseconds of work, a person at a "
+                      "notebook) are slept through. 0: off; --busy-poll replaces it")
+        ->check(CLI::Range(0, 100000))
+        ->envname("KERNELGATE_PREDICTIVE_POLL_US")
+        ->capture_default_str();
     serve->add_option("--busy-poll-max-pressure", o.busy_poll_max_pressure,
-                      "With --busy-poll: polling pauses while CPU pressure (Linux PSI: the "
+                      "With --busy-poll or --predictive-poll: polling pauses while CPU "
+                      "pressure (Linux PSI: the "
                       "share of time some runnable task waited for a CPU, read every 250 ms) "
                       "is above this, so that it takes only CPU nobody else is waiting for "
                       "(1: poll regardless)")

@@ -181,6 +181,11 @@ void kernel::disconnect()
 {
     nudge_timer_.cancel();
     ready_deadline_.cancel();
+    pending_replies_ = 0;
+    working_ = false;
+    kernel_wait_.cancel();
+    client_wait_.cancel();
+    service_.cancel();
     if (channels_) {
         last_stats_ = channels_->stats();
         channels_->close();
@@ -201,6 +206,9 @@ void kernel::on_kernel_message(zp::channel ch, zp::message&& msg)
     std::string scratch;  // decoded values with escapes (rare); views into msg otherwise
     ev->msg_type = zp::json_string_field_view(msg.header, "msg_type", scratch).value_or("");
     ev->droppable = ch == zp::channel::iopub && is_droppable(ev->msg_type);
+    if (hint_ != nullptr && hint_->enabled() && !on_ready_) {
+        predict_after_kernel_message(ch, ev->msg_type, msg);
+    }
 
     if (on_ready_) {
         if (ch == zp::channel::iopub) {
@@ -395,7 +403,78 @@ bool kernel::send_from_client(const client_sink& from, zp::channel ch, zp::messa
         held_.emplace_back(ch, std::move(msg));
         return true;
     }
+    if (hint_ != nullptr && hint_->enabled() &&
+        (ch == zp::channel::shell || ch == zp::channel::control)) {
+        predict_after_request(msg);
+    }
     return channels_->send(ch, msg, hold);
+}
+
+void kernel::set_poll_hint(common::poll_hint* hint) noexcept
+{
+    hint_ = hint;
+    if (hint_ != nullptr) {
+        for (auto* p : {&service_, &kernel_wait_, &client_wait_}) {
+            p->set_cap(hint_->wait_cap());
+        }
+    }
+}
+
+void kernel::predict_after_request(const zp::message& msg)
+{
+    const auto now = std::chrono::steady_clock::now();
+    client_wait_.end(now);
+    std::string scratch;
+    const auto type = zp::json_string_field_view(msg.header, "msg_type", scratch);
+    constexpr std::uint32_t k_max_pending = 1000;  // requests a kernel never answers
+    if (type && type->ends_with("_request") && pending_replies_ < k_max_pending) {
+        ++pending_replies_;
+    }
+    working_ = true;
+    service_.begin(now);
+    kernel_wait_.begin(now);
+    if (fast_kernel()) {
+        hint_->expect(kernel_wait_, now);
+    }
+}
+
+bool kernel::fast_kernel() const noexcept
+{
+    // Polling pays where the two wake-ups it saves are a fair share of a request's time. A
+    // kernel that works for longer than the budget (ipykernel: a millisecond or more) gains a
+    // few percent at best, and on a small machine the polling core is one its own threads
+    // (and the client) would have used: such kernels and their clients are slept for.
+    return service_.known() && service_.mean() <= hint_->budget;
+}
+
+void kernel::predict_after_kernel_message(zp::channel ch, std::string_view msg_type,
+                                          const zp::message& msg)
+{
+    const auto now = std::chrono::steady_clock::now();
+    kernel_wait_.end(now);
+    if (ch == zp::channel::iopub) {
+        if (msg_type == "status") {
+            std::string scratch;
+            working_ = zp::json_string_field_view(msg.content, "execution_state", scratch) ==
+                       std::string_view("busy");
+        }
+    } else if (pending_replies_ > 0 && msg_type.ends_with("_reply")) {
+        --pending_replies_;
+    }
+    if (working_ || pending_replies_ > 0) {  // more is coming from the kernel
+        kernel_wait_.begin(now);
+        if (fast_kernel()) {
+            hint_->expect(kernel_wait_, now);
+        }
+        return;
+    }
+    service_.end(now);  // request(s) done
+    if (!sinks_.empty()) {  // the client's turn
+        client_wait_.begin(now);
+        if (fast_kernel()) {
+            hint_->expect(client_wait_, now);
+        }
+    }
 }
 
 void kernel::release_client_sends()

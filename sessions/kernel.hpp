@@ -13,6 +13,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <nlohmann/json.hpp>
 
+#include "common/poll_hint.hpp"
 #include "common/text.hpp"
 #include "zmq_protocol/fifo_table.hpp"
 #include "zmq_protocol/kernel_channels.hpp"
@@ -111,6 +112,10 @@ public:
     /// Sends a synthetic stderr stream notice on iopub to one client or all (nullptr).
     void notice(client_sink* to, const std::string& text);
 
+    /// Predictive polling: tells `hint` when this kernel or its clients are expected to send
+    /// soon (nullptr or a disabled hint: no bookkeeping at all).
+    void set_poll_hint(common::poll_hint* hint) noexcept;
+
     const zmq_protocol::channel_stats* stats() const;
     std::uint64_t rejected_total() const noexcept { return rejected_total_; }
     std::uint64_t replay_dropped_total() const noexcept { return replay_dropped_total_; }
@@ -129,6 +134,12 @@ private:
     /// *target_session (see session_hash).
     void dispatch(const kernel_event_ptr& ev, const std::uint64_t* target_session);
     void nudge();
+    /// Predictive polling's bookkeeping for a client request / a kernel message.
+    void predict_after_request(const zmq_protocol::message& msg);
+    void predict_after_kernel_message(zmq_protocol::channel ch, std::string_view msg_type,
+                                      const zmq_protocol::message& msg);
+    /// The kernel's requests take no longer than the hint's budget (so polling pays).
+    bool fast_kernel() const noexcept;
     void nudge_after(std::chrono::milliseconds delay);
 
     boost::asio::io_context& ioc_;
@@ -167,6 +178,16 @@ private:
     std::deque<std::pair<zmq_protocol::channel, zmq_protocol::message>> held_;
     bool got_info_reply_ = false;
     bool got_iopub_ = false;
+
+    // Predictive polling (see common::poll_hint): how long this kernel takes from a request to
+    // going quiet again (service), to send its next message while it works on one, and how
+    // long its clients take to send the next request once it has gone quiet.
+    common::poll_hint* hint_ = nullptr;
+    common::wait_predictor service_;
+    common::wait_predictor kernel_wait_;
+    common::wait_predictor client_wait_;
+    std::uint32_t pending_replies_ = 0;  ///< *_request sent on shell/control, not yet replied
+    bool working_ = false;               ///< a request went in and no idle status came out
 
     std::uint64_t rejected_total_ = 0;
     std::uint64_t replay_dropped_total_ = 0;

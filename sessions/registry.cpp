@@ -137,6 +137,7 @@ void registry::start(const std::string& spec_name, const nlohmann::json& env,
         }
     }
     auto k = std::make_shared<kernel>(ioc_, zp::new_uuid(), spec->name, owner, cfg_.replay);
+    k->set_poll_hint(cfg_.poll_hint);
     kernels_.emplace(k->id(), k);
     launch_env_[k->id()] = std::move(filtered);
     ++starting_;

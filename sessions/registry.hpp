@@ -13,6 +13,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <nlohmann/json.hpp>
 
+#include "common/poll_hint.hpp"
 #include "sessions/kernel.hpp"
 #include "sessions/kernel_host.hpp"
 #include "sessions/kernelspec.hpp"
@@ -37,6 +38,7 @@ struct registry_config
     bool cull_busy = false;
     replay_limits replay;
     std::string default_working_dir;                ///< empty: the gateway's cwd
+    common::poll_hint* poll_hint = nullptr;         ///< predictive polling (kernel::set_poll_hint)
 };
 
 /// Why an operation failed, in HTTP terms (the gateway maps it straight to a response).

@@ -52,6 +52,7 @@ class FaultGateway(RestClient):
             "slowstart": [ECHO, "-f", "{connection_file}", "--slow-start", "700"],
             "dies": ["/bin/false", "{connection_file}"],
             "hangs": ["/bin/sleep", "1000"],
+            "python3": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         }.items():
             (specs / name).mkdir(parents=True, exist_ok=True)
             (specs / name / "kernel.json").write_text(json.dumps(
@@ -700,11 +701,51 @@ def test_busy_polling_pauses_while_other_tasks_wait_for_a_cpu(tmp_path):
     assert rc == 0, f"exit code {rc}:\n{g.log_tail()}"
 
 
+def test_predictive_polling_polls_for_a_fast_kernel_and_not_for_a_slow_one(tmp_path):
+    # A 5 ms budget, unguarded (the test suite runs in parallel): the echo kernel's requests
+    # take well under it even in a slow ASan build; ipykernel sleeping 20 ms per cell does not.
+    g = FaultGateway(tmp_path, ["--predictive-poll", "5000", "--busy-poll-max-pressure", "1"])
+    try:
+        assert g.metric("kernelgate_predictive_poll_microseconds") == 5000
+        assert g.metric("kernelgate_busy_poll_microseconds") == 0
+        py = g.channel(g.start("python3"), V1)
+        for i in range(10):
+            res = py.run(f"import time; time.sleep(0.02); print({i})", timeout=30)
+            assert res.status == "ok" and res.stdout() == f"{i}\n", (i, res)
+        # Each request took 20 ms or more: never expected within 5 ms, never polled for.
+        assert g.metric("kernelgate_predictive_poll_predictions_total") == 0
+        assert g.metric("kernelgate_busy_poll_hits_total") == 0
+        assert g.metric_float("kernelgate_busy_poll_idle_seconds_total") == 0
+        py.close()
+
+        echo = g.channel(g.start(), V1)
+        for i in range(300):
+            res = echo.kernel_info(timeout=10) if i % 2 else echo.run(f"rt-{i}", timeout=10)
+            assert res.reply is not None and res.status == "ok", (i, res)
+        # The echo kernel answers within microseconds: its replies (and the client's next
+        # requests) were expected, and some were caught polling rather than by waking up.
+        assert g.metric("kernelgate_predictive_poll_predictions_total") > 0
+        assert g.metric("kernelgate_busy_poll_hits_total") > 0
+        # Idle, the loop sleeps.
+        time.sleep(0.5)
+        cpu0 = _cpu_seconds(g.process.pid)
+        time.sleep(2)
+        used = _cpu_seconds(g.process.pid) - cpu0
+        assert used < 0.2, f"an idle gateway used {used:.2f} s of CPU in 2 s"
+        echo.close()
+    finally:
+        rc = g.process.stop()
+    assert rc == 0, f"exit code {rc}:\n{g.log_tail()}"
+
+
 def test_busy_poll_is_off_by_default_and_bad_values_are_refused(fgw, tmp_path):
     assert fgw.metric("kernelgate_busy_poll_microseconds") == 0
-    assert fgw.metric("kernelgate_busy_poll_hits_total") == 0
-    assert fgw.metric("kernelgate_busy_poll_paused") == 0
+    # Predictive polling is on by default where the kernel reports CPU pressure.
+    assert fgw.metric("kernelgate_predictive_poll_microseconds") == (200 if _psi_available() else 0)
+    assert fgw.metric("kernelgate_busy_poll_paused") == (0 if _psi_available() else 1)
     for flag, bad in (("--busy-poll", "-1"), ("--busy-poll", "100001"), ("--busy-poll", "fast"),
+                      ("--predictive-poll", "-5"), ("--predictive-poll", "100001"),
+                      ("--predictive-poll", "soon"),
                       ("--busy-poll-max-pressure", "-0.1"), ("--busy-poll-max-pressure", "1.5"),
                       ("--busy-poll-max-pressure", "low")):
         p = subprocess.run([kernelgate_binary(), "serve", flag, bad, "--data-dir",

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <future>
 #include <optional>
 #include <thread>
@@ -15,6 +16,7 @@
 
 namespace net = boost::asio;
 using kernelgate::gateway::event_loop;
+using kernelgate::common::poll_hint;
 using kernelgate::gateway::pressure_guard;
 using namespace std::chrono_literals;
 
@@ -23,12 +25,17 @@ namespace {
 /// Posts `n` handlers from another thread, each once the previous one has run and `gap` has
 /// passed, then stops the loop from a last handler.
 std::thread paced_poster(net::io_context& ioc, std::atomic<int>& ran, int n,
-                         std::chrono::milliseconds gap)
+                         std::chrono::milliseconds gap, std::function<void()> also = {})
 {
-    return std::thread([&ioc, &ran, n, gap] {
+    return std::thread([&ioc, &ran, n, gap, also] {
         for (int i = 0; i < n; ++i) {
             std::this_thread::sleep_for(gap);
-            net::post(ioc, [&ran] { ++ran; });
+            net::post(ioc, [&ran, also] {
+                if (also) {
+                    also();  // on the loop's thread
+                }
+                ++ran;
+            });
             while (ran.load() <= i) {
                 std::this_thread::sleep_for(100us);
             }
@@ -40,12 +47,13 @@ std::thread paced_poster(net::io_context& ioc, std::atomic<int>& ran, int n,
 
 /// Runs the loop while paced_poster() posts n handlers gap apart, then stops it; returns how
 /// many ran.
-int run_paced(event_loop& loop, net::io_context& ioc, int n, std::chrono::milliseconds gap)
+int run_paced(event_loop& loop, net::io_context& ioc, int n, std::chrono::milliseconds gap,
+              std::function<void()> also = {})
 {
     ioc.restart();
     auto guard = net::make_work_guard(ioc);
     std::atomic<int> ran{0};
-    auto poster = paced_poster(ioc, ran, n, gap);
+    auto poster = paced_poster(ioc, ran, n, gap, std::move(also));
     loop.run();
     poster.join();
     return ran;
@@ -256,4 +264,91 @@ TEST_CASE("the default guard reads this machine's PSI", "[event_loop]")
     event_loop loop(ioc, 200us, g);
     // Known exactly when the kernel has PSI (test_common checks the reader itself).
     CHECK(loop.pressure_unknown() == !kernelgate::common::cpu_pressure().available());
+}
+
+TEST_CASE("predictive polling polls while a handler expects more, and sleeps otherwise",
+          "[event_loop]")
+{
+    net::io_context ioc(1);
+    poll_hint hint;
+    hint.budget = 200us;
+    event_loop loop(ioc, 0us, {}, &hint);
+    REQUIRE(loop.predictive());
+
+    // Each handler expects the next event within 50 ms (messages come 2 ms apart): all are
+    // caught polling, none by waking up (only the first can find the loop asleep).
+    auto expect_more = [&hint] {
+        hint.until = std::chrono::steady_clock::now() + 50ms;
+    };
+    CHECK(run_paced(loop, ioc, 20, 2ms, expect_more) == 20);
+    CHECK(loop.stats().busy_poll_hits >= 19);
+    CHECK(loop.stats().sleeps <= 1);
+
+    // Handlers that expect nothing: the loop sleeps before every message and the stop, and
+    // spends no time polling.
+    hint.until = std::chrono::steady_clock::time_point::min();  // the last expectation
+    const auto stats = loop.stats();
+    CHECK(run_paced(loop, ioc, 10, 2ms) == 10);
+    CHECK(loop.stats().busy_poll_hits == stats.busy_poll_hits);
+    // Asleep before each message and the stop: 11 times (fewer only if the loop was held off
+    // its CPU so long that the next message was already in when it looked).
+    CHECK(loop.stats().sleeps - stats.sleeps >= 6);
+    CHECK(loop.stats().busy_poll_idle == stats.busy_poll_idle);
+}
+
+TEST_CASE("predictive polling pauses under CPU pressure like busy polling", "[event_loop]")
+{
+    std::atomic<double> pressure{0.9};
+    net::io_context ioc(1);
+    poll_hint hint;
+    hint.budget = 200us;
+    event_loop loop(ioc, 0us, guard_with(pressure), &hint);
+    REQUIRE(loop.predictive());
+    auto expect_more = [&hint] {
+        hint.until = std::chrono::steady_clock::now() + 50ms;
+    };
+    CHECK(run_paced(loop, ioc, 20, 2ms, expect_more) == 20);
+    CHECK(loop.paused());
+    CHECK(loop.stats().pressure_pauses == 1);
+    CHECK(loop.stats().busy_poll_hits <= 1);  // before the first reading, at most
+
+    pressure = 0.1;
+    CHECK(run_paced(loop, ioc, 20, 2ms, expect_more) == 20);
+    CHECK_FALSE(loop.paused());
+    CHECK(loop.stats().busy_poll_hits >= 15);
+}
+
+TEST_CASE("predictive polling is off without PSI, with a zero budget, or under --busy-poll",
+          "[event_loop]")
+{
+    net::io_context ioc(1);
+    {
+        pressure_guard g;
+        g.max = 0.4;
+        g.source = [](std::chrono::steady_clock::time_point) { return std::optional<double>(); };
+        poll_hint hint;
+        hint.budget = 200us;
+        event_loop loop(ioc, 0us, g, &hint);
+        CHECK(loop.pressure_unknown());
+        CHECK_FALSE(loop.predictive());
+        CHECK_FALSE(hint.enabled());  // the kernels keep no books
+        auto expect_more = [&hint] {
+            hint.until = std::chrono::steady_clock::now() + 50ms;
+        };
+        CHECK(run_paced(loop, ioc, 5, 2ms, expect_more) == 5);
+        CHECK(loop.stats().busy_poll_hits == 0);
+        CHECK(loop.stats().busy_poll_idle == std::chrono::nanoseconds(0));
+    }
+    {
+        poll_hint hint;  // budget 0
+        event_loop loop(ioc, 0us, {}, &hint);
+        CHECK_FALSE(loop.predictive());
+        CHECK_FALSE(loop.pressure_unknown());
+    }
+    {
+        poll_hint hint;
+        hint.budget = 200us;
+        event_loop loop(ioc, 5s, {}, &hint);
+        CHECK_FALSE(loop.predictive());  // busy polling polls after all work anyway
+    }
 }
