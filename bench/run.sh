@@ -7,9 +7,11 @@
 #   direct                  kg-bench's own ZeroMQ client to a kernel it launches (the limit)
 #   kernelgate              kernelgate, v1 WebSocket frames
 #   kernelgate-legacy       kernelgate, legacy JSON frames (echo kernel, data-path scenarios)
-#   kernelgate-busy-poll    kernelgate --busy-poll (opt-in: the loop polls after work instead
-#                           of sleeping, paused under CPU pressure), v1 frames, the latency
-#                           and fan-out scenarios
+#   kernelgate-sleep        kernelgate --predictive-poll 0 (the loop always sleeps between
+#                           events), v1 frames, the latency and fan-out scenarios
+#   kernelgate-busy-poll    kernelgate --busy-poll (opt-in: the loop polls after all work
+#                           instead of only for expected messages, paused under CPU
+#                           pressure), v1 frames, the latency and fan-out scenarios
 #   jupyter-server          Debian's Jupyter Server 1.23, default configuration
 #   jupyter-server-nodelay  the same with bench/jupyter_server_nodelay.py (TCP_NODELAY on the
 #                           kernel WebSockets, iopub rate limit off)
@@ -32,7 +34,7 @@ usage: bench/run.sh [--quick | --full] [options]
   --out DIR           raw kg-bench JSON and logs (default: a new temp dir, kept)
   --json FILE         combined results (default: OUT/results.json)
   --repeat N          repeats per measurement (default: 1 quick, 3 full)
-  --targets LIST      comma list of targets (default: all six, see the header of this file)
+  --targets LIST      comma list of targets (default: all seven, see the header of this file)
   --kernels LIST      comma list of kernels: echo, python3 (default: both)
   --busy-poll US      kernelgate-busy-poll's --busy-poll window in microseconds (default 200)
   --transport T       how every target reaches its kernels: ipc (Unix sockets, kernelgate's
@@ -53,7 +55,7 @@ KG_BIN=""
 OUT=""
 JSON=""
 REPEAT=""
-TARGETS="direct,kernelgate,kernelgate-legacy,kernelgate-busy-poll,jupyter-server,jupyter-server-nodelay"
+TARGETS="direct,kernelgate,kernelgate-legacy,kernelgate-sleep,kernelgate-busy-poll,jupyter-server,jupyter-server-nodelay"
 BUSY_POLL=200
 KERNELS="echo,python3"
 TRANSPORT=ipc
@@ -220,18 +222,21 @@ free_port() {
 }
 
 # Starts a gateway; sets GW_PID and GW_URL.
-# $1: kernelgate | kernelgate-busy-poll | jupyter-server | jupyter-server-nodelay
+# $1: kernelgate | kernelgate-sleep | kernelgate-busy-poll | jupyter-server | jupyter-server-nodelay
 start_gateway() {
     local kind="$1" log="$OUT/logs/$1-$(date +%s%N).log" deadline port line
     deadline=$((SECONDS + 60))
     case "$kind" in
-        kernelgate|kernelgate-busy-poll)
-            local data="$WORK/kg-data" poll=0
-            [ "$kind" = kernelgate-busy-poll ] && { data="$WORK/kg-data-poll"; poll="$BUSY_POLL"; }
+        kernelgate|kernelgate-sleep|kernelgate-busy-poll)
+            local data="$WORK/kg-data" mode=()
+            case "$kind" in
+                kernelgate-sleep) data="$WORK/kg-data-sleep"; mode=(--predictive-poll 0) ;;
+                kernelgate-busy-poll) data="$WORK/kg-data-poll"; mode=(--busy-poll "$BUSY_POLL") ;;
+            esac
             rm -rf "$data"
             "$WORK/bin/kg-bench-gateway" serve --ip 127.0.0.1 --port 0 --data-dir "$data" \
                 --auth-token "$TOKEN" --kernel-dir "$SHARE/kernels" --no-conda --log-level warn \
-                --kernel-transport "$TRANSPORT" --busy-poll "$poll" \
+                --kernel-transport "$TRANSPORT" "${mode[@]}" \
                 > "$log" 2>&1 &
             GW_PID=$!
             while :; do
@@ -335,6 +340,11 @@ run_kernelgate() {  # $1 kernel
         BENCH_REPEAT=1 bench kernelgate-legacy echo "$LEGACY_SCENARIOS" $(gateway_args legacy) \
             || FAILED=1
     fi
+    if has "$TARGETS" kernelgate-sleep; then
+        # shellcheck disable=SC2046
+        BENCH_REPEAT=1 bench kernelgate-sleep "$1" "$BUSY_POLL_SCENARIOS" \
+            $(gateway_args v1 "$SLEEP_URL" "$SLEEP_PID") || FAILED=1
+    fi
     if has "$TARGETS" kernelgate-busy-poll; then
         # shellcheck disable=SC2046
         BENCH_REPEAT=1 bench kernelgate-busy-poll "$1" "$BUSY_POLL_SCENARIOS" \
@@ -343,10 +353,14 @@ run_kernelgate() {  # $1 kernel
 }
 KG_DATA=0
 { has "$TARGETS" kernelgate || has "$TARGETS" kernelgate-legacy ||
-  has "$TARGETS" kernelgate-busy-poll; } && KG_DATA=1
+  has "$TARGETS" kernelgate-sleep || has "$TARGETS" kernelgate-busy-poll; } && KG_DATA=1
 if has "$TARGETS" direct || [ "$KG_DATA" = 1 ]; then
-    # Two kernelgates, default and --busy-poll, side by side; each idles (sleeps) while the
-    # other is measured.
+    # Up to three kernelgates side by side (default, --predictive-poll 0, --busy-poll); each
+    # idles (sleeps) while another is measured.
+    if has "$TARGETS" kernelgate-sleep; then
+        start_gateway kernelgate-sleep
+        SLEEP_URL="$GW_URL" SLEEP_PID="$GW_PID"
+    fi
     if has "$TARGETS" kernelgate-busy-poll; then
         start_gateway kernelgate-busy-poll
         POLL_URL="$GW_URL" POLL_PID="$GW_PID"
@@ -365,6 +379,7 @@ if has "$TARGETS" direct || [ "$KG_DATA" = 1 ]; then
         done
     done
     [ "$KG_DATA" = 1 ] && stop_gateway
+    has "$TARGETS" kernelgate-sleep && stop_gateway "$SLEEP_PID"
     has "$TARGETS" kernelgate-busy-poll && stop_gateway "$POLL_PID"
 fi
 
