@@ -41,6 +41,17 @@ bool event_loop::check_pressure(std::chrono::steady_clock::time_point now)
     if (!guarded_ || now < next_check_) {
         return paused_;
     }
+    if (now - next_check_ > guard_.interval) {
+        // The loop was idle: a reading now would average the pressure over that whole time
+        // (others' work of minutes ago, or an idle machine). Start a fresh interval, a short
+        // one, and poll meanwhile: work that wakes the loop after a pause is judged by the
+        // pressure it meets, within a few milliseconds.
+        (void)guard_.source(now);
+        next_check_ = now + std::max<std::chrono::milliseconds>(std::chrono::milliseconds(1),
+                                                                guard_.interval / 16);
+        paused_ = false;
+        return paused_;
+    }
     next_check_ = now + guard_.interval;
     const auto p = guard_.source(now);
     stats_.cpu_pressure = p.value_or(1.0);
@@ -63,31 +74,39 @@ void event_loop::run_predictive()
             check_pressure(clock::now());
             continue;
         }
-        const bool worked = ioc_.poll() > 0;  // handlers may move hint_->until on
-        const auto now = clock::now();
-        if (worked) {
+        auto now = clock::now();
+        if (now >= hint_->until) {
+            // Nothing expected soon: sleep until the next event, as io_context::run() does
+            // (one handler at a time; handlers may expect something).
             if (empty_since != unset) {
+                stats_.busy_poll_idle += now - empty_since;
+                empty_since = unset;
+            }
+            ++stats_.sleeps;
+            ioc_.run_one();
+            continue;
+        }
+        // Something is expected within microseconds: poll for it rather than sleep.
+        if (ioc_.poll() > 0) {
+            if (empty_since != unset) {
+                now = clock::now();
                 ++stats_.busy_poll_hits;  // the expected event came: a wake-up saved
                 stats_.busy_poll_idle += now - empty_since;
                 empty_since = unset;
             }
             continue;
         }
-        if (now < hint_->until && !check_pressure(now)) {
-            if (empty_since == unset) {
-                empty_since = now;
+        if (check_pressure(now)) {  // just paused
+            if (empty_since != unset) {
+                stats_.busy_poll_idle += now - empty_since;
+                empty_since = unset;
             }
-            ::sched_yield();
             continue;
         }
-        // Nothing expected soon (or the CPUs are contended): sleep until the next event.
-        if (empty_since != unset) {
-            stats_.busy_poll_idle += now - empty_since;
-            empty_since = unset;
+        if (empty_since == unset) {
+            empty_since = now;
         }
-        hint_->until = unset;
-        ++stats_.sleeps;
-        ioc_.run_one();
+        ::sched_yield();
     }
 }
 

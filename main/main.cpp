@@ -423,7 +423,7 @@ int main(int argc, char** argv)
                       "(0: off). Saves the two wake-ups a request/reply pays in a sleeping "
                       "loop (about 50 us per round trip on a small VM) for up to this much "
                       "CPU after every burst of messages. The window shrinks while traffic "
-                      "is sparser than this; an idle gateway still sleeps")
+                      "is sparser than this; an idle gateway still sleeps. Replaces --predictive-poll")
         ->check(CLI::Range(0, 100000))
         ->envname("KERNELGATE_BUSY_POLL_US")
         ->capture_default_str();

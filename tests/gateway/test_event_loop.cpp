@@ -352,3 +352,25 @@ TEST_CASE("predictive polling is off without PSI, with a zero budget, or under -
         CHECK_FALSE(loop.predictive());  // busy polling polls after all work anyway
     }
 }
+
+TEST_CASE("after an idle spell the guard takes a fresh reading before it judges",
+          "[event_loop]")
+{
+    // The first reading after a spell without any (more than two intervals) would average the
+    // pressure over the whole spell: it only starts a new, short interval, and polling resumes
+    // until that interval's reading.
+    std::atomic<double> pressure{0.9};
+    net::io_context ioc(1);
+    auto g = guard_with(pressure);
+    g.interval = 20ms;
+    event_loop loop(ioc, 5s, g);
+    CHECK(run_paced(loop, ioc, 30, 2ms) == 30);
+    CHECK(loop.paused());
+    CHECK(loop.stats().pressure_pauses == 1);
+
+    std::this_thread::sleep_for(100ms);  // idle, no readings
+    CHECK(run_paced(loop, ioc, 10, 2ms) == 10);
+    // Resumed at the fresh start, paused again by the reading a few ms later (still 0.9).
+    CHECK(loop.stats().pressure_pauses == 2);
+    CHECK(loop.paused());
+}
