@@ -63,15 +63,24 @@ bool event_loop::check_pressure(std::chrono::steady_clock::time_point now)
     return paused_;
 }
 
+bool event_loop::paused_turn()
+{
+    if (!paused_) {
+        return false;
+    }
+    // CPUs contended: sleep between events, as io_context::run() does.
+    ioc_.run_one();
+    check_pressure(std::chrono::steady_clock::now());
+    return true;
+}
+
 void event_loop::run_predictive()
 {
     using clock = std::chrono::steady_clock;
     constexpr auto unset = clock::time_point::min();
     auto empty_since = unset;  // since when polls have found nothing
     while (!ioc_.stopped()) {
-        if (paused_) {  // CPUs contended: sleep between events, as io_context::run() does
-            ioc_.run_one();
-            check_pressure(clock::now());
+        if (paused_turn()) {
             continue;
         }
         auto now = clock::now();
@@ -133,9 +142,7 @@ void event_loop::run()
     auto poll_until = unset;   // polling goes on until then; the loop starts idle
     auto empty_since = unset;  // since when polls have found nothing
     while (!ioc_.stopped()) {
-        if (paused_) {  // CPUs contended: sleep between events, as io_context::run() does
-            ioc_.run_one();
-            check_pressure(clock::now());
+        if (paused_turn()) {
             continue;
         }
         const bool worked = ioc_.poll() > 0;

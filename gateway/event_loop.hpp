@@ -82,6 +82,9 @@ public:
 private:
     /// Reads the pressure if an interval has passed; returns whether polling is paused.
     bool check_pressure(std::chrono::steady_clock::time_point now);
+    /// While paused: one handler, as io_context::run() runs them, then a pressure reading.
+    /// Returns whether the loop was paused.
+    bool paused_turn();
     void run_predictive();
 
     net::io_context& ioc_;

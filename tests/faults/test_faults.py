@@ -589,6 +589,16 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def _assert_idle_gateway_sleeps(g: FaultGateway) -> None:
+    # Idle, the loop sleeps: CPU time barely moves (a loop that kept polling would use about
+    # one CPU second per second).
+    time.sleep(0.5)
+    cpu0 = _cpu_seconds(g.process.pid)
+    time.sleep(2)
+    used = _cpu_seconds(g.process.pid) - cpu0
+    assert used < 0.2, f"an idle gateway used {used:.2f} s of CPU in 2 s"
+
+
 def test_busy_poll_serves_round_trips_and_an_idle_gateway_still_sleeps(tmp_path):
     # --busy-poll-max-pressure 1: polling whatever else runs (the test suite runs in parallel).
     g = FaultGateway(tmp_path, ["--busy-poll", "200", "--busy-poll-max-pressure", "1"])
@@ -605,13 +615,7 @@ def test_busy_poll_serves_round_trips_and_an_idle_gateway_still_sleeps(tmp_path)
         assert g.metric("kernelgate_busy_poll_hits_total") > hits0
         assert g.metric("kernelgate_loop_sleeps_total") > 0
         assert g.metric("kernelgate_busy_poll_pressure_pauses_total") == 0
-        # Idle, the loop sleeps: CPU time barely moves (a loop that kept polling would use
-        # about one CPU second per second).
-        time.sleep(0.5)
-        cpu0 = _cpu_seconds(g.process.pid)
-        time.sleep(2)
-        used = _cpu_seconds(g.process.pid) - cpu0
-        assert used < 0.2, f"an idle gateway used {used:.2f} s of CPU in 2 s"
+        _assert_idle_gateway_sleeps(g)
         ch.close()
     finally:
         rc = g.process.stop()
@@ -726,12 +730,7 @@ def test_predictive_polling_polls_for_a_fast_kernel_and_not_for_a_slow_one(tmp_p
         # requests) were expected, and some were caught polling rather than by waking up.
         assert g.metric("kernelgate_predictive_poll_predictions_total") > 0
         assert g.metric("kernelgate_busy_poll_hits_total") > 0
-        # Idle, the loop sleeps.
-        time.sleep(0.5)
-        cpu0 = _cpu_seconds(g.process.pid)
-        time.sleep(2)
-        used = _cpu_seconds(g.process.pid) - cpu0
-        assert used < 0.2, f"an idle gateway used {used:.2f} s of CPU in 2 s"
+        _assert_idle_gateway_sleeps(g)
         echo.close()
     finally:
         rc = g.process.stop()
