@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <ctime>
+#include <optional>
 
 #include <spdlog/spdlog.h>
 
@@ -206,8 +207,13 @@ void kernel::on_kernel_message(zp::channel ch, zp::message&& msg)
     std::string scratch;  // decoded values with escapes (rare); views into msg otherwise
     ev->msg_type = zp::json_string_field_view(msg.header, "msg_type", scratch).value_or("");
     ev->droppable = ch == zp::channel::iopub && is_droppable(ev->msg_type);
+    std::string state_scratch;
+    std::optional<std::string_view> status;  // an iopub status message's execution_state
+    if (ch == zp::channel::iopub && ev->msg_type == "status") {
+        status = zp::json_string_field_view(msg.content, "execution_state", state_scratch);
+    }
     if (hint_ != nullptr && hint_->enabled() && !on_ready_) {
-        predict_after_kernel_message(ch, ev->msg_type, msg);
+        predict_after_kernel_message(ch, ev->msg_type, status);
     }
 
     if (on_ready_) {
@@ -256,10 +262,8 @@ void kernel::on_kernel_message(zp::channel ch, zp::message&& msg)
                 return;
             }
         }
-        if (ev->msg_type == "status") {
-            if (auto st = zp::json_string_field_view(msg.content, "execution_state", scratch)) {
-                state_ = *st;
-            }
+        if (status) {
+            state_ = *status;
         }
         ev->msg = std::move(msg);
         dispatch(ev, nullptr);
@@ -448,15 +452,13 @@ bool kernel::fast_kernel() const noexcept
 }
 
 void kernel::predict_after_kernel_message(zp::channel ch, std::string_view msg_type,
-                                          const zp::message& msg)
+                                          std::optional<std::string_view> status)
 {
     const auto now = std::chrono::steady_clock::now();
     kernel_wait_.end(now);
     if (ch == zp::channel::iopub) {
         if (msg_type == "status") {
-            std::string scratch;
-            working_ = zp::json_string_field_view(msg.content, "execution_state", scratch) ==
-                       std::string_view("busy");
+            working_ = status == std::string_view("busy");
         }
     } else if (pending_replies_ > 0 && msg_type.ends_with("_reply")) {
         --pending_replies_;

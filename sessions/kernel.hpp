@@ -6,7 +6,9 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <boost/asio/io_context.hpp>
@@ -137,7 +139,7 @@ private:
     /// Predictive polling's bookkeeping for a client request / a kernel message.
     void predict_after_request(const zmq_protocol::message& msg);
     void predict_after_kernel_message(zmq_protocol::channel ch, std::string_view msg_type,
-                                      const zmq_protocol::message& msg);
+                                      std::optional<std::string_view> status);
     /// The kernel's requests take no longer than the hint's budget (so polling pays).
     bool fast_kernel() const noexcept;
     void nudge_after(std::chrono::milliseconds delay);
