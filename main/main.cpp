@@ -431,9 +431,10 @@ int main(int argc, char** argv)
                       "Microseconds of the longest wait the event loop polls for instead of "
                       "sleeping, when a message is expected: a kernel working on a request, "
                       "or a client that usually sends its next request right after the last "
-                      "reply. Each kernel learns how long these waits last; waits predicted "
-                      "longer than this (ipykernel's milliseconds of work, a person at a "
-                      "notebook) are slept through. 0: off; --busy-poll replaces it")
+                      "reply. Each kernel learns how long its requests and these waits last; "
+                      "kernels whose requests take longer than this (ipykernel's milliseconds "
+                      "of work), and waits predicted longer (a person at a notebook), are "
+                      "slept through. 0: off; --busy-poll replaces it")
         ->check(CLI::Range(0, 100000))
         ->envname("KERNELGATE_PREDICTIVE_POLL_US")
         ->capture_default_str();
