@@ -741,7 +741,9 @@ def test_busy_poll_is_off_by_default_and_bad_values_are_refused(fgw, tmp_path):
     assert fgw.metric("kernelgate_busy_poll_microseconds") == 0
     # Predictive polling is on by default where the kernel reports CPU pressure.
     assert fgw.metric("kernelgate_predictive_poll_microseconds") == (200 if _psi_available() else 0)
-    assert fgw.metric("kernelgate_busy_poll_paused") == (0 if _psi_available() else 1)
+    # Paused for good without PSI; with it, paused or not depending on the machine's load.
+    paused = fgw.metric("kernelgate_busy_poll_paused")
+    assert paused == 1 if not _psi_available() else paused in (0, 1)
     for flag, bad in (("--busy-poll", "-1"), ("--busy-poll", "100001"), ("--busy-poll", "fast"),
                       ("--predictive-poll", "-5"), ("--predictive-poll", "100001"),
                       ("--predictive-poll", "soon"),
