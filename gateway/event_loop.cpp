@@ -79,18 +79,21 @@ void event_loop::run_predictive()
     using clock = std::chrono::steady_clock;
     constexpr auto unset = clock::time_point::min();
     auto empty_since = unset;  // since when polls have found nothing
+    auto stop_polling = [&](clock::time_point now) {  // counts the polling that just ended
+        if (empty_since != unset) {
+            stats_.busy_poll_idle += now - empty_since;
+            empty_since = unset;
+        }
+    };
     while (!ioc_.stopped()) {
         if (paused_turn()) {
             continue;
         }
-        auto now = clock::now();
+        const auto now = clock::now();
         if (now >= hint_->until) {
             // Nothing expected soon: sleep until the next event, as io_context::run() does
             // (one handler at a time; handlers may expect something).
-            if (empty_since != unset) {
-                stats_.busy_poll_idle += now - empty_since;
-                empty_since = unset;
-            }
+            stop_polling(now);
             ++stats_.sleeps;
             ioc_.run_one();
             continue;
@@ -98,18 +101,13 @@ void event_loop::run_predictive()
         // Something is expected within microseconds: poll for it rather than sleep.
         if (ioc_.poll() > 0) {
             if (empty_since != unset) {
-                now = clock::now();
                 ++stats_.busy_poll_hits;  // the expected event came: a wake-up saved
-                stats_.busy_poll_idle += now - empty_since;
-                empty_since = unset;
+                stop_polling(clock::now());
             }
             continue;
         }
         if (check_pressure(now)) {  // just paused
-            if (empty_since != unset) {
-                stats_.busy_poll_idle += now - empty_since;
-                empty_since = unset;
-            }
+            stop_polling(now);
             continue;
         }
         if (empty_since == unset) {
