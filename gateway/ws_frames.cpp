@@ -2,7 +2,9 @@
 #include "gateway/ws_frames.hpp"
 
 #include "gateway/json_check.hpp"
+#include "zmq_protocol/json_scan.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <limits>
@@ -20,6 +22,8 @@ using zmq_protocol::errc;
 
 constexpr std::size_t v1_min_offsets = 6; // channel + 4 JSON parts + end offset
 constexpr std::size_t json_part_count = 4;
+/// How deep a kernel's header may nest for its msg_id/msg_type to be read (json_check's most).
+constexpr std::size_t max_header_depth = 4096;
 
 std::uint64_t read_le64(std::string_view s, std::size_t pos) noexcept
 {
@@ -72,144 +76,90 @@ std::error_code check_json_object(std::string_view part, const ws_limits& limits
     return json_depth(part) > limits.max_json_depth ? errc::json_too_deep : errc::bad_json;
 }
 
-/// The JSON message of a legacy frame (text, or the first part of a binary frame).
+/// The JSON message of a legacy frame (text, or the first part of a binary frame): validated
+/// in one pass (check_json_object), then split into its members without building a DOM. The
+/// parts go to the kernel as the client wrote them, as in the v1 format (a re-dump would turn
+/// integers beyond 64 bits into doubles). Duplicate keys: the last wins, as in a parsed object.
 std::error_code decode_legacy_json(std::string_view text,
                                    const ws_limits& limits,
                                    client_message& out)
 {
-    if (json_depth(text) > limits.max_json_depth) {
-        return errc::json_too_deep;
+    if (const auto ec = check_json_object(text, limits)) {
+        return ec;
     }
-    try {
-        json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-        if (j.is_discarded() || !j.is_object()) {
-            return errc::bad_json;
-        }
-        const auto header = j.find("header");
-        if (header == j.end() || !header->is_object()) {
-            return errc::bad_json;
-        }
-        // Jupyter Server sends a message without a channel (or with null) to shell.
-        const auto channel = j.find("channel");
-        if (channel == j.end() || channel->is_null()) {
-            out.channel = "shell";
-        } else if (channel->is_string() &&
-                   client_writable(channel->get_ref<const std::string&>())) {
-            out.channel = channel->get<std::string>();
-        } else {
+    std::optional<std::string_view> header, channel, buffers, parent, metadata, content;
+    const bool whole = zmq_protocol::detail::for_each_member(
+        text, [&](const zmq_protocol::detail::raw_member& m) {
+            using zmq_protocol::detail::key_is;
+            for (auto [name, slot] : {std::pair{"header", &header}, std::pair{"channel", &channel},
+                                      std::pair{"buffers", &buffers},
+                                      std::pair{"parent_header", &parent},
+                                      std::pair{"metadata", &metadata},
+                                      std::pair{"content", &content}}) {
+                if (key_is(m, name)) {
+                    *slot = m.value;
+                    return;
+                }
+            }
+        });
+    if (!whole) {
+        return errc::bad_json;  // not reached for validated text
+    }
+    auto is_null = [](std::string_view v) { return v == "null"; };
+    if (!header || header->front() != '{') {
+        return errc::bad_json;
+    }
+    // Jupyter Server sends a message without a channel (or with null) to shell.
+    if (!channel || is_null(*channel)) {
+        out.channel = "shell";
+    } else if (channel->front() == '"') {
+        const auto raw = channel->substr(1, channel->size() - 2);
+        const bool escaped = raw.find('\\') != std::string_view::npos;
+        const auto name = escaped ? zmq_protocol::detail::unescape(raw)
+                                  : std::optional<std::string>(std::string(raw));
+        if (!name || !client_writable(*name)) {
             return errc::bad_channel;
         }
-        // Binary buffers travel only in binary frames, never inside the JSON.
-        const auto buffers = j.find("buffers");
-        if (buffers != j.end() && !buffers->is_null()) {
-            if (!buffers->is_array()) {
-                return errc::bad_json;
-            }
-            if (!buffers->empty()) {
-                return errc::bad_frame;
-            }
+        out.channel = *name;
+    } else {
+        return errc::bad_channel;
+    }
+    // Binary buffers travel only in binary frames, never inside the JSON.
+    if (buffers && !is_null(*buffers)) {
+        if (buffers->front() != '[') {
+            return errc::bad_json;
         }
-        out.msg.header = header->dump();
-        const std::array<std::pair<const char*, std::string*>, 3> optional_parts = {{
-            {"parent_header", &out.msg.parent_header},
-            {"metadata", &out.msg.metadata},
-            {"content", &out.msg.content},
-        }};
-        for (const auto& [name, dest] : optional_parts) {
-            const auto it = j.find(name);
-            if (it == j.end() || it->is_null()) {
-                *dest = "{}";
-            } else if (it->is_object()) {
-                *dest = it->dump();
-            } else {
-                return errc::bad_json;
-            }
+        const auto inner = buffers->substr(1, buffers->size() - 2);
+        if (inner.find_first_not_of(" \n\t\r") != std::string_view::npos) {
+            return errc::bad_frame;
         }
-    } catch (const json::exception&) {
-        // The parser validated UTF-8, so dump() should not throw; refuse rather than leak.
-        return errc::bad_json;
+    }
+    out.msg.header.assign(*header);
+    for (auto [value, dest] : {std::pair{&parent, &out.msg.parent_header},
+                               std::pair{&metadata, &out.msg.metadata},
+                               std::pair{&content, &out.msg.content}}) {
+        if (!*value || is_null(**value)) {
+            dest->assign("{}");
+        } else if ((*value)->front() == '{') {
+            dest->assign(**value);
+        } else {
+            return errc::bad_json;
+        }
     }
     return {};
 }
 
-/// Collects the top-level "msg_id" and "msg_type" strings of a header without building a
-/// DOM (last occurrence wins, as with a parsed object).
-class header_fields_sax final : public nlohmann::json_sax<json>
-{
-public:
-    std::optional<std::string> msg_id;
-    std::optional<std::string> msg_type;
-
-    bool null() override { return value(); }
-    bool boolean(bool /*val*/) override { return value(); }
-    bool number_integer(number_integer_t /*val*/) override { return value(); }
-    bool number_unsigned(number_unsigned_t /*val*/) override { return value(); }
-    bool number_float(number_float_t /*val*/, const string_t& /*s*/) override
-    {
-        return value();
-    }
-    bool string(string_t& val) override
-    {
-        if (depth_ == 1 && pending_ != nullptr) {
-            *pending_ = val;
-            pending_ = nullptr;
-        }
-        return true;
-    }
-    bool binary(binary_t& /*val*/) override { return value(); }
-    bool start_object(std::size_t /*elements*/) override
-    {
-        value();
-        ++depth_;
-        return true;
-    }
-    bool key(string_t& val) override
-    {
-        if (depth_ == 1) {
-            pending_ = val == "msg_id" ? &msg_id : val == "msg_type" ? &msg_type : nullptr;
-        }
-        return true;
-    }
-    bool end_object() override
-    {
-        --depth_;
-        return true;
-    }
-    bool start_array(std::size_t /*elements*/) override
-    {
-        value();
-        ++depth_;
-        return true;
-    }
-    bool end_array() override
-    {
-        --depth_;
-        return true;
-    }
-    bool parse_error(std::size_t /*position*/,
-                     const std::string& /*last_token*/,
-                     const nlohmann::detail::exception& /*ex*/) override
-    {
-        return false;
-    }
-
-private:
-    /// A non-string value of a wanted key clears it (last occurrence wins).
-    bool value()
-    {
-        if (depth_ == 1 && pending_ != nullptr) {
-            pending_->reset();
-            pending_ = nullptr;
-        }
-        return true;
-    }
-
-    std::size_t depth_ = 0;
-    std::optional<std::string>* pending_ = nullptr;
-};
-
 std::string json_string(std::string_view s)
 {
+    // Channel names and the like need no escaping: quote them as they are.
+    if (std::all_of(s.begin(), s.end(), [](char c) {
+            return c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
+        })) {
+        std::string out;
+        out.reserve(s.size() + 2);
+        out.append(1, '"').append(s).append(1, '"');
+        return out;
+    }
     return json(std::string(s)).dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
@@ -410,20 +360,29 @@ std::string encode_v1(std::string_view channel, const zmq_protocol::message& msg
 legacy_frame encode_legacy(std::string_view channel, const zmq_protocol::message& msg)
 {
     const std::string_view header = json_or_empty_object(msg.header);
-    header_fields_sax fields;
-    const bool header_ok =
-        json::sax_parse(header.begin(), header.end(), &fields, nlohmann::detail::input_format_t::json,
-                        /*strict=*/true);
-    auto field_or_null = [&](const std::optional<std::string>& f) {
-        return header_ok && f ? json_string(*f) : std::string("null");
+    // The header's own (top-level) msg_id and msg_type when they are strings, else null; the
+    // last occurrence wins, as in a parsed object. The kernel's header is checked first, so
+    // that a string's raw text (already JSON) can be copied as it is.
+    std::optional<std::string_view> msg_id, msg_type;
+    if (json_check(header, max_header_depth, /*require_object=*/true) == json_check_result::ok) {
+        zmq_protocol::detail::for_each_member(header, [&](const zmq_protocol::detail::raw_member& m) {
+            using zmq_protocol::detail::key_is;
+            auto* slot = key_is(m, "msg_id") ? &msg_id : key_is(m, "msg_type") ? &msg_type : nullptr;
+            if (slot != nullptr) {
+                *slot = m.value.front() == '"' ? std::optional(m.value) : std::nullopt;
+            }
+        });
+    }
+    auto field_or_null = [](const std::optional<std::string_view>& f) {
+        return f ? *f : std::string_view("null");
     };
     const bool binary = !msg.buffers.empty();
 
     std::string text;
     text.reserve(msg.byte_size() + channel.size() + 160);
     text.append("{\"header\":").append(header);
-    text.append(",\"msg_id\":").append(field_or_null(fields.msg_id));
-    text.append(",\"msg_type\":").append(field_or_null(fields.msg_type));
+    text.append(",\"msg_id\":").append(field_or_null(msg_id));
+    text.append(",\"msg_type\":").append(field_or_null(msg_type));
     text.append(",\"parent_header\":").append(json_or_empty_object(msg.parent_header));
     text.append(",\"metadata\":").append(json_or_empty_object(msg.metadata));
     text.append(",\"content\":").append(json_or_empty_object(msg.content));

@@ -108,6 +108,131 @@ inline std::optional<std::string> unescape(std::string_view raw)
     return std::nullopt;
 }
 
+/// One member of a JSON object as text: the key's raw characters (between the quotes) and
+/// the value's whole text ("..." with its quotes, {...}, [...], or a literal).
+struct raw_member
+{
+    std::string_view key;
+    bool key_escaped = false;
+    std::string_view value;
+};
+
+/// Calls f(raw_member) for each member of the top-level object in text, in order, without
+/// building anything. Meant for text already validated (gateway::json_check): on text that
+/// is not an object it stops at the first thing out of place and returns false, never reading
+/// outside text. Nesting is skipped by counting brackets outside strings, so it needs no stack.
+template <typename F>
+bool for_each_member(std::string_view text, F&& f)
+{
+    std::size_t i = 0;
+    const std::size_t n = text.size();
+    auto skip_ws = [&] {
+        while (i < n && (text[i] == ' ' || text[i] == '\n' || text[i] == '\t' || text[i] == '\r')) {
+            ++i;
+        }
+    };
+    // At a '"': moves i past the closing quote; false if there is none.
+    auto skip_string = [&](bool* escaped) {
+        for (++i; i < n; ++i) {
+            if (text[i] == '\\') {
+                if (escaped != nullptr) {
+                    *escaped = true;
+                }
+                ++i;
+            } else if (text[i] == '"') {
+                ++i;
+                return true;
+            }
+        }
+        return false;
+    };
+    skip_ws();
+    if (i >= n || text[i] != '{') {
+        return false;
+    }
+    ++i;
+    skip_ws();
+    if (i < n && text[i] == '}') {
+        return true;
+    }
+    while (i < n) {
+        if (text[i] != '"') {
+            return false;
+        }
+        raw_member m;
+        const std::size_t key_start = i + 1;
+        if (!skip_string(&m.key_escaped)) {
+            return false;
+        }
+        m.key = text.substr(key_start, i - 1 - key_start);
+        skip_ws();
+        if (i >= n || text[i] != ':') {
+            return false;
+        }
+        ++i;
+        skip_ws();
+        if (i >= n) {
+            return false;
+        }
+        const std::size_t value_start = i;
+        if (text[i] == '"') {
+            if (!skip_string(nullptr)) {
+                return false;
+            }
+        } else if (text[i] == '{' || text[i] == '[') {
+            std::size_t depth = 0;
+            while (i < n) {
+                const char c = text[i];
+                if (c == '"') {
+                    if (!skip_string(nullptr)) {
+                        return false;
+                    }
+                    continue;
+                }
+                ++i;
+                if (c == '{' || c == '[') {
+                    ++depth;
+                } else if ((c == '}' || c == ']') && --depth == 0) {
+                    break;
+                }
+            }
+            if (depth != 0) {
+                return false;
+            }
+        } else {
+            while (i < n && text[i] != ',' && text[i] != '}' && text[i] != ' ' &&
+                   text[i] != '\n' && text[i] != '\t' && text[i] != '\r') {
+                ++i;
+            }
+        }
+        m.value = text.substr(value_start, i - value_start);
+        f(m);
+        skip_ws();
+        if (i >= n) {
+            return false;
+        }
+        if (text[i] == '}') {
+            return true;
+        }
+        if (text[i] != ',') {
+            return false;
+        }
+        ++i;
+        skip_ws();
+    }
+    return false;
+}
+
+/// Whether a member's raw key is `name` (decoding escapes when it has any).
+inline bool key_is(const raw_member& m, std::string_view name)
+{
+    if (!m.key_escaped) {
+        return m.key == name;
+    }
+    const auto decoded = unescape(m.key);
+    return decoded && *decoded == name;
+}
+
 } // namespace detail
 
 /// Reads the string value of a key at the top level of a JSON object text without building a

@@ -37,6 +37,59 @@ void reencode(const gw::client_message& cm, const gw::ws_limits& limits)
     }
 }
 
+/// A legacy text frame that decoded must mean what a parser says it means: the parts (or
+/// {} for a missing or null part) and the channel (or shell) of the parsed object.
+void check_legacy_against_parser(std::string_view frame, const gw::client_message& cm)
+{
+    nlohmann::json j;
+    try {
+        j = nlohmann::json::parse(frame.begin(), frame.end());
+    } catch (const nlohmann::json::out_of_range&) {
+        return;  // a number beyond a double: the parser gives up, we pass it on
+    } catch (const nlohmann::json::exception&) {
+        __builtin_trap();  // accepted what a parser refuses
+    }
+    auto part = [&](const char* key) {
+        const auto it = j.find(key);
+        return it == j.end() || it->is_null() ? nlohmann::json::object() : *it;
+    };
+    const auto ch = j.find("channel");
+    if (nlohmann::json::parse(cm.msg.header) != j.at("header") ||
+        nlohmann::json::parse(cm.msg.parent_header) != part("parent_header") ||
+        nlohmann::json::parse(cm.msg.metadata) != part("metadata") ||
+        nlohmann::json::parse(cm.msg.content) != part("content") ||
+        cm.channel != (ch == j.end() || ch->is_null() ? std::string("shell")
+                                                       : ch->get<std::string>())) {
+        __builtin_trap();
+    }
+}
+
+/// encode_legacy's msg_id and msg_type are the header's own top-level strings, or null.
+void check_encoded_ids(std::string_view header, const gw::legacy_frame& f)
+{
+    // nlohmann's parser stops at a NUL byte (a documented difference, above).
+    if (f.binary || header.find('\0') != std::string_view::npos) {
+        return;
+    }
+    nlohmann::json h;
+    try {
+        h = nlohmann::json::parse(header.begin(), header.end());
+    } catch (const nlohmann::json::exception&) {
+        return;  // not JSON: nothing to compare with
+    }
+    if (!h.is_object()) {
+        return;
+    }
+    const auto out = nlohmann::json::parse(f.data);
+    for (const char* key : {"msg_id", "msg_type"}) {
+        const auto it = h.find(key);
+        const auto want = it != h.end() && it->is_string() ? *it : nlohmann::json(nullptr);
+        if (out.at(key) != want) {
+            __builtin_trap();
+        }
+    }
+}
+
 } // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size)
@@ -79,6 +132,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         break;
     case 1:
         r = gw::decode_legacy_text(frame, limits);
+        if (r.has_value()) {
+            check_legacy_against_parser(frame, r.value());
+        }
         break;
     case 2:
         r = gw::decode_legacy_binary(frame, limits);
@@ -90,7 +146,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if ((mode & 8) != 0) {
             msg.buffers.emplace_back(frame);
         }
-        (void)gw::encode_legacy("iopub", msg);
+        check_encoded_ids(frame, gw::encode_legacy("iopub", msg));
         (void)gw::encode_v1("iopub", msg);
         return 0;
     }

@@ -316,9 +316,10 @@ TEST_CASE("ws legacy: decodes Jupyter Server frames", "[ws][legacy]")
         CHECK(json::parse(cm.msg.parent_header) == json::parse(P));
         CHECK(cm.msg.metadata == "{}");
         CHECK(json::parse(cm.msg.content) == json::parse(C));
-        // Legacy parts are re-dumped objects: compact JSON object text.
+        // Legacy parts are the client's own text, spaces and all (as v1 parts are).
         CHECK(cm.msg.header.front() == '{');
-        CHECK(cm.msg.header.find(": ") == std::string::npos);
+        CHECK(std::string_view(py_legacy_text_shell).find(cm.msg.header) != std::string::npos);
+        CHECK(std::string_view(py_legacy_text_shell).find(cm.msg.content) != std::string::npos);
     };
     SECTION("text")
     {
@@ -683,6 +684,56 @@ TEST_CASE("ws legacy text: structure rules", "[ws][legacy][hostile]")
     {
         auto r = gw::decode_legacy_text("{" + h + R"(,"msg_id":5,"msg_type":[]})");
         CHECK(r.has_value());
+    }
+}
+
+TEST_CASE("ws legacy text: parts reach the kernel as the client wrote them", "[ws][legacy]")
+{
+    SECTION("numbers beyond 64 bits and spacing are kept")
+    {
+        const std::string content = R"({ "n" : 123456789012345678901234567890, "f": 1.50 })";
+        auto r = gw::decode_legacy_text("{\n  \"header\" : {\"msg_type\":\"x\"},\n  \"content\" : " +
+                                        content + "\n}\n");
+        REQUIRE(r.has_value());
+        CHECK(r->msg.content == content);
+        CHECK(r->msg.header == R"({"msg_type":"x"})");
+    }
+    SECTION("duplicate keys: the last wins, as in a parsed object")
+    {
+        auto r = gw::decode_legacy_text(
+            R"({"header":{"a":1},"content":{"c":1},"channel":"iopub","header":{"b":2},)"
+            R"("content":{"c":2},"channel":"control"})");
+        REQUIRE(r.has_value());
+        CHECK(r->msg.header == R"({"b":2})");
+        CHECK(r->msg.content == R"({"c":2})");
+        CHECK(r->channel == "control");
+        CHECK(gw::decode_legacy_text(R"({"header":{},"header":null})").error() == errc::bad_json);
+    }
+    SECTION("escaped keys and channel names are decoded")
+    {
+        auto r = gw::decode_legacy_text(
+            R"({"he\u0061der":{"k":"v"},"ch\u0061nnel":"st\u0064in","\u0063ontent":{"x":[1,{"y":"}"}]}})");
+        REQUIRE(r.has_value());
+        CHECK(r->msg.header == R"({"k":"v"})");
+        CHECK(r->channel == "stdin");
+        CHECK(r->msg.content == R"({"x":[1,{"y":"}"}]})");
+    }
+    SECTION("strings holding brackets, quotes and key names do not confuse the split")
+    {
+        auto r = gw::decode_legacy_text(
+            R"({"metadata":{"s":"\"header\":{\"x\"} ] }"},"header":{"msg_type":"a]}"},)"
+            R"j("content":{"code":"print(\"{[\")"}})j");
+        REQUIRE(r.has_value());
+        CHECK(r->msg.metadata == R"({"s":"\"header\":{\"x\"} ] }"})");
+        CHECK(r->msg.header == R"({"msg_type":"a]}"})");
+        CHECK(r->msg.content == R"j({"code":"print(\"{[\")"})j");
+        CHECK(r->channel == "shell");
+    }
+    SECTION("an empty buffers array may have spaces")
+    {
+        CHECK(gw::decode_legacy_text(R"({"header":{},"buffers":[ ]})").has_value());
+        CHECK(gw::decode_legacy_text(R"({"header":{},"buffers":[ null ]})").error() ==
+              errc::bad_frame);
     }
 }
 
