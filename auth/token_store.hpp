@@ -11,6 +11,7 @@
 #include <vector>
 
 struct sqlite3;
+struct sqlite3_stmt;
 
 namespace kernelgate::auth {
 
@@ -163,6 +164,7 @@ public:
 private:
     void exec(const char* sql);
     sqlite3* db_ = nullptr;
+    sqlite3_stmt* version_stmt_ = nullptr;  ///< PRAGMA data_version, kept prepared
     pepper pepper_;
     token_policy policy_;
 };
