@@ -590,6 +590,12 @@ std::vector<std::string> token_store::invalid_among(const std::vector<std::strin
     return out;
 }
 
+std::filesystem::path token_store::path() const
+{
+    const char* f = sqlite3_db_filename(db_, "main");
+    return f == nullptr ? std::filesystem::path() : std::filesystem::path(f);
+}
+
 std::int64_t token_store::change_counter()
 {
     // Asked every 20 ms (server::watch_tokens): prepared once, not compiled on every call.

@@ -157,6 +157,8 @@ public:
 
     /// Changes when any connection (any process) commits to the file.
     std::int64_t change_counter();
+    /// The database file (empty for an in-memory database).
+    std::filesystem::path path() const;
 
     /// Valid kg_ token syntax (no database access).
     static bool well_formed(std::string_view token);

@@ -290,6 +290,13 @@ std::string metrics_text(server& srv)
     counter("kernelgate_ws_closed_auth_total",
             "WebSockets closed with 4001 (token revoked or expired, user disabled)",
             m.ws_closed_auth);
+    gauge("kernelgate_token_watch",
+          "1: token database changes (revocations by another process) wake the gateway "
+          "through inotify; 0: it polls every 20 ms",
+          srv.watching_tokens() ? 1 : 0);
+    counter("kernelgate_token_db_wakeups_total",
+            "Token database changes seen through inotify (each re-checks open WebSockets' tokens)",
+            m.token_db_wakeups);
     gauge("kernelgate_websockets", "Open kernel WebSockets", srv.ws_count());
     gauge("kernelgate_ws_queued_bytes", "Bytes waiting in WebSocket send queues",
           srv.ws_queued_bytes());

@@ -1,6 +1,15 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "gateway/server.hpp"
 
+#include <sys/inotify.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <string_view>
+
 #include <spdlog/spdlog.h>
 
 #include "gateway/ws_session.hpp"
@@ -19,31 +28,103 @@ server::server(net::io_context& ioc, server_config cfg, sessions::registry& reg,
 {
     cfg_.base_url = normalize_base_url(cfg_.base_url);
     token_version_ = tokens_.change_counter();
+    start_token_watch();
     watch_tokens();
+}
+
+void server::start_token_watch()
+{
+    // Another process (the admin CLI) may revoke a token or disable a user at any time. Its
+    // commit writes the database's WAL file: inotify on the directory wakes the loop then, so
+    // that revocation cuts connections at once while an idle gateway sleeps. Without inotify
+    // (or if adding the watch fails) the timer polls instead.
+    const std::filesystem::path db = tokens_.path();
+    if (db.empty()) {
+        return;
+    }
+    const int fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd < 0) {
+        spdlog::info("token changes: no inotify ({}), polling every {} ms", std::strerror(errno),
+                     cfg_.token_poll_interval.count());
+        return;
+    }
+    const std::filesystem::path dir = db.has_parent_path() ? db.parent_path() : ".";
+    if (::inotify_add_watch(fd, dir.c_str(), IN_MODIFY | IN_CLOSE_WRITE | IN_CREATE | IN_MOVED_TO) <
+        0) {
+        spdlog::info("token changes: cannot watch the data directory ({}), polling every {} ms",
+                     std::strerror(errno), cfg_.token_poll_interval.count());
+        ::close(fd);
+        return;
+    }
+    token_db_name_ = db.filename().string();
+    token_watch_.emplace(ioc_, fd);
+    spdlog::info("token changes: watching {} (inotify)", token_db_name_);
+    read_token_events();
+}
+
+void server::read_token_events()
+{
+    token_watch_->async_read_some(
+        net::buffer(token_events_), [this](const boost::system::error_code& ec, std::size_t n) {
+            if (stopping_ || ec == net::error::operation_aborted) {
+                return;
+            }
+            if (ec) {
+                spdlog::warn("token changes: watch failed ({}), polling every {} ms",
+                             ec.message(), cfg_.token_poll_interval.count());
+                token_watch_.reset();
+                return;
+            }
+            // Any change to the database, its WAL or its journal; or events were lost.
+            bool changed = false;
+            for (std::size_t off = 0; off + sizeof(inotify_event) <= n;) {
+                inotify_event ev;
+                std::memcpy(&ev, token_events_.data() + off, sizeof ev);
+                const std::size_t len = std::min<std::size_t>(ev.len, n - off - sizeof ev);
+                const char* name = token_events_.data() + off + sizeof ev;
+                const std::string_view file(name, ::strnlen(name, len));
+                if ((ev.mask & IN_Q_OVERFLOW) != 0 || file.starts_with(token_db_name_)) {
+                    changed = true;
+                }
+                off += sizeof ev + len;
+            }
+            if (changed) {
+                ++metrics_.token_db_wakeups;
+                check_tokens();
+            }
+            read_token_events();
+        });
 }
 
 void server::watch_tokens()
 {
-    // Another process (the admin CLI) may revoke a token or disable a user at any time: poll
-    // SQLite's data_version (cheap: no I/O unless the file changed) and, once a second, expiry.
-    token_timer_.expires_after(cfg_.token_poll_interval);
+    // With inotify the timer only checks expiry, once a second (and stands in should an
+    // event be missed); without it, it polls SQLite's data_version (no I/O unless the file
+    // changed).
+    token_timer_.expires_after(token_watch_ ? std::chrono::milliseconds(1000)
+                                            : cfg_.token_poll_interval);
     token_timer_.async_wait([this](const boost::system::error_code& ec) {
         if (ec || stopping_) {
             return;
         }
-        try {
-            const auto v = tokens_.change_counter();
-            const auto now = std::chrono::steady_clock::now();
-            if (v != token_version_ || now - last_expiry_check_ > std::chrono::seconds(1)) {
-                token_version_ = v;
-                last_expiry_check_ = now;
-                recheck_tokens();
-            }
-        } catch (const std::exception& e) {
-            spdlog::error("token check failed: {}", e.what());
-        }
+        check_tokens();
         watch_tokens();
     });
+}
+
+void server::check_tokens()
+{
+    try {
+        const auto v = tokens_.change_counter();
+        const auto now = std::chrono::steady_clock::now();
+        if (v != token_version_ || now - last_expiry_check_ >= std::chrono::seconds(1)) {
+            token_version_ = v;
+            last_expiry_check_ = now;
+            recheck_tokens();
+        }
+    } catch (const std::exception& e) {
+        spdlog::error("token check failed: {}", e.what());
+    }
 }
 
 void server::recheck_tokens()
@@ -228,6 +309,10 @@ void server::stop(std::function<void()> done)
     stopping_ = true;
     beast::error_code ec;
     acceptor_.close(ec);
+    token_timer_.cancel();
+    if (token_watch_) {
+        token_watch_->close(ec);
+    }
     spdlog::info("stopping: closing {} websockets, shutting down {} kernels", ws_.size(),
                  reg_.size());
     for (const auto& s : std::set<std::shared_ptr<ws_session>>(ws_)) {

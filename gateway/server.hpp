@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #pragma once
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -11,6 +12,7 @@
 #include <vector>
 #include <string>
 
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/ssl/context.hpp>
 
 #include "auth/token_check.hpp"
@@ -32,6 +34,7 @@ struct server_metrics
     std::uint64_t auth_failures = 0;
     std::uint64_t auth_throttled = 0;
     std::uint64_t ws_closed_auth = 0;      ///< closed with 4001 (revoked / expired / disabled)
+    std::uint64_t token_db_wakeups = 0;    ///< token database changes seen through inotify
     std::uint64_t ws_opened = 0;
     std::uint64_t ws_messages_in = 0;
     std::uint64_t ws_messages_out = 0;
@@ -87,6 +90,8 @@ public:
     /// Re-checks the tokens of all open WebSockets now (after a revoke or disable).
     void recheck_tokens();
     bool stopping() const noexcept { return stopping_; }
+    /// Whether token changes arrive through inotify (else the timer polls).
+    bool watching_tokens() const noexcept { return token_watch_.has_value(); }
     std::chrono::steady_clock::time_point started() const noexcept { return started_; }
 
     void add_ws(const std::shared_ptr<ws_session>& s);
@@ -99,6 +104,9 @@ public:
 private:
     net::awaitable<void> accept_loop();
     void watch_tokens();
+    void start_token_watch();
+    void read_token_events();
+    void check_tokens();
 
     struct failures
     {
@@ -114,6 +122,11 @@ private:
     net::steady_timer token_timer_;
     std::int64_t token_version_ = 0;
     std::chrono::steady_clock::time_point last_expiry_check_{};
+    /// inotify on the token database's directory (when the system has it): wakes the loop
+    /// when another process commits, instead of a poll every token_poll_interval.
+    std::optional<net::posix::stream_descriptor> token_watch_;
+    std::string token_db_name_;
+    alignas(8) std::array<char, 4096> token_events_{};
     std::map<std::string, failures> auth_failures_;  // by source address
     net::ip::tcp::acceptor acceptor_;
     server_metrics metrics_;

@@ -599,6 +599,32 @@ def _assert_idle_gateway_sleeps(g: FaultGateway) -> None:
     assert used < 0.2, f"an idle gateway used {used:.2f} s of CPU in 2 s"
 
 
+def _voluntary_switches(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches in /proc status")
+
+
+def test_an_idle_gateway_wakes_about_once_a_second(tmp_path):
+    # Token revocations by another process arrive through inotify, so an idle gateway without
+    # kernels wakes only for its once-a-second expiry check (polling the token database every
+    # 20 ms would be some 150 wake-ups in 3 s).
+    g = FaultGateway(tmp_path, [])
+    try:
+        assert g.metric("kernelgate_token_watch") == 1
+        time.sleep(0.5)
+        pid = g.process.pid
+        before = _voluntary_switches(pid)
+        time.sleep(3)
+        woke = _voluntary_switches(pid) - before
+        assert woke < 30, f"an idle gateway woke {woke} times in 3 s"
+    finally:
+        rc = g.process.stop()
+    assert rc == 0, f"exit code {rc}:\n{g.log_tail()}"
+
+
 def test_busy_poll_serves_round_trips_and_an_idle_gateway_still_sleeps(tmp_path):
     # --busy-poll-max-pressure 1: polling whatever else runs (the test suite runs in parallel).
     g = FaultGateway(tmp_path, ["--busy-poll", "200", "--busy-poll-max-pressure", "1"])

@@ -1078,6 +1078,9 @@ def test_cli_revoke_from_another_process_closes_sockets_4001(gw):
     for ch in chans + [kept]:
         assert ch.kernel_info(timeout=10).reply is not None
     watcher = CloseWatcher(chans, timeout=5)
+    # The CLI's commit reaches the gateway through inotify, not a poll.
+    assert gw.metric("kernelgate_token_watch") == 1
+    wakeups0 = gw.metric("kernelgate_token_db_wakeups_total")
     t0 = time.time()
     p = gw.cli("token", "revoke", u.token_id)
     t_ret = time.time()
@@ -1088,6 +1091,7 @@ def test_cli_revoke_from_another_process_closes_sockets_4001(gw):
         print(f"\n[CLI revoke] close {1e3 * (t - t_ret):+.1f} ms after the CLI exited, "
               f"{1e3 * (t - t0):.1f} ms after it started")
         assert t - t_ret < 2.0
+    assert gw.metric("kernelgate_token_db_wakeups_total") > wakeups0
     assert_refused_json(u.get("/api/me"))
     assert ws_refusal(u.ws_url(f"/api/kernels/{kid}/channels"), [f"Authorization: token {u.token}"]) == 403
     assert kept.kernel_info(timeout=10).reply is not None
