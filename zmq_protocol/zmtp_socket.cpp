@@ -23,7 +23,7 @@ constexpr std::size_t k_keep_buffer = 1u << 20;  // larger buffers are released 
 constexpr auto k_backoff_max = std::chrono::milliseconds(2);
 constexpr std::size_t k_pull_every = 64;          // messages handled between eager reads
 constexpr std::size_t k_turn_messages = 256;      // messages handled per turn of the loop
-constexpr std::size_t k_pull_limit = 64u << 20;   // unhandled bytes we read ahead at most
+constexpr std::size_t k_pull_limit = 8u << 20;    // unhandled bytes we read ahead at most
 constexpr std::size_t k_hold_limit = 64 * 1024;   // held bytes that go out without release()
 
 std::string_view peer_types(zmtp_socket::kind k)
