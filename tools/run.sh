@@ -14,4 +14,6 @@ echo "[run] configuring and building (this takes a few minutes the first time)..
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKERNELGATE_BUILD_TESTS=OFF >/dev/null
 cmake --build build -j"$(nproc)" --target kernelgate
 echo "[run] starting kernelgate; stop it with Ctrl-C"
-exec ./build/kernelgate serve --ip 127.0.0.1 --port 8888 "$@"
+source tools/serve-args.sh
+mapfile -t args < <(serve_args "$@")
+exec ./build/kernelgate serve "${args[@]}"
