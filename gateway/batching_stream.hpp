@@ -2,6 +2,7 @@
 #pragma once
 #include <array>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -84,6 +85,9 @@ public:
     /// Called each time the layer above has used every byte read so far and asks for more:
     /// a burst of input has been handled (the session sends on what the burst asked for).
     void on_input_drained(std::function<void()> f) { state_->on_drained = std::move(f); }
+    /// Reads issued to the next layer so far. One is issued only once the one before it has
+    /// completed with data, so a count that does not move means the peer sent nothing.
+    std::uint64_t socket_reads() const noexcept { return state_->socket_reads; }
 
     // SyncReadStream / SyncWriteStream
     template <class MutableBufferSequence>
@@ -94,6 +98,7 @@ public:
             return take_ahead(*state_, buffers);
         }
         drained();
+        ++state_->socket_reads;
         return state_->next.read_some(buffers, ec);
     }
     template <class MutableBufferSequence>
@@ -140,6 +145,7 @@ public:
                     return;
                 }
                 drained();
+                ++st->socket_reads;
                 if constexpr (!k_read_ahead) {
                     st->next.async_read_some(b, std::move(h));
                 } else {
@@ -213,6 +219,7 @@ private:
         std::function<void()> on_drained;
         std::string ahead;           ///< read ahead, not yet handed up
         std::size_t ahead_pos = 0;   ///< first byte of ahead not handed up
+        std::uint64_t socket_reads = 0;
         std::vector<std::function<void(beast::error_code)>> after_flush;
     };
 

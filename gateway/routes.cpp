@@ -315,6 +315,13 @@ std::string metrics_text(server& srv)
             "Output messages dropped for clients over the high watermark", m.ws_dropped_slow);
     counter("kernelgate_ws_slow_client_closed_total",
             "Clients closed for exceeding the send queue limit", m.ws_closed_slow);
+    counter("kernelgate_ws_closed_silent_total",
+            "Clients dropped for sending nothing, not even a pong, for a ping interval after a "
+            "ping",
+            m.ws_closed_silent);
+    counter("kernelgate_ws_close_deadline_total",
+            "Close handshakes the client did not finish within 5 s (the connection was cut)",
+            m.ws_close_deadline);
     gauge("kernelgate_kernels", "Kernels known to the gateway", reg.size());
     o << "# HELP kernelgate_kernels_by_state Kernels by execution state\n"
       << "# TYPE kernelgate_kernels_by_state gauge\n";

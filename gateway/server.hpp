@@ -43,6 +43,8 @@ struct server_metrics
     std::uint64_t ws_bad_frames = 0;
     std::uint64_t ws_dropped_slow = 0;       ///< output dropped for slow clients
     std::uint64_t ws_closed_slow = 0;        ///< clients closed for exceeding the hard limit
+    std::uint64_t ws_closed_silent = 0;      ///< clients dropped for not answering a ping
+    std::uint64_t ws_close_deadline = 0;     ///< close handshakes cut at the deadline
     std::uint64_t ws_encodings = 0;          ///< frames encoded (once per format per message)
 };
 

@@ -9,9 +9,17 @@ namespace kernelgate::gateway {
 
 namespace zp = zmq_protocol;
 
+namespace {
+/// The 101 response must be written by then.
+constexpr auto k_upgrade_deadline = std::chrono::seconds(30);
+/// A client that has not answered our close frame by then loses the connection.
+constexpr auto k_close_deadline = std::chrono::seconds(5);
+} // namespace
+
 ws_session::ws_session(server& srv, beast::tcp_stream&& stream, sessions::kernel_ptr k,
                        std::string session_id, ws_format fmt, auth::identity who)
     : srv_(srv),
+      timer_(stream.get_executor()),
       ws_(std::in_place_type<plain_stream>, std::move(stream)),
       kernel_(std::move(k)),
       session_id_(std::move(session_id)),
@@ -24,6 +32,7 @@ ws_session::ws_session(server& srv, beast::ssl_stream<beast::tcp_stream>&& strea
                        sessions::kernel_ptr k, std::string session_id, ws_format fmt,
                        auth::identity who)
     : srv_(srv),
+      timer_(stream.get_executor()),
       ws_(std::in_place_type<tls_stream>, std::move(stream)),
       kernel_(std::move(k)),
       session_id_(std::move(session_id)),
@@ -39,11 +48,12 @@ net::awaitable<void> ws_session::run(request req)
     auto self = shared_from_this();
     const auto& cfg = srv_.config();
     with_ws([](auto& ws) { beast::get_lowest_layer(ws).expires_never(); });
+    // No Beast timeouts: the session's own timer handles every deadline (see the class
+    // comment), and Beast answers pings and pongs as always.
     websocket::stream_base::timeout to{};
-    to.handshake_timeout = std::chrono::seconds(30);
-    // Beast pings at half the idle timeout and drops a peer that stays silent for all of it.
-    to.idle_timeout = cfg.ws_ping_interval * 2;
-    to.keep_alive_pings = true;
+    to.handshake_timeout = websocket::stream_base::none();
+    to.idle_timeout = websocket::stream_base::none();
+    to.keep_alive_pings = false;
     const bool v1 = format_ == ws_format::v1;
     with_ws([&](auto& ws) {
         ws.set_option(to);
@@ -57,14 +67,19 @@ net::awaitable<void> ws_session::run(request req)
         }));
     });
     beast::error_code ec;
+    arm(k_upgrade_deadline, deadline::upgrade);
     co_await with_ws([&](auto& ws) {
         return ws.async_accept(req, net::redirect_error(net::use_awaitable, ec));
     });
     if (ec) {
+        finished_ = true;
+        timer_.cancel();
         spdlog::debug("ws accept failed: {}", ec.message());
         co_return;
     }
     open_ = true;
+    seen_reads_ = with_ws([](auto& ws) { return ws.next_layer().socket_reads(); });
+    arm(cfg.ws_ping_interval, deadline::keepalive);
     with_ws([&](auto& ws) {
         ws.next_layer().on_flushed([weak = weak_from_this()] {
             if (auto s = weak.lock()) {
@@ -96,6 +111,8 @@ net::awaitable<void> ws_session::run(request req)
     }
     kernel_->release_client_sends();  // what the last burst asked for
     open_ = false;
+    finished_ = true;
+    timer_.cancel();
     kernel_->detach(this);
     srv_.remove_ws(this);
     spdlog::info("ws closed: kernel {} session {} ({})", kernel_->id(), session_id_,
@@ -223,6 +240,81 @@ void ws_session::start_close(std::uint16_t code, std::string reason)
         ws.next_layer().discard_pending();  // what has not started to go out is dropped
         ws.async_close(cr, [self = shared_from_this()](beast::error_code) {});
     });
+    arm(k_close_deadline, deadline::close);
+}
+
+void ws_session::arm(std::chrono::steady_clock::duration after, deadline what)
+{
+    timer_.expires_after(after);  // cancels the wait in progress, if any
+    timer_.async_wait([weak = weak_from_this(), what](beast::error_code ec) {
+        if (ec) {
+            return;  // cancelled: re-armed, or the session ended
+        }
+        if (auto s = weak.lock()) {
+            s->on_deadline(what);
+        }
+    });
+}
+
+void ws_session::on_deadline(deadline what)
+{
+    // An expiry may already be queued when the timer is re-armed for something else, so each
+    // handler checks that its own deadline still applies.
+    if (finished_) {
+        return;
+    }
+    switch (what) {
+    case deadline::upgrade:
+        if (!open_) {
+            spdlog::warn("ws kernel {}: upgrade not written within {} s, closing", kernel_->id(),
+                         k_upgrade_deadline.count());
+            cut();
+        }
+        return;
+    case deadline::close:
+        if (closing_) {
+            ++srv_.metrics().ws_close_deadline;
+            spdlog::info("ws kernel {} session {}: close not answered within {} s, "
+                         "connection closed",
+                         kernel_->id(), session_id_, k_close_deadline.count());
+            cut();
+        }
+        return;
+    case deadline::keepalive:
+        break;
+    }
+    if (closing_ || !open_) {
+        return;  // the close deadline applies now
+    }
+    if (!with_ws([](auto& ws) { return ws.is_open(); })) {
+        // The client started a close and Beast is ending the connection: that too must end.
+        closing_ = true;
+        arm(k_close_deadline, deadline::close);
+        return;
+    }
+    const auto reads = with_ws([](auto& ws) { return ws.next_layer().socket_reads(); });
+    if (reads != seen_reads_) {
+        seen_reads_ = reads;  // the client sent something: no ping needed
+        ping_unanswered_ = false;
+    } else if (ping_unanswered_) {
+        ++srv_.metrics().ws_closed_silent;
+        spdlog::info("ws kernel {} session {}: no answer to a ping within {} s, closing",
+                     kernel_->id(), session_id_, srv_.config().ws_ping_interval.count());
+        cut();
+        return;
+    } else {
+        ping_unanswered_ = true;
+        with_ws([&](auto& ws) {
+            ws.async_ping({}, [self = shared_from_this()](beast::error_code) {});
+        });
+    }
+    arm(srv_.config().ws_ping_interval, deadline::keepalive);
+}
+
+void ws_session::cut()
+{
+    beast::error_code ignored;
+    with_ws([&](auto& ws) { beast::get_lowest_layer(ws).socket().close(ignored); });
 }
 
 void ws_session::close_from_kernel(std::uint16_t code, const std::string& reason)

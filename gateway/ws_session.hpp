@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #pragma once
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -22,8 +23,14 @@ class server;
 ///
 /// Reads frames (legacy JSON / legacy binary / v1), checks the channel, and hands messages to
 /// the kernel; receives kernel events and writes them into a batching layer (one send() per
-/// burst) whose buffer is bounded by watermarks (see server_config). Ping/pong keepalive
-/// comes from Beast's idle timeout with keep-alive pings.
+/// burst) whose buffer is bounded by watermarks (see server_config).
+///
+/// Deadlines run on the session's own timer, not on Beast's websocket timeouts: the upgrade
+/// must be written within 30 s; a client that sent nothing for a ping interval is pinged and
+/// dropped if still silent one interval later; a close handshake the client does not finish
+/// within 5 s ends by closing the TCP connection. Every deadline acts by closing the socket,
+/// so a read waiting behind a close always ends with operation_aborted. (Boost 1.74's own
+/// timer can fire a stale expiry into a closing stream and fail an assertion in its read.)
 ///
 /// Thread safety: event-loop thread only.
 class ws_session final : public sessions::client_sink,
@@ -58,6 +65,8 @@ public:
         return std::visit([](const auto& ws) { return ws.next_layer().buffered(); }, ws_);
     }
     const auth::identity& who() const noexcept { return who_; }
+    /// The session is closing or closed (a close frame went out, or the connection ended).
+    bool closing() const noexcept { return closing_ || !open_; }
 
 private:
     void send_frame(const std::string& data, bool binary);
@@ -65,7 +74,14 @@ private:
     void start_close(std::uint16_t code, std::string reason);
     void handle_frame(bool binary);
 
+    enum class deadline { upgrade, keepalive, close };
+    void arm(std::chrono::steady_clock::duration after, deadline what);
+    void on_deadline(deadline what);
+    /// Closes the TCP connection under the WebSocket: pending operations end at once.
+    void cut();
+
     server& srv_;
+    net::steady_timer timer_;  ///< declared before ws_: built from the stream's executor
     template <class F>
     decltype(auto) with_ws(F&& f)
     {
@@ -81,6 +97,9 @@ private:
     bool closing_ = false;
     bool open_ = false;
     bool over_high_ = false;
+    bool finished_ = false;        ///< the read loop has ended
+    bool ping_unanswered_ = false;  ///< a keep-alive ping went out and nothing came since
+    std::uint64_t seen_reads_ = 0;  ///< the stream's socket_reads() at the last keep-alive tick
     std::uint64_t dropped_ = 0;
 };
 

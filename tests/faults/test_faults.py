@@ -576,11 +576,89 @@ def test_keepalive_pings_drop_silent_clients_and_keep_live_ones(tmp_path):
             live.recv(0.2)
             deadline.check()
         assert g.get("/api/health").json()["websockets"] == 1
+        assert g.metric("kernelgate_ws_closed_silent_total") == 1
         assert live.run("still-alive", timeout=10).reply is not None
         silent.close()
         live.close()
     finally:
         g.process.stop()
+
+
+def _read_until_eof(sock, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+    except ConnectionResetError:
+        return data
+
+
+def _close_frame(data: bytes) -> tuple[int, bytes]:
+    """The (code, reason) of the close frame among the server's (unmasked) frames."""
+    at = 0
+    while at + 2 <= len(data):
+        opcode, n = data[at] & 0x0F, data[at + 1] & 0x7F
+        at += 2
+        if n == 126:
+            n, at = int.from_bytes(data[at:at + 2], "big"), at + 2
+        elif n == 127:
+            n, at = int.from_bytes(data[at:at + 8], "big"), at + 8
+        payload, at = data[at:at + n], at + n
+        if opcode == 0x8:
+            return int.from_bytes(payload[:2], "big"), payload[2:]
+    raise AssertionError(f"no close frame in {data[:64]!r}")
+
+
+def test_a_close_the_client_never_answers_ends_at_the_deadline(fgw):
+    kid = fgw.start()
+    ws = websocket.create_connection(fgw.ws_url(f"/api/kernels/{kid}/channels"),
+                                     header=[f"Authorization: token {fgw.token}"])
+    before = fgw.metric("kernelgate_ws_close_deadline_total")
+    open_before = fgw.get("/api/health").json()["websockets"]
+    # A malformed frame: the gateway sends a close frame (1007) and waits for the answer,
+    # which this client never sends.
+    ws.send("this is not json")
+    deadline = Deadline(20, "the unanswered close to be cut")
+    while fgw.metric("kernelgate_ws_close_deadline_total") == before:
+        time.sleep(0.2)
+        deadline.check()
+    assert fgw.metric("kernelgate_ws_close_deadline_total") == before + 1
+    # The connection is gone: the close frame, then end of stream.
+    code, reason = _close_frame(_read_until_eof(ws.sock, 10))
+    assert code == 1007 and b"malformed message" in reason, (code, reason)
+    deadline = Deadline(10, "the session to be released")
+    while fgw.get("/api/health").json()["websockets"] >= open_before:
+        time.sleep(0.1)
+        deadline.check()
+    ws.sock.close()
+
+
+def test_a_client_that_closes_but_keeps_the_connection_open_is_cut(tmp_path):
+    g = FaultGateway(tmp_path, ["--ws-ping-interval", "1"])
+    try:
+        kid = g.start()
+        ws = websocket.create_connection(g.ws_url(f"/api/kernels/{kid}/channels"),
+                                         header=[f"Authorization: token {g.token}"])
+        assert g.get("/api/health").json()["websockets"] == 1
+        # The client starts the close; the gateway answers and waits for the TCP connection
+        # to end, which this client never does.
+        ws.send_close(1000, b"bye")
+        deadline = Deadline(20, "the half-closed connection to be cut")
+        while g.get("/api/health").json()["websockets"] > 0:
+            time.sleep(0.2)
+            deadline.check()
+        assert g.metric("kernelgate_ws_close_deadline_total") == 1
+        code, _ = _close_frame(_read_until_eof(ws.sock, 10))  # the gateway's answer
+        assert code == 1000
+        ws.sock.close()
+        assert g.process.proc.poll() is None
+    finally:
+        rc = g.process.stop()
+    assert rc == 0, f"exit code {rc}:\n{g.log_tail()}"
 
 
 def _cpu_seconds(pid: int) -> float:
