@@ -150,7 +150,7 @@ std::size_t server::close_sockets_of(const std::vector<std::string>& token_ids,
     const std::set<std::string> ids(token_ids.begin(), token_ids.end());
     std::size_t n = 0;
     for (const auto& s : std::set<std::shared_ptr<ws_session>>(ws_)) {
-        if (ids.contains(s->who().token_id)) {
+        if (!s->closing() && ids.contains(s->who().token_id)) {
             s->close_from_kernel(4001, reason);
             ++n;
         }

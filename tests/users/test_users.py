@@ -1117,6 +1117,7 @@ def test_cli_user_disable_closes_all_user_sockets_and_enable_restores(gw):
     for ch in chans + [by, admin_ch]:
         assert ch.kernel_info(timeout=10).reply is not None
     watcher = CloseWatcher(chans, timeout=5)
+    closed_before = gw.metric("kernelgate_ws_closed_auth_total")
     t0 = time.time()
     assert gw.cli("user", "disable", "cli-dis").stdout.strip() == "disabled cli-dis"
     t_ret = time.time()
@@ -1126,6 +1127,10 @@ def test_cli_user_disable_closes_all_user_sockets_and_enable_restores(gw):
         print(f"\n[CLI user disable] close {1e3 * (t - t_ret):+.1f} ms after the CLI exited "
               f"({1e3 * (t - t0):.1f} ms after it started)")
         assert t - t_ret < 2.0
+    # The commit wakes the gateway more than once (inotify events, the 1 s timer); each
+    # socket is closed, and counted, once.
+    time.sleep(1.5)
+    assert gw.metric("kernelgate_ws_closed_auth_total") - closed_before == len(chans)
     for u in (t1, t2):
         assert_refused_json(u.get("/api/me"))
         assert ws_refusal(u.ws_url(f"/api/kernels/{k1}/channels"), [f"Authorization: token {u.token}"]) == 403
