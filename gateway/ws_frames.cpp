@@ -114,9 +114,9 @@ std::error_code decode_legacy_json(std::string_view text,
         out.channel = "shell";
     } else if (channel->front() == '"') {
         const auto raw = channel->substr(1, channel->size() - 2);
-        const bool escaped = raw.find('\\') != std::string_view::npos;
-        const auto name = escaped ? zmq_protocol::detail::unescape(raw)
-                                  : std::optional<std::string>(std::string(raw));
+        std::string scratch;
+        const auto name = zmq_protocol::detail::string_view_of(
+            raw, raw.find('\\') != std::string_view::npos, scratch);
         if (!name || !client_writable(*name)) {
             return errc::bad_channel;
         }

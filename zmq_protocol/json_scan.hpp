@@ -108,6 +108,22 @@ inline std::optional<std::string> unescape(std::string_view raw)
     return std::nullopt;
 }
 
+/// A JSON string's value from its raw text (between the quotes): raw itself when it has no
+/// escapes, else its decoded value in scratch (valid until scratch changes).
+inline std::optional<std::string_view> string_view_of(std::string_view raw, bool escaped,
+                                                      std::string& scratch)
+{
+    if (!escaped) {
+        return raw;
+    }
+    auto decoded = unescape(raw);
+    if (!decoded) {
+        return std::nullopt;
+    }
+    scratch = std::move(*decoded);
+    return std::string_view(scratch);
+}
+
 /// One member of a JSON object as text: the key's raw characters (between the quotes) and
 /// the value's whole text ("..." with its quotes, {...}, [...], or a literal).
 struct raw_member
@@ -260,15 +276,7 @@ inline std::optional<std::string_view> json_string_field_view(std::string_view t
     if (!v) {
         return std::nullopt;
     }
-    if (!v->escaped) {
-        return v->raw;
-    }
-    auto decoded = detail::unescape(v->raw);
-    if (!decoded) {
-        return std::nullopt;
-    }
-    scratch = std::move(*decoded);
-    return std::string_view(scratch);
+    return detail::string_view_of(v->raw, v->escaped, scratch);
 }
 
 } // namespace kernelgate::zmq_protocol
