@@ -396,7 +396,8 @@ bool kernel::send_from_client(const client_sink& from, zp::channel ch, zp::messa
         return false;
     }
     last_activity_ = clock::now();
-    if (auto id = zp::json_string_field(msg.header, "msg_id")) {
+    std::string scratch;
+    if (const auto id = zp::json_string_field_view(msg.header, "msg_id", scratch)) {
         routes_.insert(zp::key128::hash(*id), session_hash(from.session_id()));
     }
     if (starting) {
