@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import ssl
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import requests
 import websocket
 
 from test_faults import FaultGateway, upgrade_with_early_frames  # noqa: F401
-from kg_client import LEGACY, ChannelClient, make_msg  # noqa: E402
+from kg_client import LEGACY, ChannelClient, Deadline, make_msg  # noqa: E402
 
 
 def _openssl(*args, cwd: Path):
@@ -147,3 +148,35 @@ def _start_tls(g, tmp: Path, extra):
         r = g.get("/api", timeout=2)
         return r.status_code == 200, f"GET /api -> {r.status_code}"
     g.process.wait_ready(probe, 30)
+
+
+def test_keepalive_and_close_deadlines_over_tls(tmp_path, pki):
+    # The deadlines close the TCP connection under the TLS stream: the silent client is
+    # dropped, the one that never answers a close is cut, and the gateway stays up.
+    g = TlsGateway.__new__(TlsGateway)
+    g.pki, g.client_cert = pki, None
+    _start_tls(g, tmp_path, ["--ws-ping-interval", "1"])
+    try:
+        kid = g.post("/api/kernels", json={"name": "echo"}).json()["id"]
+        silent = g.wss(kid)  # never reads, so never answers a ping
+        deadline = Deadline(15, "the silent TLS client to be dropped")
+        while g.get("/api/health").json()["websockets"] > 0:
+            time.sleep(0.2)
+            deadline.check()
+        assert g.metric("kernelgate_ws_closed_silent_total") == 1
+        mute = g.wss(kid)
+        mute.send("this is not json")  # the gateway closes (1007); no answer ever comes
+        deadline = Deadline(20, "the unanswered TLS close to be cut")
+        while g.metric("kernelgate_ws_close_deadline_total") == 0:
+            time.sleep(0.2)
+            deadline.check()
+        deadline = Deadline(10, "the session to be released")
+        while g.get("/api/health").json()["websockets"] > 0:
+            time.sleep(0.1)
+            deadline.check()
+        assert g.process.proc.poll() is None
+        for ws in (silent, mute):
+            ws.sock.close()
+    finally:
+        rc = g.process.stop()
+    assert rc == 0, f"exit code {rc}:\n{g.log_tail()}"
