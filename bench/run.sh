@@ -92,7 +92,7 @@ ECHO_KERNEL="$BUILD_DIR/kg-echo-kernel"
 PY=/usr/bin/python3
 for f in "$KG_BIN" "$BENCH" "$ECHO_KERNEL"; do
     if [ ! -x "$f" ]; then
-        echo "run.sh: $f is missing; build it: cmake --build $BUILD_DIR --target kernelgate kg-bench kg-echo-kernel" >&2
+        echo "run.sh: $f is missing; build it: cmake -S . -B $BUILD_DIR -DKERNELGATE_BUILD_TESTS=ON && cmake --build $BUILD_DIR --target kernelgate kg-bench kg-echo-kernel" >&2
         exit 2
     fi
 done

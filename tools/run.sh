@@ -11,7 +11,8 @@ esac
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh
 echo "[run] configuring and building (this takes a few minutes the first time)..."
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKERNELGATE_BUILD_TESTS=OFF >/dev/null
+source tools/cmake-flags.sh
+cmake -S . -B build "${run_cmake_flags[@]}" >/dev/null
 cmake --build build -j"$(nproc)" --target kernelgate
 echo "[run] starting kernelgate; stop it with Ctrl-C"
 source tools/serve-args.sh

@@ -27,12 +27,12 @@ bash tools/install-deps.sh --test
 echo "[test] npm ci (test clients)"
 npm ci --prefix tests/clients --no-audit --no-fund --loglevel=error
 echo "[test] building (RelWithDebInfo)"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKERNELGATE_WERROR=ON >/dev/null
+source tools/cmake-flags.sh
+cmake -S . -B build "${test_cmake_flags[@]}" >/dev/null
 cmake --build build -j"$jobs"
 if [ "$asan" -eq 1 ]; then
     echo "[test] building (ASan + UBSan)"
-    cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DKERNELGATE_SANITIZE=ON \
-        -DKERNELGATE_WERROR=ON >/dev/null
+    cmake -S . -B build-asan "${asan_cmake_flags[@]}" >/dev/null
     cmake --build build-asan -j"$jobs"
 fi
 set +e

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: BSD-3-Clause
-"""tools/run.sh's arguments for `kernelgate serve`: its defaults give way to the caller's own
-options (the README's example `tools/run.sh --port 9000 --auth-token mytoken`), and the real
-gateway accepts what comes out."""
+"""The README's two commands. tools/run.sh's arguments for `kernelgate serve`: its defaults
+give way to the caller's own options (the README's example `tools/run.sh --port 9000
+--auth-token mytoken`), and the real gateway accepts what comes out. tools/test.sh after
+tools/run.sh in the same tree builds the test suite again."""
 import os
 import secrets
 import socket
@@ -57,3 +58,28 @@ def test_the_readme_example_starts_a_gateway(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_test_command_builds_the_suite_in_a_tree_the_run_command_configured(tmp_path):
+    # The README's two commands share build/: tools/run.sh configures it without the test
+    # suite, and tools/test.sh, run after it, must get the suite back (CMake keeps the cached
+    # option), or the tests would be missing or stale. Real cmake, the scripts' own flags.
+    build = tmp_path / "build"
+
+    def configure(flags: str) -> str:
+        p = subprocess.run(
+            ["bash", "-c", f'source tools/cmake-flags.sh && '
+                           f'cmake -S . -B "$1" "${{{flags}[@]}}" >/dev/null', "_", str(build)],
+            cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        cache = (build / "CMakeCache.txt").read_text()
+        return next(line for line in cache.splitlines()
+                    if line.startswith("KERNELGATE_BUILD_TESTS:"))
+
+    assert configure("run_cmake_flags") == "KERNELGATE_BUILD_TESTS:BOOL=OFF"
+    assert not (build / "tests").exists()
+    assert configure("test_cmake_flags") == "KERNELGATE_BUILD_TESTS:BOOL=ON"
+    listed = subprocess.run(["ctest", "--test-dir", str(build), "-N"], capture_output=True,
+                            text=True, timeout=60).stdout
+    # Unit tests are discovered when built; the suites registered at configure time show.
+    assert "users:test_users.py" in listed and "clients:services" in listed, listed[-500:]
