@@ -35,7 +35,9 @@ usage: bench/run.sh [--quick | --full] [options]
   --json FILE         combined results (default: OUT/results.json)
   --repeat N          repeats per measurement (default: 1 quick, 3 full)
   --targets LIST      comma list of targets (default: all seven, see the header of this file)
-  --kernels LIST      comma list of kernels: echo, python3 (default: both)
+  --kernels LIST      comma list of kernels: echo, python3 (default: both), and
+                      echo-libzmq: the echo kernel on libzmq sockets (kg-echo-kernel
+                      --libzmq), to see what the kernel's own transport costs
   --busy-poll US      kernelgate-busy-poll's --busy-poll window in microseconds (default 200)
   --transport T       how every target reaches its kernels: ipc (Unix sockets, kernelgate's
                       default for ipykernel) or tcp (loopback ports); default ipc. The same
@@ -197,7 +199,12 @@ fi
 
 # ---- kernelspecs and isolated Jupyter dirs ------------------------------------------------
 SHARE="$WORK/share"
-mkdir -p "$SHARE/kernels/echo" "$SHARE/kernels/python3" "$WORK/jupyter"/{runtime,config,data,ipython,root}
+mkdir -p "$SHARE/kernels/echo" "$SHARE/kernels/echo-libzmq" "$SHARE/kernels/python3" \
+    "$WORK/jupyter"/{runtime,config,data,ipython,root}
+cat > "$SHARE/kernels/echo-libzmq/kernel.json" <<EOF
+{"argv": ["$ECHO_KERNEL", "-f", "{connection_file}", "--libzmq"],
+ "display_name": "kg echo (libzmq)", "language": "echo", "interrupt_mode": "message"}
+EOF
 cat > "$SHARE/kernels/echo/kernel.json" <<EOF
 {"argv": ["$ECHO_KERNEL", "-f", "{connection_file}"], "display_name": "kg echo",
  "language": "echo", "interrupt_mode": "message"}
@@ -367,7 +374,7 @@ if has "$TARGETS" direct || [ "$KG_DATA" = 1 ]; then
     fi
     [ "$KG_DATA" = 1 ] && start_gateway kernelgate
     for r in $(seq 1 "$REPEAT"); do
-        for kernel in echo python3; do
+        for kernel in echo echo-libzmq python3; do
             has "$KERNELS" "$kernel" || continue
             if [ $((r % 2)) = 1 ]; then
                 has "$TARGETS" direct && run_direct "$kernel"
@@ -394,7 +401,7 @@ for t in jupyter-server jupyter-server-nodelay; do
             bench "$t" echo idle_ws $(gateway_args v1) --idle "$IDLE_JS" || FAILED=1
         fi
         if [ "$r" = "$REPEAT" ]; then
-            for kernel in echo python3; do
+            for kernel in echo echo-libzmq python3; do
                 has "$KERNELS" "$kernel" || continue
                 # shellcheck disable=SC2046
                 bench "$t" "$kernel" "$DATA_SCENARIOS" $(gateway_args v1) || FAILED=1
