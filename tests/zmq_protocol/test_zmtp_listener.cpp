@@ -354,7 +354,8 @@ TEST_CASE("zmtp_listener: output a peer does not read yet is kept, then delivere
     // 32 MiB in one go: far more than the socket buffers hold, written as the peer reads.
     const std::string chunk(1u << 20, 'c');
     for (int i = 0; i < 32; ++i) {
-        const std::vector<std::string_view> msg{id, std::to_string(i), chunk};
+        const std::string n = std::to_string(i);
+        const std::vector<std::string_view> msg{id, n, chunk};
         router.send(msg);
     }
     collected got;
