@@ -81,6 +81,17 @@ public:
         return true;
     }
 
+    /// Starts loading the digest's bucket into the cache, so that a check_and_insert after
+    /// other work finds it there instead of waiting for memory.
+    void prefetch(const key_type& digest) const noexcept
+    {
+        if (!buckets_.empty()) {
+            std::uint64_t fp = 0;
+            std::memcpy(&fp, digest.data(), sizeof(fp));
+            __builtin_prefetch(&buckets_[(fp | 1) >> shift_], 1);
+        }
+    }
+
     /// Digests remembered.
     std::size_t size() const noexcept { return count_; }
     /// Bytes the table takes now: at most 32 * capacity (1 MiB for 2^16).
