@@ -58,6 +58,19 @@ enum class channel
     iopub,
 };
 
+/// The socket of a channel, among a transport's four.
+template <class Socket>
+Socket& pick(channel c, Socket& shell, Socket& control, Socket& stdin_, Socket& iopub)
+{
+    switch (c) {
+    case channel::shell: return shell;
+    case channel::control: return control;
+    case channel::stdin_: return stdin_;
+    case channel::iopub: return iopub;
+    }
+    return iopub;
+}
+
 /// The kernel's five sockets. The heartbeat is echoed inside; the rest is handed over.
 class transport
 {
@@ -136,16 +149,7 @@ public:
     }
 
 private:
-    zp::zmtp_listener& of(channel c)
-    {
-        switch (c) {
-        case channel::shell: return shell_;
-        case channel::control: return control_;
-        case channel::stdin_: return stdin_;
-        case channel::iopub: return iopub_;
-        }
-        return iopub_;
-    }
+    zp::zmtp_listener& of(channel c) { return pick(c, shell_, control_, stdin_, iopub_); }
 
     zp::zmtp_listener shell_;
     zp::zmtp_listener control_;
@@ -210,16 +214,7 @@ public:
     void flush() override {}
 
 private:
-    zmq::socket_t& of(channel c)
-    {
-        switch (c) {
-        case channel::shell: return shell_;
-        case channel::control: return control_;
-        case channel::stdin_: return stdin_;
-        case channel::iopub: return iopub_;
-        }
-        return iopub_;
-    }
+    zmq::socket_t& of(channel c) { return pick(c, shell_, control_, stdin_, iopub_); }
 
     /// Hands over one message waiting on s; false if there was none.
     bool take(zmq::socket_t& s, channel c, const handler& fn)
