@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "zmq_protocol/zmtp.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 
@@ -140,6 +141,32 @@ void append_ready(std::string& out, std::string_view socket_type, std::string_vi
         property("Identity", identity);
     }
     append_frame(out, body, false, true);
+}
+
+void read_buffer::rewind(std::size_t keep)
+{
+    if (start_ != end_) {
+        return;
+    }
+    start_ = end_ = 0;
+    if (buf_.size() > keep) {
+        std::string().swap(buf_);
+    }
+}
+
+std::span<char> read_buffer::room(std::size_t chunk)
+{
+    if (buf_.size() - end_ < chunk) {
+        if (start_ > 0) {
+            std::memmove(buf_.data(), buf_.data() + start_, end_ - start_);
+            end_ -= start_;
+            start_ = 0;
+        }
+        if (buf_.size() - end_ < chunk) {
+            buf_.resize(std::max(end_ + chunk, buf_.size() * 2));
+        }
+    }
+    return {buf_.data() + end_, buf_.size() - end_};
 }
 
 decoder::decoder(std::string_view peer_types, limits lim)

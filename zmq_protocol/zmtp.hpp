@@ -2,6 +2,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -23,6 +24,30 @@ void append_frame(std::string& out, std::string_view body, bool more, bool comma
 
 /// Appends a READY command carrying Socket-Type and, when not empty, Identity.
 void append_ready(std::string& out, std::string_view socket_type, std::string_view identity);
+
+/// Bytes received from a peer and not yet decoded, in one buffer that grows as needed: a
+/// reader reads into room(), adds what it read with filled(), decodes unread() and drops
+/// what it used with consume().
+class read_buffer
+{
+public:
+    std::string_view unread() const noexcept { return {buf_.data() + start_, end_ - start_}; }
+    std::size_t unread_size() const noexcept { return end_ - start_; }
+    void consume(std::size_t n) noexcept { start_ += n; }
+    void filled(std::size_t n) noexcept { end_ += n; }
+    void clear() noexcept { start_ = end_ = 0; }
+    /// When everything is consumed: starts again at the front, and lets a buffer larger
+    /// than `keep` go (a big message's buffer is not kept).
+    void rewind(std::size_t keep);
+    /// At least `chunk` writable bytes after the unread ones (moved to the front first, the
+    /// buffer doubled if that is not enough). Valid until the next call.
+    std::span<char> room(std::size_t chunk);
+
+private:
+    std::string buf_;
+    std::size_t start_ = 0;
+    std::size_t end_ = 0;
+};
 
 /// Bounds applied to what a peer sends.
 struct limits

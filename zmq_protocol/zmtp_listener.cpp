@@ -58,9 +58,7 @@ struct zmtp_listener::connection
     int fd;
     std::string id;
     zmtp::decoder decoder;
-    std::string rbuf;  ///< received bytes; [rstart, rend) not yet decoded
-    std::size_t rstart = 0;
-    std::size_t rend = 0;
+    zmtp::read_buffer rbuf;  ///< received bytes not yet decoded
     std::string out;   ///< encoded bytes; [out_pos, size) not yet written
     std::size_t out_pos = 0;
     std::vector<std::string> subscriptions;  ///< PUB: topic prefixes
@@ -222,23 +220,9 @@ void zmtp_listener::accept_all()
 
 bool zmtp_listener::read_from(connection& c, const handler& on_message)
 {
-    if (c.rstart == c.rend) {
-        c.rstart = c.rend = 0;
-        if (c.rbuf.size() > k_keep_buffer) {
-            std::string().swap(c.rbuf);
-        }
-    }
-    if (c.rbuf.size() - c.rend < k_read_chunk) {
-        if (c.rstart > 0) {
-            std::memmove(c.rbuf.data(), c.rbuf.data() + c.rstart, c.rend - c.rstart);
-            c.rend -= c.rstart;
-            c.rstart = 0;
-        }
-        if (c.rbuf.size() - c.rend < k_read_chunk) {
-            c.rbuf.resize(std::max(c.rend + k_read_chunk, c.rbuf.size() * 2));
-        }
-    }
-    const ssize_t n = ::recv(c.fd, c.rbuf.data() + c.rend, c.rbuf.size() - c.rend, MSG_DONTWAIT);
+    c.rbuf.rewind(k_keep_buffer);
+    const auto free = c.rbuf.room(k_read_chunk);
+    const ssize_t n = ::recv(c.fd, free.data(), free.size(), MSG_DONTWAIT);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
         return true;
     }
@@ -246,14 +230,13 @@ bool zmtp_listener::read_from(connection& c, const handler& on_message)
         c.drop();
         return false;
     }
-    c.rend += static_cast<std::size_t>(n);
+    c.rbuf.filled(static_cast<std::size_t>(n));
     // One read per wake-up, every whole message in it handled: a burst of requests costs one
     // system call, and poll(2) reports the rest.
     for (;;) {
         std::size_t used = 0;
-        const auto ev =
-            c.decoder.next(std::string_view(c.rbuf.data() + c.rstart, c.rend - c.rstart), &used);
-        c.rstart += used;
+        const auto ev = c.decoder.next(c.rbuf.unread(), &used);
+        c.rbuf.consume(used);
         switch (ev) {
         case zmtp::event::need_more:
             return true;

@@ -142,7 +142,7 @@ void zmtp_socket::on_connected()
     stream_up_ = true;
     ready_ = false;
     decoder_ = zmtp::decoder(peer_types(kind_), limits_);
-    rstart_ = rend_ = 0;
+    rbuf_.clear();
     // Greeting and READY go first. Messages wait for the peer's READY: libzmq drops a
     // connection whose messages arrive before its own READY went out.
     handshake_ = zmtp::make_greeting();
@@ -181,33 +181,13 @@ void zmtp_socket::schedule_retry()
     });
 }
 
-void zmtp_socket::make_room()
-{
-    if (rbuf_.size() - rend_ >= k_read_chunk) {
-        return;
-    }
-    if (rstart_ > 0) {
-        std::memmove(rbuf_.data(), rbuf_.data() + rstart_, rend_ - rstart_);
-        rend_ -= rstart_;
-        rstart_ = 0;
-    }
-    if (rbuf_.size() - rend_ < k_read_chunk) {
-        rbuf_.resize(std::max(rend_ + k_read_chunk, rbuf_.size() * 2));
-    }
-}
-
 void zmtp_socket::read()
 {
-    if (rstart_ == rend_) {
-        rstart_ = rend_ = 0;
-        if (rbuf_.size() > k_keep_buffer) {
-            std::string().swap(rbuf_);  // a big message's buffer is not kept
-        }
-    }
-    make_room();
-    const std::size_t room = rbuf_.size() - rend_;
+    rbuf_.rewind(k_keep_buffer);
+    const auto free = rbuf_.room(k_read_chunk);
+    const std::size_t room = free.size();
     sock_.async_read_some(
-        net::buffer(rbuf_.data() + rend_, room),
+        net::buffer(free.data(), room),
         [weak = weak_from_this(), gen = generation_, room](boost::system::error_code ec,
                                                            std::size_t n) {
             auto self = weak.lock();
@@ -228,17 +208,16 @@ bool zmtp_socket::pull()
     // kernel publishing faster than we handle messages fills our buffer (bounded), not its
     // PUB high-water mark (where libzmq would drop).
     boost::system::error_code ec;
-    while (rend_ - rstart_ < k_pull_limit) {
-        make_room();
-        const std::size_t n =
-            sock_.read_some(net::buffer(rbuf_.data() + rend_, rbuf_.size() - rend_), ec);
+    while (rbuf_.unread_size() < k_pull_limit) {
+        const auto free = rbuf_.room(k_read_chunk);
+        const std::size_t n = sock_.read_some(net::buffer(free.data(), free.size()), ec);
         if (ec == net::error::would_block || ec == net::error::try_again) {
             return true;
         }
         if (ec) {
             return false;
         }
-        rend_ += n;
+        rbuf_.filled(n);
     }
     return true;
 }
@@ -247,7 +226,7 @@ void zmtp_socket::on_read(std::size_t n, bool drained)
 {
     auto keep = shared_from_this();  // a handler may drop the last owner
     const auto gen = generation_;
-    rend_ += n;
+    rbuf_.filled(n);
     for (std::size_t handled = 0;; ++handled) {
         if (handled == k_turn_messages) {
             // Yield to the rest of the loop (WebSocket writes, other kernels), then go on.
@@ -265,9 +244,8 @@ void zmtp_socket::on_read(std::size_t n, bool drained)
             return;
         }
         std::size_t used = 0;
-        const auto ev =
-            decoder_.next(std::string_view(rbuf_.data() + rstart_, rend_ - rstart_), &used);
-        rstart_ += used;
+        const auto ev = decoder_.next(rbuf_.unread(), &used);
+        rbuf_.consume(used);
         switch (ev) {
         case zmtp::event::need_more:
             read();

@@ -80,8 +80,6 @@ private:
     void on_connected();
     void disconnected();
     void schedule_retry();
-    /// At least one read chunk free after rend_ (moving the unread bytes to the front first).
-    void make_room();
     void read();
     void on_read(std::size_t n, bool drained);
     bool pull();
@@ -103,9 +101,7 @@ private:
     std::function<void()> on_ready_;
     zmtp::decoder decoder_;
 
-    std::string rbuf_;         ///< received bytes; [rstart_, rend_) not yet decoded
-    std::size_t rstart_ = 0;
-    std::size_t rend_ = 0;
+    zmtp::read_buffer rbuf_;   ///< received bytes not yet decoded
 
     std::string handshake_;    ///< greeting + READY (+ subscription) of the current connection
     std::string pending_;      ///< encoded messages not yet handed to the kernel's socket
