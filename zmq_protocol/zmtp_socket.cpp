@@ -22,9 +22,16 @@ constexpr std::size_t k_read_chunk = 64 * 1024;
 constexpr std::size_t k_keep_buffer = 1u << 20;  // larger buffers are released when empty
 constexpr auto k_backoff_max = std::chrono::milliseconds(2);
 constexpr std::size_t k_pull_every = 64;          // messages handled between eager reads
-constexpr std::size_t k_turn_messages = 256;      // messages handled per turn of the loop
 constexpr std::size_t k_pull_limit = 8u << 20;    // unhandled bytes we read ahead at most
-constexpr std::size_t k_hold_limit = 64 * 1024;   // held bytes that go out without release()
+// Messages handled per turn of the loop. What they produced (WebSocket frames) is written
+// between turns, so the client works on the first messages of a burst while the gateway
+// handles the rest: client, gateway and kernel run side by side instead of passing the
+// whole burst from one to the next. 256 made a 64-request flood a convoy (0.59x direct
+// ZeroMQ); 12 to 48 all gave about 1.1x (bench/README.md, "Bursts in slices").
+constexpr std::size_t k_turn_messages = 32;
+// Held bytes that go out without release(): the kernel starts on the first requests of a
+// burst while the rest are read (about 25 kernel_info requests; 64 KiB was the whole burst).
+constexpr std::size_t k_hold_limit = 8 * 1024;
 
 std::string_view peer_types(zmtp_socket::kind k)
 {
@@ -229,7 +236,8 @@ void zmtp_socket::on_read(std::size_t n, bool drained)
     rbuf_.filled(n);
     for (std::size_t handled = 0;; ++handled) {
         if (handled == k_turn_messages) {
-            // Yield to the rest of the loop (WebSocket writes, other kernels), then go on.
+            // Yield to the rest of the loop (the frames made so far go out, other kernels
+            // get their turn), then go on.
             net::post(ioc_, [weak = weak_from_this(), gen] {
                 if (auto self = weak.lock(); self && !self->closed_ && gen == self->generation_) {
                     self->on_read(0, false);

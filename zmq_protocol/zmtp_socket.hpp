@@ -62,8 +62,9 @@ public:
     ///
     /// Without `hold` the message goes out now if the connection is idle, else with what else
     /// is sent in this turn of the event loop. With `hold` it waits for release() (or for the
-    /// next message sent without hold, or for 64 KiB held): a caller handling a burst of
-    /// requests holds them and releases once the burst is read, so they leave in one write.
+    /// next message sent without hold, or for 8 KiB held): a caller handling a burst of
+    /// requests holds them and releases once the burst is read, so they leave in writes of
+    /// about 8 KiB, the first while the rest are still being read.
     bool send(std::span<const std::string_view> parts, bool hold = false);
     /// Sends what send(..., true) holds.
     void release();
