@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #pragma once
 #include <array>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -57,6 +58,7 @@ public:
         if (state_) {
             beast::error_code ignored;
             beast::get_lowest_layer(state_->next).socket().close(ignored);
+            state_->trim_timer.cancel();
         }
     }
 
@@ -206,10 +208,13 @@ private:
     struct state
     {
         template <class... Args>
-        explicit state(Args&&... args) : next(std::forward<Args>(args)...)
+        explicit state(Args&&... args)
+            : next(std::forward<Args>(args)...), trim_timer(next.get_executor())
         {
         }
         NextLayer next;
+        net::steady_timer trim_timer;  ///< lets a burst's large buffers go (trim_later)
+        bool trim_armed = false;
         std::string pending;   ///< appended since the write in flight started
         std::string flushing;  ///< the write in flight
         bool writing = false;
@@ -226,6 +231,10 @@ private:
     /// Read-ahead only where a non-blocking read of the socket is a whole read (plain TCP).
     static constexpr bool k_read_ahead = std::is_same_v<NextLayer, beast::tcp_stream>;
     static constexpr std::size_t k_ahead_max = 64 * 1024;
+    /// Write buffers up to this size are kept between bursts; larger ones until the
+    /// connection has been quiet for k_trim_after.
+    static constexpr std::size_t k_keep_buffer = 1u << 20;
+    static constexpr auto k_trim_after = std::chrono::milliseconds(100);
 
     /// After a read that filled the caller's buffer: what else the socket holds now (up to
     /// 64 KiB), without waiting. Errors and end of stream are left for the next read to find.
@@ -269,9 +278,10 @@ private:
     {
         const std::size_t n = net::buffer_size(buffers);
         auto& p = state_->pending;
-        const std::size_t at = p.size();
-        p.resize(at + n);
-        net::buffer_copy(net::buffer(p.data() + at, n), buffers);
+        p.reserve(p.size() + n);  // geometric: amortized, and no zero-fill as resize() does
+        for (const auto b : beast::buffers_range_ref(buffers)) {
+            p.append(static_cast<const char*>(b.data()), b.size());
+        }
         schedule(state_);
         return n;
     }
@@ -305,8 +315,9 @@ private:
                          [st](beast::error_code ec, std::size_t) {
                              st->writing = false;
                              st->flushing.clear();
-                             if (st->flushing.capacity() > (1u << 20)) {
-                                 std::string().swap(st->flushing);  // a burst's peak is not kept
+                             if (st->flushing.capacity() > k_keep_buffer ||
+                                 st->pending.capacity() > k_keep_buffer) {
+                                 trim_later(st);
                              }
                              if (ec) {
                                  st->error = ec;
@@ -317,6 +328,34 @@ private:
                              }
                              flush(st);
                          });
+    }
+
+    /// A burst's large buffers are kept while output keeps coming (the written one becomes
+    /// the next pending one, so a stream does not grow a buffer, copying as it doubles, for
+    /// every write) and let go once the connection has had nothing to write for a moment.
+    static void trim_later(const std::shared_ptr<state>& st)
+    {
+        if (st->trim_armed) {
+            return;
+        }
+        st->trim_armed = true;
+        st->trim_timer.expires_after(k_trim_after);
+        st->trim_timer.async_wait([st](beast::error_code ec) {
+            st->trim_armed = false;
+            if (ec) {
+                return;
+            }
+            if (st->writing || !st->pending.empty()) {
+                trim_later(st);  // still busy
+                return;
+            }
+            if (st->flushing.capacity() > k_keep_buffer) {
+                std::string().swap(st->flushing);
+            }
+            if (st->pending.capacity() > k_keep_buffer) {
+                std::string().swap(st->pending);
+            }
+        });
     }
 
     /// Nothing left to write (or the stream failed): run what waited for that.
