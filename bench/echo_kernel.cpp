@@ -48,6 +48,9 @@ using nlohmann::json;
 
 namespace {
 
+/// Output a stream or flood lets wait for slow readers before it waits for them in turn.
+constexpr std::size_t k_pace_bytes = 1u << 20;
+
 std::atomic<bool> g_interrupted{false};
 
 enum class channel
@@ -84,6 +87,9 @@ public:
     virtual int serve(std::chrono::milliseconds timeout, bool control_only, const handler& fn) = 0;
     /// Writes what was sent without waiting.
     virtual void flush() = 0;
+    /// Called between the messages of a long output: waits (a bounded time) while more
+    /// than `limit` bytes of c's output wait for its readers. false: the time ran out.
+    virtual bool pace(channel c, std::size_t limit) = 0;
 };
 
 /// kernelgate's own ZMTP server side (zmtp_listener) on one poll(2) loop: no I/O thread.
@@ -112,6 +118,11 @@ public:
         for (auto* l : {&iopub_, &shell_, &control_, &stdin_, &hb_}) {
             l->flush();
         }
+    }
+
+    bool pace(channel c, std::size_t limit) override
+    {
+        return of(c).drain(limit, std::chrono::seconds(2));
     }
 
     int serve(std::chrono::milliseconds timeout, bool control_only, const handler& fn) override
@@ -212,6 +223,8 @@ public:
     }
 
     void flush() override {}
+    /// libzmq's I/O thread writes while we go on; its queue is its own.
+    bool pace(channel, std::size_t) override { return true; }
 
 private:
     zmq::socket_t& of(channel c) { return pick(c, shell_, control_, stdin_, iopub_); }
@@ -325,18 +338,22 @@ struct kernel
             // kernel more than signing and sending it, and bounded the stream scenario.
             constexpr std::size_t chunk = 65536;
             const std::string full = stream_content(std::string(chunk, 'x'));
+            bool pacing = true;
             while (n > 0) {
                 const auto k = std::min(n, chunk);
                 publish(req, "stream", k == chunk ? full : stream_content(std::string(k, 'x')));
                 n -= k;
+                pacing = pacing && io->pace(channel::iopub, k_pace_bytes);
             }
         } else if (starts("flood:")) {
             const auto colon = code.find(':', 6);
             const auto n = std::stoull(code.substr(6, colon - 6));
             const auto size = colon == std::string::npos ? 10 : std::stoull(code.substr(colon + 1));
             const std::string content = stream_content(std::string(size, 'y'));
+            bool pacing = true;
             for (std::size_t i = 0; i < n; ++i) {
                 publish(req, "stream", content);
+                pacing = pacing && io->pace(channel::iopub, k_pace_bytes);
             }
         } else if (starts("results:")) {
             const auto colon = code.find(':', 8);

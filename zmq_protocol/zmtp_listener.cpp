@@ -305,6 +305,13 @@ bool zmtp_listener::write_to(connection& c)
 
 void zmtp_listener::queue(connection& c, std::span<const std::string_view> parts)
 {
+    if (c.out_pos > 0 && c.out_pos >= c.out.size() - c.out_pos) {
+        // A peer reading slower than we send: the written front goes, so the queue does not
+        // grow (copying as it doubles) for as long as the peer lags. Moves at most what was
+        // written since the last time.
+        c.out.erase(0, c.out_pos);
+        c.out_pos = 0;
+    }
     for (std::size_t i = 0; i < parts.size(); ++i) {
         zmtp::append_frame(c.out, parts[i], i + 1 < parts.size());
     }
@@ -339,6 +346,47 @@ void zmtp_listener::send(std::span<const std::string_view> parts)
             queue(*last_from_, parts);
         }
         return;
+    }
+}
+
+std::size_t zmtp_listener::queued() const noexcept
+{
+    std::size_t n = 0;
+    for (const auto& c : conns_) {
+        if (c->alive()) {
+            n += c->out.size() - c->out_pos;
+        }
+    }
+    return n;
+}
+
+bool zmtp_listener::drain(std::size_t limit, std::chrono::milliseconds timeout)
+{
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    std::vector<pollfd> fds;
+    for (;;) {
+        if (queued() <= limit) {
+            return true;
+        }
+        flush();
+        if (queued() <= limit) {
+            return true;
+        }
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            until - std::chrono::steady_clock::now());
+        if (left.count() <= 0) {
+            return false;
+        }
+        fds.clear();
+        for (const auto& c : conns_) {
+            if (c->alive() && c->out_pos < c->out.size()) {
+                fds.push_back({c->fd, POLLOUT, 0});
+            }
+        }
+        if (::poll(fds.data(), fds.size(), static_cast<int>(left.count())) < 0 &&
+            errno != EINTR) {
+            return false;
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #pragma once
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -63,6 +64,13 @@ public:
     void send(std::span<const std::string_view> parts);
     /// Writes what waits, without blocking.
     void flush();
+    /// Bytes queued and not yet written, over all connections.
+    std::size_t queued() const noexcept;
+    /// Writes what waits, waiting with poll(2) while more than `limit` bytes are queued
+    /// (nothing is read meanwhile): a sender that outruns its readers waits for them, as a
+    /// process writing to a full pipe does, instead of queueing without bound. false if
+    /// `timeout` passed first.
+    bool drain(std::size_t limit, std::chrono::milliseconds timeout);
 
     std::size_t connections() const noexcept { return conns_.size(); }
     std::uint64_t protocol_errors() const noexcept { return protocol_errors_; }

@@ -367,6 +367,53 @@ TEST_CASE("zmtp_listener: output a peer does not read yet is kept, then delivere
     }
 }
 
+TEST_CASE("zmtp_listener: drain() waits for a slow reader, and gives up on one that stops",
+          "[zmtp]")
+{
+    const auto port = free_port();
+    zp::zmtp_listener router(kind::router, "tcp", "127.0.0.1", port);
+    server srv{{&router}};
+    zmq::context_t ctx{1};
+    zmq::socket_t d(ctx, zmq::socket_type::dealer);
+    d.set(zmq::sockopt::linger, 0);
+    d.set(zmq::sockopt::rcvhwm, 1);  // libzmq stops reading the socket while we do not
+    d.connect("tcp://127.0.0.1:" + std::to_string(port));
+    REQUIRE(d.send(zmq::buffer(std::string_view("hi"))));
+    REQUIRE(srv.run_until([&] { return !srv.got[&router].empty(); }));
+    const std::string id = srv.got[&router][0][0];
+    const std::string chunk(1u << 20, 'd');
+    constexpr int n = 24;
+    for (int i = 0; i < n; ++i) {
+        const std::string num = std::to_string(i);
+        const std::vector<std::string_view> msg{id, num, chunk};
+        router.send(msg);
+    }
+    // Nobody reads: far more than 1 MiB stays queued, and drain() returns when its time is up.
+    CHECK(router.queued() > (8u << 20));
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK_FALSE(router.drain(1u << 20, 100ms));
+    CHECK(std::chrono::steady_clock::now() - t0 >= 50ms);  // it waited, then gave up
+    // A reader on another thread: drain() returns once at most 1 MiB is left.
+    collected got;
+    std::thread reader([&] {
+        const auto until = std::chrono::steady_clock::now() + 10s;
+        while (got.size() < n && std::chrono::steady_clock::now() < until) {
+            recv_into(d, got);
+            std::this_thread::sleep_for(1ms);
+        }
+    });
+    const bool drained = router.drain(1u << 20, 10s);
+    CHECK(drained);
+    CHECK(router.queued() <= (1u << 20));
+    CHECK(router.drain(0, 10s));  // and everything, as the reader goes on
+    reader.join();
+    REQUIRE(got.size() == n);
+    for (int i = 0; i < n; ++i) {
+        REQUIRE(got[static_cast<std::size_t>(i)][0] == std::to_string(i));
+        REQUIRE(got[static_cast<std::size_t>(i)][1] == chunk);
+    }
+}
+
 TEST_CASE("zmtp_listener: an address in use is an error, not a silent listener", "[zmtp]")
 {
     const auto port = free_port();
