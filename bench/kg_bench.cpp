@@ -850,6 +850,10 @@ private:
                        ")";
             }
             fail(why);
+            if (ours) {
+                drop();  // the handshake is complete; the gateway waits for our FIN
+                return false;
+            }
             close_timer_.expires_after(1s);  // our close frame goes out first
             close_timer_.async_wait([self = shared_from_this()](boost::system::error_code) {
                 std::static_pointer_cast<ws_client>(self)->drop();

@@ -257,12 +257,16 @@ std::string metrics_text(server& srv)
     auto& reg = srv.registry();
     std::uint64_t rejected = 0;
     std::uint64_t replay_dropped = 0;
+    std::uint64_t output_holds = 0;
+    std::uint64_t output_hold_timeouts = 0;
     std::uint64_t kmsgs_in = 0;
     std::uint64_t kmsgs_out = 0;
     std::map<std::string, int> states;
     for (const auto& k : reg.list()) {
         rejected += k->rejected_total();
         replay_dropped += k->replay_dropped_total();
+        output_holds += k->output_holds_total();
+        output_hold_timeouts += k->output_hold_timeouts_total();
         if (const auto* st = k->stats()) {
             kmsgs_in += st->received;
             kmsgs_out += st->sent;
@@ -343,6 +347,14 @@ std::string metrics_text(server& srv)
             rejected);
     counter("kernelgate_replay_dropped_total",
             "Messages dropped from full replay buffers (live kernels)", replay_dropped);
+    counter("kernelgate_output_holds_total",
+            "Times a kernel's output was held back because every client of it was behind "
+            "(live kernels)",
+            output_holds);
+    counter("kernelgate_output_hold_timeouts_total",
+            "Holds of a kernel's output that ran out (clients still behind after 2 s: from then "
+            "on they lose skippable output)",
+            output_hold_timeouts);
     if (const auto* loop = srv.loop()) {
         const auto& ls = loop->stats();
         gauge("kernelgate_busy_poll_microseconds", "Largest busy-poll window (--busy-poll; 0: off)",

@@ -158,8 +158,15 @@ void ws_session::deliver(const sessions::kernel_event_ptr& ev)
     if (!open_ || closing_) {
         return;
     }
+    if (!with_ws([](auto& ws) { return ws.is_open(); })) {
+        // The client's close frame has arrived: the close handshake is under way, and output
+        // would only delay the answer to it.
+        return;
+    }
     const auto slot = static_cast<std::size_t>(format_);
-    if (ev->droppable && over_high_) {
+    // Skippable output is dropped for a client that is behind, unless the kernel's output is
+    // held back for its clients (then only the few messages already read arrive meanwhile).
+    if (ev->droppable && over_high_ && !kernel_->holding_output()) {
         ++dropped_;
         ++srv_.metrics().ws_dropped_slow;
         return;
@@ -204,8 +211,9 @@ void ws_session::send_frame(const std::string& data, bool binary)
                     "client too slow: send queue limit exceeded");
         return;
     }
-    if (queued > cfg.ws_high_watermark) {
+    if (queued > cfg.ws_high_watermark && !over_high_) {
         over_high_ = true;
+        kernel_->client_backlog_changed(*this);
     }
 }
 
@@ -216,6 +224,7 @@ void ws_session::on_flushed()
         return;
     }
     over_high_ = false;
+    kernel_->client_backlog_changed(*this);
     if (dropped_ > 0 && open_ && !closing_) {
         const auto n_dropped = dropped_;
         dropped_ = 0;

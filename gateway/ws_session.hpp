@@ -57,6 +57,13 @@ public:
     net::awaitable<void> run(request req);
 
     void deliver(const sessions::kernel_event_ptr& ev) override;
+    bool behind() const override { return over_high_; }
+    /// Either side started the close (or it has not opened yet).
+    bool leaving() const override
+    {
+        return !open_ || closing_ ||
+               std::visit([](const auto& ws) { return !ws.is_open(); }, ws_);
+    }
     void close_from_kernel(std::uint16_t code, const std::string& reason) override;
     const std::string& session_id() const override { return session_id_; }
     /// Bytes accepted for this client and not yet written to its socket.

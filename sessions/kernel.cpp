@@ -47,7 +47,8 @@ kernel::kernel(boost::asio::io_context& ioc, std::string id, std::string spec_na
       routes_(k_max_routes),
       limits_(limits),
       nudge_timer_(ioc),
-      ready_deadline_(ioc)
+      ready_deadline_(ioc),
+      hold_timer_(ioc)
 {
 }
 
@@ -178,8 +179,74 @@ void kernel::abort_ready()
     cb(false);
 }
 
+void kernel::client_backlog_changed(client_sink& who)
+{
+    if (!who.behind()) {
+        who.output_stalled = false;
+    }
+    update_output_hold();
+}
+
+void kernel::update_output_hold()
+{
+    // Hold while every client is behind and one of them may still catch up (not stalled).
+    bool all_behind = !sinks_.empty();
+    bool any_live = false;
+    for (const auto& s : sinks_) {
+        if (s->leaving()) {
+            continue;
+        }
+        if (!s->behind()) {
+            all_behind = false;
+            break;
+        }
+        any_live = any_live || !s->output_stalled;
+    }
+    if (!all_behind || !any_live) {
+        release_output();
+        return;
+    }
+    if (output_held_ || !channels_) {
+        return;
+    }
+    output_held_ = true;
+    ++output_holds_total_;
+    channels_->hold_iopub(true);
+    hold_timer_.expires_after(output_hold_limit);
+    hold_timer_.async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
+        auto self = weak.lock();
+        if (!self || ec || !self->output_held_) {
+            return;
+        }
+        ++self->output_hold_timeouts_;
+        spdlog::info("kernel {}: clients still behind after {} ms: output is no longer held "
+                     "for them",
+                     self->id_, output_hold_limit.count());
+        for (const auto& s : self->sinks_) {
+            if (s->behind()) {
+                s->output_stalled = true;
+            }
+        }
+        self->release_output();
+    });
+}
+
+void kernel::release_output()
+{
+    if (!output_held_) {
+        return;
+    }
+    output_held_ = false;
+    hold_timer_.cancel();
+    if (channels_) {
+        channels_->hold_iopub(false);
+    }
+}
+
 void kernel::disconnect()
 {
+    output_held_ = false;
+    hold_timer_.cancel();
     nudge_timer_.cancel();
     ready_deadline_.cancel();
     pending_replies_ = 0;
@@ -333,6 +400,7 @@ void kernel::attach(const std::shared_ptr<client_sink>& sink)
         }
     }
     sinks_.push_back(sink);
+    update_output_hold();  // a new client is not behind: output flows again
     if (!buffering_) {
         return;
     }
@@ -366,6 +434,7 @@ void kernel::detach(const client_sink* sink)
     }
     const std::string session = (*it)->session_id();
     sinks_.erase(it);
+    update_output_hold();
     if (sinks_.empty()) {
         // Keep what the kernel says until this session comes back.
         buffering_ = true;
@@ -380,6 +449,7 @@ void kernel::close_clients(std::uint16_t code, const std::string& reason)
 {
     auto sinks = std::move(sinks_);
     sinks_.clear();
+    release_output();
     for (const auto& s : sinks) {
         s->close_from_kernel(code, reason);
     }

@@ -43,6 +43,14 @@ class client_sink
 public:
     virtual ~client_sink() = default;
     virtual void deliver(const kernel_event_ptr& ev) = 0;
+    /// More output waits for this client than its high watermark allows.
+    virtual bool behind() const = 0;
+    /// The connection is closing: it takes no more output and holds none back for itself.
+    virtual bool leaving() const { return false; }
+
+    /// Kept by the kernel: a hold of the kernel's output ran out while this client was
+    /// behind; it no longer holds output until it catches up (kernel::client_backlog_changed).
+    bool output_stalled = false;
     /// The kernel is going away or the connection was replaced: close with this code.
     virtual void close_from_kernel(std::uint16_t code, const std::string& reason) = 0;
     virtual const std::string& session_id() const = 0;
@@ -109,6 +117,22 @@ public:
     std::string request(zmq_protocol::channel ch, std::string_view msg_type,
                         std::string_view content_json);
 
+    /// A client's backlog crossed its high watermark (up) or drained below its low one.
+    /// While every client of the kernel is behind, the kernel's output is held back: iopub is
+    /// not read, so the kernel waits for its clients (or its PUB socket drops by its own
+    /// policy) instead of output being dropped here. A hold ends when any client catches up,
+    /// or after `output_hold_limit`: then the clients still behind count as stalled and lose
+    /// skippable output, with a notice, until they catch up; a stalled client holds nothing.
+    /// A client that reads, however slowly, so gets all of a stream; one that has stopped
+    /// reading costs the kernel one hold at most, and other clients nothing.
+    void client_backlog_changed(client_sink& who);
+    /// Output from the kernel is being held back for its clients (see client_backlog_changed):
+    /// what still arrives meanwhile is delivered, not dropped.
+    bool holding_output() const noexcept { return output_held_; }
+    std::uint64_t output_holds_total() const noexcept { return output_holds_total_; }
+    std::uint64_t output_hold_timeouts_total() const noexcept { return output_hold_timeouts_; }
+    static constexpr std::chrono::milliseconds output_hold_limit{2000};
+
     /// Sends a synthetic iopub status (restarting, dead, ...) to every client.
     void broadcast_status(const std::string& execution_state);
     /// Sends a synthetic stderr stream notice on iopub to one client or all (nullptr).
@@ -143,6 +167,8 @@ private:
     /// The kernel's requests take no longer than the hint's budget (so polling pays).
     bool fast_kernel() const noexcept;
     void nudge_after(std::chrono::milliseconds delay);
+    void release_output();
+    void update_output_hold();
 
     boost::asio::io_context& ioc_;
     std::string id_;
@@ -190,6 +216,12 @@ private:
     common::wait_predictor client_wait_;
     std::uint32_t pending_replies_ = 0;  ///< *_request sent on shell/control, not yet replied
     bool working_ = false;               ///< a request went in and no idle status came out
+
+    // Output held back while every client is behind (client_backlog_changed).
+    boost::asio::steady_timer hold_timer_;
+    bool output_held_ = false;
+    std::uint64_t output_holds_total_ = 0;
+    std::uint64_t output_hold_timeouts_ = 0;
 
     std::uint64_t rejected_total_ = 0;
     std::uint64_t replay_dropped_total_ = 0;

@@ -147,6 +147,13 @@ void kernel_channels::release()
     }
 }
 
+void kernel_channels::hold_iopub(bool hold)
+{
+    if (iopub_) {
+        iopub_->set_paused(hold);
+    }
+}
+
 std::string kernel_channels::request(channel ch, std::string_view msg_type,
                                      std::string_view content_json)
 {

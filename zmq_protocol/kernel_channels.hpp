@@ -76,6 +76,9 @@ public:
     bool send(channel ch, const message& msg, bool hold = false);
     /// Sends what send(..., true) holds on every channel.
     void release();
+    /// Holds iopub: nothing more is read or delivered from it until released (see
+    /// zmtp_socket::set_paused).
+    void hold_iopub(bool hold);
 
     /// Sends a message the gateway originates (kernel_info_request, shutdown_request, ...).
     /// Returns the msg_id used.

@@ -168,6 +168,8 @@ void zmtp_socket::disconnected()
     stream_up_ = false;
     ready_ = false;
     writing_ = false;
+    reading_ = false;  // its completion belongs to the old connection
+    waiting_ = false;
     flushing_.clear();  // what was in flight is lost, as with libzmq
     handshake_.clear();
     boost::system::error_code ignored;
@@ -193,6 +195,7 @@ void zmtp_socket::read()
     rbuf_.rewind(k_keep_buffer);
     const auto free = rbuf_.room(k_read_chunk);
     const std::size_t room = free.size();
+    reading_ = true;
     sock_.async_read_some(
         net::buffer(free.data(), room),
         [weak = weak_from_this(), gen = generation_, room](boost::system::error_code ec,
@@ -201,6 +204,7 @@ void zmtp_socket::read()
             if (!self || self->closed_ || gen != self->generation_) {
                 return;
             }
+            self->reading_ = false;
             if (ec) {
                 self->disconnected();
                 return;
@@ -235,6 +239,13 @@ void zmtp_socket::on_read(std::size_t n, bool drained)
     const auto gen = generation_;
     rbuf_.filled(n);
     for (std::size_t handled = 0;; ++handled) {
+        if (paused_ && ready_) {
+            // Nothing is delivered; what the peer sends is still read ahead, up to the limit,
+            // and only then does the peer's socket fill. set_paused(false) goes on from here
+            // (a handshake is never held up).
+            read_ahead_paused();
+            return;
+        }
         if (handled == k_turn_messages) {
             // Yield to the rest of the loop (the frames made so far go out, other kernels
             // get their turn), then go on.
@@ -384,6 +395,64 @@ void zmtp_socket::flush()
                          }
                          self->flush();
                      });
+}
+
+void zmtp_socket::read_ahead_paused()
+{
+    // No read into the buffer may be left in flight here: the messages already in it must
+    // be handled the moment the pause ends, whether or not the peer sends more. So: wait
+    // until the socket is readable, then read what is there without waiting.
+    if (waiting_ || reading_ || rbuf_.unread_size() >= k_pull_limit) {
+        return;  // a read in flight comes back to the loop, which calls this again
+    }
+    waiting_ = true;
+    sock_.async_wait(net::socket_base::wait_read,
+                     [weak = weak_from_this(), gen = generation_](boost::system::error_code ec) {
+                         auto self = weak.lock();
+                         if (!self || self->closed_ || gen != self->generation_) {
+                             return;
+                         }
+                         self->waiting_ = false;
+                         if (ec) {
+                             self->disconnected();
+                             return;
+                         }
+                         if (!self->paused_ || self->reading_) {
+                             // The loop runs again (set_paused) and reads itself, or it
+                             // already has a read in flight into the buffer: never both.
+                             return;
+                         }
+                         if (!self->pull()) {
+                             self->disconnected();
+                             return;
+                         }
+                         self->read_ahead_paused();
+                     });
+}
+
+void zmtp_socket::set_paused(bool paused)
+{
+    if (paused == paused_) {
+        return;
+    }
+    paused_ = paused;
+    // A read in flight means the loop stopped for want of data (a pause only stops it at a
+    // message boundary, with no read in flight): its completion goes on. Otherwise the loop
+    // is started again.
+    if (paused_ || reading_ || resume_posted_ || !stream_up_ || closed_) {
+        return;
+    }
+    resume_posted_ = true;
+    net::post(ioc_, [weak = weak_from_this(), gen = generation_] {
+        auto self = weak.lock();
+        if (!self) {
+            return;
+        }
+        self->resume_posted_ = false;
+        if (!self->closed_ && gen == self->generation_ && !self->paused_ && !self->reading_) {
+            self->on_read(0, false);
+        }
+    });
 }
 
 void zmtp_socket::close()

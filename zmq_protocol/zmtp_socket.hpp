@@ -68,6 +68,12 @@ public:
     bool send(std::span<const std::string_view> parts, bool hold = false);
     /// Sends what send(..., true) holds.
     void release();
+    /// Paused: no more messages are delivered, and what the peer sends is read ahead only up
+    /// to the read-ahead limit (8 MiB): then a peer that outruns its consumers fills its own
+    /// socket and waits, or drops by its own policy. Unpaused: delivery goes on where it
+    /// stopped.
+    void set_paused(bool paused);
+    bool paused() const noexcept { return paused_; }
     void close();
     bool connected() const noexcept { return ready_; }
 
@@ -84,6 +90,7 @@ private:
     void read();
     void on_read(std::size_t n, bool drained);
     bool pull();
+    void read_ahead_paused();
     void schedule_flush();
     void flush();
 
@@ -108,6 +115,10 @@ private:
     std::string pending_;      ///< encoded messages not yet handed to the kernel's socket
     std::string flushing_;     ///< the write in flight
     bool writing_ = false;
+    bool reading_ = false;      ///< an async read is in flight
+    bool waiting_ = false;      ///< paused: a wait for readability is in flight
+    bool paused_ = false;
+    bool resume_posted_ = false;
     bool flush_posted_ = false;
     bool stream_up_ = false;   ///< stream connected (handshake sent or being sent)
     bool ready_ = false;       ///< the peer's READY arrived

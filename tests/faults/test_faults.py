@@ -289,10 +289,14 @@ def test_slow_client_memory_is_bounded_and_output_dropped_with_a_notice(fgw):
     assert other.run("warm-up", timeout=20).reply is not None
     rss0 = fgw.rss_kib()
     dropped0 = fgw.metric("kernelgate_ws_slow_client_dropped_total")
+    timeouts0 = fgw.metric("kernelgate_output_hold_timeouts_total")
     # 60,000 x 2 KiB = ~120 MiB of stream output while the client reads nothing.
     req = slow.execute("flood:60000:2048")
     assert poll_until(lambda: fgw.metric("kernelgate_ws_slow_client_dropped_total") > dropped0,
                       60, "output dropped for the slow client")
+    # The kernel's output was held for the client once, and the hold ran out (it reads
+    # nothing): only then was output dropped.
+    assert fgw.metric("kernelgate_output_hold_timeouts_total") == timeouts0 + 1
     peak = 0
     peak_queue = 0
     deadline = Deadline(60, "the flood to finish")
@@ -323,6 +327,68 @@ def test_slow_client_memory_is_bounded_and_output_dropped_with_a_notice(fgw):
     assert fgw.metric("kernelgate_ws_slow_client_dropped_total") - dropped0 >= dropped
     slow.close()
     other.close()
+
+
+def _read_stream_slowly(ch, req, pause: float, timeout: float = 120) -> tuple[int, bool]:
+    """Reads one execution's output, sleeping `pause` after every message (a client slower
+    than the kernel). Returns the stdout bytes seen and whether the reply came."""
+    deadline = Deadline(timeout, "the slow reader's stream")
+    got = 0
+    idle = replied = False
+    while not (idle and replied) and not deadline.expired():
+        m = ch.recv(timeout=deadline.remaining())
+        if m is None or m.parent_id != req.msg_id:
+            continue
+        if m.msg_type == "stream" and m.content.get("name") == "stdout":
+            got += len(m.content["text"])
+        elif m.msg_type == "status" and m.content.get("execution_state") == "idle":
+            idle = True
+        elif m.msg_type == "execute_reply":
+            replied = True
+        time.sleep(pause)
+    return got, replied
+
+
+def test_a_slow_reader_gets_all_of_a_stream_while_the_kernel_waits_for_it(fgw):
+    """A single client that reads slower than the kernel writes falls behind by more than its
+    high watermark (1 MiB here): the kernel's output is held back instead of dropped, so the
+    client gets every byte, and nothing is counted as dropped."""
+    kid = fgw.start()
+    ch = fgw.channel(kid)
+    assert ch.run("warm-up", timeout=20).reply is not None
+    dropped0 = fgw.metric("kernelgate_ws_slow_client_dropped_total")
+    holds0 = fgw.metric("kernelgate_output_holds_total")
+    n = 16 << 20  # 256 messages of 64 KiB: 16 times the high watermark
+    req = ch.execute(f"stream:{n}")
+    got, replied = _read_stream_slowly(ch, req, pause=0.004)
+    assert replied
+    assert got == n, f"{got} of {n} bytes"
+    assert fgw.metric("kernelgate_ws_slow_client_dropped_total") == dropped0
+    assert fgw.metric("kernelgate_output_holds_total") > holds0  # the path was taken
+    ch.close()
+
+
+def test_a_client_that_stopped_reading_does_not_hold_back_one_that_reads(fgw):
+    """Two clients on one kernel: one reads (slowly), one reads nothing. The reading one gets
+    the whole stream; the other loses output (counted), and it does not stall the kernel."""
+    kid = fgw.start()
+    reader = fgw.channel(kid)
+    stuck = fgw.channel(kid)
+    assert reader.run("warm-up", timeout=20).reply is not None
+    dropped0 = fgw.metric("kernelgate_ws_slow_client_dropped_total")
+    timeouts0 = fgw.metric("kernelgate_output_hold_timeouts_total")
+    n = 16 << 20
+    req = reader.execute(f"stream:{n}")
+    got, replied = _read_stream_slowly(reader, req, pause=0.001)
+    assert replied
+    assert got == n, f"{got} of {n} bytes"
+    # The client that reads nothing lost output ...
+    assert fgw.metric("kernelgate_ws_slow_client_dropped_total") > dropped0
+    # ... and the kernel never waited for it: a hold for it would have run out (2 s) with
+    # the client still behind. Holds while the reader was behind too ended when it caught up.
+    assert fgw.metric("kernelgate_output_hold_timeouts_total") == timeouts0
+    stuck.close()
+    reader.close()
 
 
 def test_client_that_cannot_keep_up_with_unskippable_output_is_closed_1013(fgw):

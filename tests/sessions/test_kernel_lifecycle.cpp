@@ -35,6 +35,7 @@ struct sink final : client_sink
     std::vector<kernel_event_ptr> events;
     std::optional<std::uint16_t> closed;
     void deliver(const kernel_event_ptr& ev) override { events.push_back(ev); }
+    bool behind() const override { return false; }
     void close_from_kernel(std::uint16_t code, const std::string&) override { closed = code; }
     const std::string& session_id() const override { return sid; }
 
