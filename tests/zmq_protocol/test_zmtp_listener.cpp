@@ -337,20 +337,37 @@ TEST_CASE("zmtp_listener: a peer that breaks the protocol is dropped, others go 
     CHECK(got[0] == std::vector<std::string>{"still here"});
 }
 
+/// A ROUTER listener and one libzmq DEALER (with the given receive high-water mark) that
+/// has said hello: `id` is its routing id.
+struct dealer_peer
+{
+    explicit dealer_peer(int rcvhwm)
+        : port(free_port()), router(kind::router, "tcp", "127.0.0.1", port), srv({&router}),
+          d(ctx, zmq::socket_type::dealer)
+    {
+        d.set(zmq::sockopt::linger, 0);
+        d.set(zmq::sockopt::rcvhwm, rcvhwm);
+        d.connect("tcp://127.0.0.1:" + std::to_string(port));
+        REQUIRE(d.send(zmq::buffer(std::string_view("hi"))));
+        REQUIRE(srv.run_until([&] { return !srv.got[&router].empty(); }));
+        id = srv.got[&router][0][0];
+    }
+    std::uint16_t port;
+    zp::zmtp_listener router;
+    server srv;
+    zmq::context_t ctx{1};
+    zmq::socket_t d;
+    std::string id;
+};
+
 TEST_CASE("zmtp_listener: output a peer does not read yet is kept, then delivered whole",
           "[zmtp]")
 {
-    const auto port = free_port();
-    zp::zmtp_listener router(kind::router, "tcp", "127.0.0.1", port);
-    server srv{{&router}};
-    zmq::context_t ctx{1};
-    zmq::socket_t d(ctx, zmq::socket_type::dealer);
-    d.set(zmq::sockopt::linger, 0);
-    d.set(zmq::sockopt::rcvhwm, 0);
-    d.connect("tcp://127.0.0.1:" + std::to_string(port));
-    REQUIRE(d.send(zmq::buffer(std::string_view("hi"))));
-    REQUIRE(srv.run_until([&] { return !srv.got[&router].empty(); }));
-    const std::string id = srv.got[&router][0][0];
+    dealer_peer p(0);
+    auto& router = p.router;
+    auto& srv = p.srv;
+    auto& d = p.d;
+    const std::string& id = p.id;
     // 32 MiB in one go: far more than the socket buffers hold, written as the peer reads.
     const std::string chunk(1u << 20, 'c');
     for (int i = 0; i < 32; ++i) {
@@ -370,17 +387,10 @@ TEST_CASE("zmtp_listener: output a peer does not read yet is kept, then delivere
 TEST_CASE("zmtp_listener: drain() waits for a slow reader, and gives up on one that stops",
           "[zmtp]")
 {
-    const auto port = free_port();
-    zp::zmtp_listener router(kind::router, "tcp", "127.0.0.1", port);
-    server srv{{&router}};
-    zmq::context_t ctx{1};
-    zmq::socket_t d(ctx, zmq::socket_type::dealer);
-    d.set(zmq::sockopt::linger, 0);
-    d.set(zmq::sockopt::rcvhwm, 1);  // libzmq stops reading the socket while we do not
-    d.connect("tcp://127.0.0.1:" + std::to_string(port));
-    REQUIRE(d.send(zmq::buffer(std::string_view("hi"))));
-    REQUIRE(srv.run_until([&] { return !srv.got[&router].empty(); }));
-    const std::string id = srv.got[&router][0][0];
+    dealer_peer p(1);  // libzmq stops reading the socket while we do not
+    auto& router = p.router;
+    auto& d = p.d;
+    const std::string& id = p.id;
     const std::string chunk(1u << 20, 'd');
     constexpr int n = 24;
     for (int i = 0; i < n; ++i) {
