@@ -155,12 +155,9 @@ void ws_session::handle_frame(bool binary)
 
 void ws_session::deliver(const sessions::kernel_event_ptr& ev)
 {
-    if (!open_ || closing_) {
-        return;
-    }
-    if (!with_ws([](auto& ws) { return ws.is_open(); })) {
-        // The client's close frame has arrived: the close handshake is under way, and output
-        // would only delay the answer to it.
+    if (leaving()) {
+        // Closing: once the client's close frame has arrived, output would only delay the
+        // answer to it.
         return;
     }
     const auto slot = static_cast<std::size_t>(format_);
