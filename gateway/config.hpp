@@ -33,11 +33,13 @@ struct server_config
     std::chrono::seconds http_read_timeout{30};
     std::size_t ws_max_message = 64u << 20;
     std::chrono::seconds ws_ping_interval{30};
-    /// Per-client send queue: above the high watermark droppable output (stream,
-    /// display_data) is dropped and counted; the rest is queued up to the hard limit, past
-    /// which the client is closed with 1013.
-    std::size_t ws_high_watermark = 8u << 20;
-    std::size_t ws_low_watermark = 1u << 20;
+    /// Per-client send queue: above the high watermark a client is behind (its kernel's output
+    /// is held while every client is; otherwise droppable output, stream and display_data, is
+    /// dropped and counted); the rest is queued up to the hard limit, past which the client
+    /// is closed with 1013. 2 MiB keeps a 64 KiB-message stream at full speed while the
+    /// buffers a stream touches stay small (bench/README.md, "Memory the stream touches").
+    std::size_t ws_high_watermark = 2u << 20;
+    std::size_t ws_low_watermark = 512u << 10;
     std::size_t ws_hard_limit = 64u << 20;
     std::chrono::seconds shutdown_timeout{10};
     std::size_t max_connections = 20000;

@@ -355,6 +355,14 @@ std::string metrics_text(server& srv)
             "Holds of a kernel's output that ran out (clients still behind after 2 s: from then "
             "on they lose skippable output)",
             output_hold_timeouts);
+    if (const auto* heap = srv.heap_keeper(); heap != nullptr && heap->active()) {
+        gauge("kernelgate_heap_kept_bytes",
+              "Freed memory malloc keeps for reuse (--heap-keep), at the last look",
+              heap->kept());
+        counter("kernelgate_heap_trims_total",
+                "Times kept memory went back to the system once memory use had settled",
+                heap->trims());
+    }
     if (const auto* loop = srv.loop()) {
         const auto& ls = loop->stats();
         gauge("kernelgate_busy_poll_microseconds", "Largest busy-poll window (--busy-poll; 0: off)",

@@ -19,6 +19,7 @@
 #include "auth/token_store.hpp"
 #include "common/asio_fwd.hpp"
 #include "gateway/config.hpp"
+#include "common/heap_keeper.hpp"
 #include "gateway/event_loop.hpp"
 #include "sessions/registry.hpp"
 
@@ -73,6 +74,9 @@ public:
     /// The loop that runs this server, for /metrics (busy polling); may stay unset.
     void set_event_loop(const event_loop* loop) noexcept { loop_ = loop; }
     const event_loop* loop() const noexcept { return loop_; }
+    /// The process's heap keeper, for /metrics (nullptr: none).
+    void set_heap_keeper(const common::heap_keeper* heap) noexcept { heap_ = heap; }
+    const common::heap_keeper* heap_keeper() const noexcept { return heap_; }
     /// Result of checking a request's credentials.
     struct auth_result
     {
@@ -133,6 +137,7 @@ private:
     net::ip::tcp::acceptor acceptor_;
     server_metrics metrics_;
     const event_loop* loop_ = nullptr;
+    const common::heap_keeper* heap_ = nullptr;
     std::set<std::shared_ptr<ws_session>> ws_;
     std::size_t http_connections_ = 0;
     bool stopping_ = false;

@@ -4,6 +4,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -17,6 +18,7 @@
 #include "auth/token_check.hpp"
 #include "auth/token_store.hpp"
 #include "common/asio_fwd.hpp"
+#include "common/heap_keeper.hpp"
 #include "gateway/server.hpp"
 #include "sessions/kernelspec.hpp"
 #include "sessions/local_host.hpp"
@@ -42,6 +44,7 @@ struct serve_options
     int busy_poll_us = 0;
     double busy_poll_max_pressure = 0.4;
     int predictive_poll_us = 200;
+    int heap_keep_mib = 64;
     double launch_timeout = 60;
     double shutdown_wait = 5;
     int cull_idle_timeout = 0;
@@ -123,6 +126,11 @@ void setup_logging(const std::string& level, const std::string& format)
 int run_serve(serve_options& o)
 {
     setup_logging(o.log_level, o.log_format);
+    kg::common::heap_keeper heap({.keep = static_cast<std::size_t>(o.heap_keep_mib) << 20});
+    if (!heap.apply() && o.heap_keep_mib > 0) {
+        spdlog::info("--heap-keep: this allocator does not take glibc's malloc settings; left "
+                     "as it is");
+    }
     // The static token is hashed at once; the environment copy is removed so kernels never
     // see it.
     std::string token = o.auth_token;
@@ -268,6 +276,24 @@ int run_serve(serve_options& o)
     kg::gateway::event_loop loop(ioc, std::chrono::microseconds(o.busy_poll_us), guard,
                                  &poll_hint);
     srv.set_event_loop(&loop);
+    srv.set_heap_keeper(&heap);
+    // Once a second: memory freed and not reused since goes back to the system.
+    kg::net::steady_timer heap_timer(ioc);
+    std::function<void()> heap_tick = [&] {
+        heap_timer.expires_after(std::chrono::seconds(1));
+        heap_timer.async_wait([&](const boost::system::error_code& ec) {
+            if (ec || stopping) {
+                return;
+            }
+            if (heap.tick()) {
+                spdlog::debug("heap trimmed: memory use settled");
+            }
+            heap_tick();
+        });
+    };
+    if (heap.active()) {
+        heap_tick();
+    }
     if (loop.pressure_unknown() && o.busy_poll_us > 0) {
         spdlog::warn("busy polling off: this kernel reports no CPU pressure (PSI) to tell "
                      "whether the CPU is wanted; --busy-poll-max-pressure 1 polls regardless");
@@ -447,6 +473,15 @@ int main(int argc, char** argv)
         ->check(CLI::Range(0.0, 1.0))
         ->envname("KERNELGATE_BUSY_POLL_MAX_PRESSURE")
         ->capture_default_str();
+    serve->add_option("--heap-keep", o.heap_keep_mib,
+                      "MiB of freed memory malloc keeps for reuse instead of returning it to "
+                      "the system at once, given back once memory use has settled (checked "
+                      "every second). A stream of large messages then reuses its buffers "
+                      "instead of page-faulting fresh ones for every megabyte. 0: glibc's "
+                      "defaults")
+        ->check(CLI::Range(0, 4096))
+        ->envname("KERNELGATE_HEAP_KEEP_MIB")
+        ->capture_default_str();
     serve->add_option("--default-kernel", o.registry.default_kernel,
                       "Default kernelspec name [default: python3 if present]")
         ->envname("KERNELGATE_DEFAULT_KERNEL");
@@ -490,7 +525,8 @@ int main(int argc, char** argv)
                       "Largest WebSocket message accepted from a client, in bytes (1009 above)")
         ->capture_default_str();
     serve->add_option("--ws-high-watermark", o.server.ws_high_watermark,
-                      "Send-queue bytes above which stream/display output to a slow client is "
+                      "Send-queue bytes above which a client is behind: its kernel's output "
+                      "is held while every client is, else stream/display output to it is "
                       "dropped (with a notice)")
         ->capture_default_str();
     serve->add_option("--ws-low-watermark", o.server.ws_low_watermark,

@@ -22,7 +22,10 @@ constexpr std::size_t k_read_chunk = 64 * 1024;
 constexpr std::size_t k_keep_buffer = 1u << 20;  // larger buffers are released when empty
 constexpr auto k_backoff_max = std::chrono::milliseconds(2);
 constexpr std::size_t k_pull_every = 64;          // messages handled between eager reads
-constexpr std::size_t k_pull_limit = 8u << 20;    // unhandled bytes we read ahead at most
+// Unhandled bytes read ahead at most. 1 MiB is 16 messages of 64 KiB: enough to keep the
+// gateway busy while the kernel writes more; 8 MiB made a stream touch (and page-fault) that
+// much more memory for no more speed.
+constexpr std::size_t k_pull_limit = 1u << 20;
 // Messages handled per turn of the loop. What they produced (WebSocket frames) is written
 // between turns, so the client works on the first messages of a burst while the gateway
 // handles the rest: client, gateway and kernel run side by side instead of passing the

@@ -69,7 +69,7 @@ public:
     /// Sends what send(..., true) holds.
     void release();
     /// Paused: no more messages are delivered, and what the peer sends is read ahead only up
-    /// to the read-ahead limit (8 MiB): then a peer that outruns its consumers fills its own
+    /// to the read-ahead limit (1 MiB): then a peer that outruns its consumers fills its own
     /// socket and waits, or drops by its own policy. Unpaused: delivery goes on where it
     /// stopped.
     void set_paused(bool paused);

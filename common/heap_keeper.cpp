@@ -1,0 +1,62 @@
+// SPDX-License-Identifier: BSD-3-Clause
+#include "common/heap_keeper.hpp"
+
+#include <malloc.h>
+
+#include <algorithm>
+#include <climits>
+
+namespace kernelgate::common {
+
+namespace {
+// glibc caps the mmap threshold at HEAP_MAX_SIZE / 2: 32 MiB on 64-bit systems.
+constexpr std::size_t k_mmap_max = 32u << 20;
+} // namespace
+
+bool heap_keeper::apply()
+{
+    active_ = false;
+    if (opts_.keep == 0) {
+        return false;
+    }
+    const auto keep = static_cast<int>(std::min<std::size_t>(opts_.keep, INT_MAX));
+    const auto mmap_threshold = static_cast<int>(std::min(opts_.keep, k_mmap_max));
+    // mallopt returns 1 on success; a sanitizer's allocator takes the call and returns 0.
+    active_ = ::mallopt(M_MMAP_THRESHOLD, mmap_threshold) == 1 &&
+              ::mallopt(M_TRIM_THRESHOLD, keep) == 1;
+    return active_;
+}
+
+heap_keeper::sample heap_keeper::measure()
+{
+    const struct mallinfo2 mi = ::mallinfo2();
+    // uordblks: in use from the heaps; hblkhd: in blocks of their own mappings.
+    return {mi.uordblks + mi.hblkhd, mi.fordblks};
+}
+
+bool heap_keeper::tick(sample now)
+{
+    const sample before = last_;
+    const bool compare = have_last_;
+    last_ = now;
+    have_last_ = true;
+    if (!active_ || !compare) {
+        return false;
+    }
+    const std::size_t moved =
+        now.in_use > before.in_use ? now.in_use - before.in_use : before.in_use - now.in_use;
+    if (moved > opts_.settle) {
+        trimmed_ = false;  // working: what is kept now is worth a new look once it settles
+        return false;
+    }
+    if (trimmed_ || now.free <= opts_.slack) {
+        return false;  // nothing new since the last trim (its free pages stay counted)
+    }
+    ::malloc_trim(0);
+    ++trims_;
+    trimmed_ = true;
+    last_.free = measure().free;  // a trim changes what is kept, not what is in use
+    return true;
+}
+
+} // namespace kernelgate::common

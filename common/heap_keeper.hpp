@@ -1,0 +1,74 @@
+// SPDX-License-Identifier: BSD-3-Clause
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace kernelgate::common {
+
+/// How the process's allocator treats freed memory.
+///
+/// glibc's malloc gives freed memory back to the system eagerly: a block of 128 KiB or more
+/// is a mapping of its own, unmapped when freed, and free space of more than 128 KiB at the
+/// top of the heap is returned at once (both thresholds rise a little as big blocks are
+/// freed). Memory used again after that comes back as fresh zeroed pages: one page fault per
+/// 4 KiB written. The gateway's buffers for a stream of 64 KiB messages (the read-ahead from
+/// the kernel, the WebSocket write buffers) grow to megabytes in each burst and are freed
+/// after it, so a stream paid about one fault for every page of data it carried; on a
+/// virtual machine where a fault costs 10-25 us that was most of the gateway's CPU.
+///
+/// The keeper has malloc keep up to `keep` bytes of freed memory for reuse (blocks of up to
+/// 32 MiB come from the heap, and only free space beyond `keep` at its top goes back at
+/// once), and gives what is kept back to the system once the gateway's memory use has
+/// settled: tick(), called every second or so, trims the heap when two samples in a row
+/// find the bytes in use within `settle` of each other and more than `slack` bytes free (and
+/// not again until memory use has moved: malloc_trim's released pages still count as free).
+/// So a busy gateway reuses its memory, and an idle one returns it within seconds.
+///
+/// Process-wide: one keeper per process. Where the allocator is not glibc's (a sanitizer's
+/// own), apply() reports false and the keeper does nothing.
+///
+/// Thread safety: tick() from one thread; malloc itself is thread-safe.
+class heap_keeper
+{
+public:
+    struct options
+    {
+        std::size_t keep = 64u << 20;   ///< freed bytes kept for reuse (0: glibc's defaults)
+        std::size_t slack = 4u << 20;   ///< free bytes not worth a trim
+        std::size_t settle = 1u << 20;  ///< in-use change that counts as "still working"
+    };
+    /// What malloc holds (glibc's mallinfo2: every arena).
+    struct sample
+    {
+        std::size_t in_use = 0;  ///< bytes handed out
+        std::size_t free = 0;    ///< bytes freed and kept by malloc
+    };
+
+    explicit heap_keeper(options o) : opts_(o) {}
+
+    /// Applies the settings to malloc. False if `keep` is 0 (glibc's defaults stay) or the
+    /// allocator refused them (not glibc's).
+    bool apply();
+    bool active() const noexcept { return active_; }
+    const options& settings() const noexcept { return opts_; }
+
+    static sample measure();
+    /// One look at the heap: trims it if memory use has settled since the last look (see the
+    /// class comment). Returns whether it trimmed.
+    bool tick() { return tick(measure()); }
+    bool tick(sample now);
+
+    std::uint64_t trims() const noexcept { return trims_; }
+    /// Free bytes at the last tick.
+    std::size_t kept() const noexcept { return last_.free; }
+
+private:
+    options opts_;
+    bool active_ = false;
+    bool have_last_ = false;
+    bool trimmed_ = false;  ///< trimmed, and memory use has not moved since
+    sample last_;
+    std::uint64_t trims_ = 0;
+};
+
+} // namespace kernelgate::common

@@ -1,0 +1,88 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// The heap keeper: malloc keeps freed memory for reuse, and gives it back once use settles.
+#include <catch2/catch.hpp>
+
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "common/heap_keeper.hpp"
+
+using kernelgate::common::heap_keeper;
+
+namespace {
+constexpr std::size_t k_mib = 1u << 20;
+heap_keeper::options test_options()
+{
+    return {.keep = 64 * k_mib, .slack = 4 * k_mib, .settle = 1 * k_mib};
+}
+} // namespace
+
+#if defined(__SANITIZE_ADDRESS__)
+
+// The sanitizer's allocator is not glibc's: the keeper says so and leaves it alone.
+TEST_CASE("under a sanitizer's allocator the heap keeper stands aside", "[heap_keeper]")
+{
+    heap_keeper k(test_options());
+    CHECK_FALSE(k.apply());
+    CHECK_FALSE(k.active());
+    CHECK_FALSE(k.tick());
+    CHECK_FALSE(k.tick());
+    CHECK(k.trims() == 0);
+}
+
+#else
+
+TEST_CASE("the heap keeper trims only once memory use has settled, and once per settling",
+          "[heap_keeper]")
+{
+    heap_keeper k(test_options());
+    REQUIRE(k.apply());
+    using sample = heap_keeper::sample;
+    CHECK_FALSE(k.tick(sample{100 * k_mib, 40 * k_mib}));  // the first look: nothing to compare
+    CHECK_FALSE(k.tick(sample{130 * k_mib, 10 * k_mib}));  // in use moved by 30 MiB: working
+    CHECK_FALSE(k.tick(sample{80 * k_mib, 60 * k_mib}));   // moved again
+    CHECK(k.trims() == 0);
+    CHECK(k.tick(sample{80 * k_mib + 4096, 60 * k_mib}));  // settled, 60 MiB kept: trimmed
+    CHECK(k.trims() == 1);
+    // Still settled, and the free count still high (released pages stay counted as free):
+    // no second trim until memory use moves.
+    CHECK_FALSE(k.tick(sample{80 * k_mib, 60 * k_mib}));
+    CHECK_FALSE(k.tick(sample{80 * k_mib, 60 * k_mib}));
+    CHECK(k.trims() == 1);
+    CHECK_FALSE(k.tick(sample{120 * k_mib, 20 * k_mib}));  // work again
+    CHECK(k.tick(sample{120 * k_mib, 20 * k_mib}));        // settled again: a trim
+    CHECK(k.trims() == 2);
+    // Settled with little kept: not worth a trim.
+    CHECK_FALSE(k.tick(sample{20 * k_mib, 120 * k_mib}));
+    CHECK_FALSE(k.tick(sample{20 * k_mib, 2 * k_mib}));
+    CHECK(k.trims() == 2);
+}
+
+TEST_CASE("with the heap keeper, freed megabyte blocks stay for reuse until a trim",
+          "[heap_keeper]")
+{
+    heap_keeper k(test_options());
+    REQUIRE(k.apply());
+    const auto before = heap_keeper::measure();
+    {
+        // Megabyte blocks: by glibc's defaults each is a mapping of its own, unmapped when
+        // freed, and nothing of them would stay free in the heap.
+        std::vector<std::unique_ptr<char[]>> blocks;
+        for (int i = 0; i < 24; ++i) {
+            blocks.emplace_back(new char[k_mib]);
+            std::memset(blocks.back().get(), i, k_mib);
+        }
+        const auto held = heap_keeper::measure();
+        CHECK(held.in_use >= before.in_use + 24 * k_mib);
+    }
+    const auto freed = heap_keeper::measure();
+    CHECK(freed.free >= before.free + 20 * k_mib);  // kept for reuse
+
+    (void)k.tick();            // the first look
+    REQUIRE(k.tick());         // nothing moved since: the kept memory goes back
+    CHECK(k.trims() == 1);
+    CHECK(k.kept() < freed.free - 16 * k_mib);  // the top of the heap was returned
+}
+
+#endif
