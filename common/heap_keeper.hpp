@@ -59,7 +59,7 @@ public:
     bool tick(sample now);
 
     std::uint64_t trims() const noexcept { return trims_; }
-    /// Free bytes at the last tick.
+    /// Free bytes in malloc at the last tick (after a trim, pages given back still count).
     std::size_t kept() const noexcept { return last_.free; }
 
 private:

@@ -356,8 +356,10 @@ std::string metrics_text(server& srv)
             "on they lose skippable output)",
             output_hold_timeouts);
     if (const auto* heap = srv.heap_keeper(); heap != nullptr && heap->active()) {
-        gauge("kernelgate_heap_kept_bytes",
-              "Freed memory malloc keeps for reuse (--heap-keep), at the last look",
+        gauge("kernelgate_heap_free_bytes",
+              "Bytes freed and held by malloc for reuse at the last look, once a second "
+              "(--heap-keep; after a trim their pages are back with the system, but they "
+              "still count)",
               heap->kept());
         counter("kernelgate_heap_trims_total",
                 "Times kept memory went back to the system once memory use had settled",

@@ -391,6 +391,43 @@ def test_a_client_that_stopped_reading_does_not_hold_back_one_that_reads(fgw):
     reader.close()
 
 
+def test_a_streams_memory_goes_back_to_the_system_once_the_gateway_is_idle(tmp_path):
+    """The heap keeper: the megabytes a stream queued for a client that read late are kept in
+    malloc while output flows, and once memory use has settled the gateway trims the heap
+    (its resident memory falls), once: an idle gateway does not trim again."""
+    g = FaultGateway(tmp_path, ["--ws-high-watermark", str(32 << 20),
+                                "--ws-low-watermark", str(8 << 20)])
+    try:
+        kid = g.start()
+        ch = g.channel(kid)
+        assert ch.run("warm-up", timeout=20).reply is not None
+        time.sleep(2.5)  # settled: the start's memory is trimmed (or not worth it)
+        trims0 = g.metric("kernelgate_heap_trims_total")
+        # 16 MiB: the gateway's buffers for it stay below malloc's 32 MiB mmap threshold, so
+        # only a trim gives them back.
+        n = 16 << 20
+        req = ch.execute(f"stream:{n}")
+        time.sleep(1)  # the client reads late: most of the stream queues in the gateway
+        rss_busy = g.rss_kib()
+        got, replied = _read_stream_slowly(ch, req, pause=0)
+        assert replied
+        assert got == n, f"{got} of {n} bytes"
+        deadline = Deadline(10, "the stream's memory going back")
+        while (rss_idle := g.rss_kib()) > rss_busy - 8192:
+            assert not deadline.expired(), f"resident {rss_busy} KiB -> {rss_idle} KiB"
+            time.sleep(0.2)
+        assert g.metric("kernelgate_heap_trims_total") > trims0
+        # (A trim may also have come while the full queue sat still, before the client read.)
+        time.sleep(2.5)
+        trims1 = g.metric("kernelgate_heap_trims_total")
+        time.sleep(3)
+        assert g.metric("kernelgate_heap_trims_total") == trims1  # nothing new to give back
+        ch.close()
+    finally:
+        rc = g.process.stop()
+    assert rc == 0, f"exit code {rc}:\n{g.log_tail()}"
+
+
 def test_client_that_cannot_keep_up_with_unskippable_output_is_closed_1013(fgw):
     kid = fgw.start()
     ch = fgw.channel(kid)
