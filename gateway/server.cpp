@@ -108,8 +108,22 @@ void server::watch_tokens()
             return;
         }
         check_tokens();
+        tick_heap();
         watch_tokens();
     });
+}
+
+void server::tick_heap()
+{
+    const auto now = std::chrono::steady_clock::now();
+    if (heap_ == nullptr || !heap_->active() ||
+        now - last_heap_tick_ < std::chrono::milliseconds(990)) {
+        return;
+    }
+    last_heap_tick_ = now;
+    if (heap_->tick()) {
+        spdlog::debug("heap trimmed: memory use settled");
+    }
 }
 
 void server::check_tokens()

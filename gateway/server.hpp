@@ -74,8 +74,9 @@ public:
     /// The loop that runs this server, for /metrics (busy polling); may stay unset.
     void set_event_loop(const event_loop* loop) noexcept { loop_ = loop; }
     const event_loop* loop() const noexcept { return loop_; }
-    /// The process's heap keeper, for /metrics (nullptr: none).
-    void set_heap_keeper(const common::heap_keeper* heap) noexcept { heap_ = heap; }
+    /// The process's heap keeper (nullptr: none): ticked once a second with the token
+    /// expiry check, so an idle gateway still wakes once a second; its numbers go to /metrics.
+    void set_heap_keeper(common::heap_keeper* heap) noexcept { heap_ = heap; }
     const common::heap_keeper* heap_keeper() const noexcept { return heap_; }
     /// Result of checking a request's credentials.
     struct auth_result
@@ -111,6 +112,8 @@ private:
     net::awaitable<void> accept_loop();
     void watch_tokens();
     void start_token_watch();
+    /// The heap keeper's look, once a second (on the token timer's wake-ups).
+    void tick_heap();
     void read_token_events();
     void check_tokens();
 
@@ -128,6 +131,7 @@ private:
     net::steady_timer token_timer_;
     std::int64_t token_version_ = 0;
     std::chrono::steady_clock::time_point last_expiry_check_{};
+    std::chrono::steady_clock::time_point last_heap_tick_{};
     /// inotify on the token database's directory (when the system has it): wakes the loop
     /// when another process commits, instead of a poll every token_poll_interval.
     std::optional<net::posix::stream_descriptor> token_watch_;
@@ -137,7 +141,7 @@ private:
     net::ip::tcp::acceptor acceptor_;
     server_metrics metrics_;
     const event_loop* loop_ = nullptr;
-    const common::heap_keeper* heap_ = nullptr;
+    common::heap_keeper* heap_ = nullptr;
     std::set<std::shared_ptr<ws_session>> ws_;
     std::size_t http_connections_ = 0;
     bool stopping_ = false;

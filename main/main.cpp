@@ -4,7 +4,6 @@
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
-#include <functional>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -277,23 +276,6 @@ int run_serve(serve_options& o)
                                  &poll_hint);
     srv.set_event_loop(&loop);
     srv.set_heap_keeper(&heap);
-    // Once a second: memory freed and not reused since goes back to the system.
-    kg::net::steady_timer heap_timer(ioc);
-    std::function<void()> heap_tick = [&] {
-        heap_timer.expires_after(std::chrono::seconds(1));
-        heap_timer.async_wait([&](const boost::system::error_code& ec) {
-            if (ec || stopping) {
-                return;
-            }
-            if (heap.tick()) {
-                spdlog::debug("heap trimmed: memory use settled");
-            }
-            heap_tick();
-        });
-    };
-    if (heap.active()) {
-        heap_tick();
-    }
     if (loop.pressure_unknown() && o.busy_poll_us > 0) {
         spdlog::warn("busy polling off: this kernel reports no CPU pressure (PSI) to tell "
                      "whether the CPU is wanted; --busy-poll-max-pressure 1 polls regardless");
