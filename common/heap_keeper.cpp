@@ -36,17 +36,21 @@ heap_keeper::sample heap_keeper::measure()
 
 bool heap_keeper::tick(sample now)
 {
-    const sample before = last_;
-    const bool compare = have_last_;
+    const bool first = !have_last_;
     last_ = now;
     have_last_ = true;
-    if (!active_ || !compare) {
+    if (!active_) {
         return false;
     }
     const std::size_t moved =
-        now.in_use > before.in_use ? now.in_use - before.in_use : before.in_use - now.in_use;
-    if (moved > opts_.settle) {
+        now.in_use > anchor_ ? now.in_use - anchor_ : anchor_ - now.in_use;
+    if (first || moved > opts_.settle) {
+        anchor_ = now.in_use;
+        still_ = 0;
         trimmed_ = false;  // working: what is kept now is worth a new look once it settles
+        return false;
+    }
+    if (++still_ < opts_.settle_looks) {
         return false;
     }
     if (trimmed_ || now.free <= opts_.slack) {

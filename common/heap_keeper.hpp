@@ -19,10 +19,12 @@ namespace kernelgate::common {
 /// The keeper has malloc keep up to `keep` bytes of freed memory for reuse (blocks of up to
 /// 32 MiB come from the heap, and only free space beyond `keep` at its top goes back at
 /// once), and gives what is kept back to the system once the gateway's memory use has
-/// settled: tick(), called every second or so, trims the heap when two samples in a row
-/// find the bytes in use within `settle` of each other and more than `slack` bytes free (and
-/// not again until memory use has moved: malloc_trim's released pages still count as free).
-/// So a busy gateway reuses its memory, and an idle one returns it within seconds.
+/// settled: tick(), called every second or so, trims the heap when `settle_looks` looks in
+/// a row found the bytes in use within `settle` of where they were at the first of them, and
+/// more than `slack` bytes are free (and not again until memory use has moved:
+/// malloc_trim's released pages still count as free). So a busy gateway reuses its memory,
+/// even across pauses of a few seconds between bursts, and an idle one gives it back (10
+/// looks by default, as jemalloc's 10 s decay of unused pages).
 ///
 /// Process-wide: one keeper per process. Where the allocator is not glibc's (a sanitizer's
 /// own), apply() reports false and the keeper does nothing.
@@ -36,6 +38,7 @@ public:
         std::size_t keep = 64u << 20;   ///< freed bytes kept for reuse (0: glibc's defaults)
         std::size_t slack = 4u << 20;   ///< free bytes not worth a trim
         std::size_t settle = 1u << 20;  ///< in-use change that counts as "still working"
+        unsigned settle_looks = 10;     ///< looks in a row with no such change before a trim
     };
     /// What malloc holds (glibc's mallinfo2: every arena).
     struct sample
@@ -66,7 +69,9 @@ private:
     options opts_;
     bool active_ = false;
     bool have_last_ = false;
-    bool trimmed_ = false;  ///< trimmed, and memory use has not moved since
+    std::size_t anchor_ = 0;   ///< bytes in use when memory use last moved
+    unsigned still_ = 0;       ///< looks since then
+    bool trimmed_ = false;     ///< trimmed, and memory use has not moved since
     sample last_;
     std::uint64_t trims_ = 0;
 };

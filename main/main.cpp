@@ -44,6 +44,7 @@ struct serve_options
     double busy_poll_max_pressure = 0.4;
     int predictive_poll_us = 200;
     int heap_keep_mib = 64;
+    int heap_settle_s = 10;
     double launch_timeout = 60;
     double shutdown_wait = 5;
     int cull_idle_timeout = 0;
@@ -125,7 +126,8 @@ void setup_logging(const std::string& level, const std::string& format)
 int run_serve(serve_options& o)
 {
     setup_logging(o.log_level, o.log_format);
-    kg::common::heap_keeper heap({.keep = static_cast<std::size_t>(o.heap_keep_mib) << 20});
+    kg::common::heap_keeper heap({.keep = static_cast<std::size_t>(o.heap_keep_mib) << 20,
+                                  .settle_looks = static_cast<unsigned>(o.heap_settle_s)});
     if (!heap.apply() && o.heap_keep_mib > 0) {
         spdlog::info("--heap-keep: this allocator does not take glibc's malloc settings; left "
                      "as it is");
@@ -457,12 +459,18 @@ int main(int argc, char** argv)
         ->capture_default_str();
     serve->add_option("--heap-keep", o.heap_keep_mib,
                       "MiB of freed memory malloc keeps for reuse instead of returning it to "
-                      "the system at once, given back once memory use has settled (checked "
-                      "every second). A stream of large messages then reuses its buffers "
+                      "the system at once, given back once memory use has settled (see "
+                      "--heap-settle). A stream of large messages then reuses its buffers "
                       "instead of page-faulting fresh ones for every megabyte. 0: glibc's "
                       "defaults")
         ->check(CLI::Range(0, 4096))
         ->envname("KERNELGATE_HEAP_KEEP_MIB")
+        ->capture_default_str();
+    serve->add_option("--heap-settle", o.heap_settle_s,
+                      "With --heap-keep: seconds memory use must stay put (within 1 MiB) "
+                      "before kept memory goes back to the system")
+        ->check(CLI::Range(1, 3600))
+        ->envname("KERNELGATE_HEAP_SETTLE_S")
         ->capture_default_str();
     serve->add_option("--default-kernel", o.registry.default_kernel,
                       "Default kernelspec name [default: python3 if present]")

@@ -149,24 +149,33 @@ void read_buffer::rewind(std::size_t keep)
         return;
     }
     start_ = end_ = 0;
-    if (buf_.size() > keep) {
-        std::string().swap(buf_);
+    if (size_ > keep) {
+        buf_.reset();
+        size_ = 0;
     }
 }
 
 std::span<char> read_buffer::room(std::size_t chunk)
 {
-    if (buf_.size() - end_ < chunk) {
-        if (start_ > 0) {
-            std::memmove(buf_.data(), buf_.data() + start_, end_ - start_);
-            end_ -= start_;
-            start_ = 0;
+    if (size_ - end_ < chunk) {
+        const std::size_t unread = end_ - start_;
+        if (size_ - unread < chunk) {
+            // Grow into a new buffer (not zero-filled: make_unique_for_overwrite), taking
+            // only the unread bytes along.
+            const std::size_t size = std::max(unread + chunk, size_ * 2);
+            auto grown = std::make_unique_for_overwrite<char[]>(size);
+            if (unread > 0) {
+                std::memcpy(grown.get(), buf_.get() + start_, unread);
+            }
+            buf_ = std::move(grown);
+            size_ = size;
+        } else if (start_ > 0) {
+            std::memmove(buf_.get(), buf_.get() + start_, unread);
         }
-        if (buf_.size() - end_ < chunk) {
-            buf_.resize(std::max(end_ + chunk, buf_.size() * 2));
-        }
+        start_ = 0;
+        end_ = unread;
     }
-    return {buf_.data() + end_, buf_.size() - end_};
+    return {buf_.get() + end_, size_ - end_};
 }
 
 decoder::decoder(std::string_view peer_types, limits lim)

@@ -2,6 +2,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
@@ -27,11 +28,12 @@ void append_ready(std::string& out, std::string_view socket_type, std::string_vi
 
 /// Bytes received from a peer and not yet decoded, in one buffer that grows as needed: a
 /// reader reads into room(), adds what it read with filled(), decodes unread() and drops
-/// what it used with consume().
+/// what it used with consume(). The buffer is not zero-filled: a page of it is first
+/// touched by the read that fills it, so room asked for and never used costs nothing.
 class read_buffer
 {
 public:
-    std::string_view unread() const noexcept { return {buf_.data() + start_, end_ - start_}; }
+    std::string_view unread() const noexcept { return {buf_.get() + start_, end_ - start_}; }
     std::size_t unread_size() const noexcept { return end_ - start_; }
     void consume(std::size_t n) noexcept { start_ += n; }
     void filled(std::size_t n) noexcept { end_ += n; }
@@ -43,8 +45,12 @@ public:
     /// buffer doubled if that is not enough). Valid until the next call.
     std::span<char> room(std::size_t chunk);
 
+    /// Bytes the buffer holds room for.
+    std::size_t capacity() const noexcept { return size_; }
+
 private:
-    std::string buf_;
+    std::unique_ptr<char[]> buf_;
+    std::size_t size_ = 0;
     std::size_t start_ = 0;
     std::size_t end_ = 0;
 };

@@ -26,6 +26,10 @@ constexpr std::size_t k_pull_every = 64;          // messages handled between ea
 // gateway busy while the kernel writes more; 8 MiB made a stream touch (and page-fault) that
 // much more memory for no more speed.
 constexpr std::size_t k_pull_limit = 1u << 20;
+// While paused (output held for slow clients): more, since a kernel's PUB socket keeps only
+// 1000 messages beyond what we read and drops the rest without a word. 8 MiB is some 40,000
+// small messages; big ones fill those 1000 slots with megabytes anyway.
+constexpr std::size_t k_pause_limit = 8u << 20;
 // Messages handled per turn of the loop. What they produced (WebSocket frames) is written
 // between turns, so the client works on the first messages of a burst while the gateway
 // handles the rest: client, gateway and kernel run side by side instead of passing the
@@ -216,13 +220,13 @@ void zmtp_socket::read()
         });
 }
 
-bool zmtp_socket::pull()
+bool zmtp_socket::pull(std::size_t limit)
 {
     // Moves what the kernel's socket holds into our buffer without waiting, so that a
     // kernel publishing faster than we handle messages fills our buffer (bounded), not its
     // PUB high-water mark (where libzmq would drop).
     boost::system::error_code ec;
-    while (rbuf_.unread_size() < k_pull_limit) {
+    while (rbuf_.unread_size() < limit) {
         const auto free = rbuf_.room(k_read_chunk);
         const std::size_t n = sock_.read_some(net::buffer(free.data(), free.size()), ec);
         if (ec == net::error::would_block || ec == net::error::try_again) {
@@ -261,7 +265,7 @@ void zmtp_socket::on_read(std::size_t n, bool drained)
         }
         // A read that did not fill the buffer left the socket empty: no eager read right after
         // it (it would only find nothing).
-        if (handled % k_pull_every == 0 && (handled > 0 || !drained) && !pull()) {
+        if (handled % k_pull_every == 0 && (handled > 0 || !drained) && !pull(k_pull_limit)) {
             disconnected();
             return;
         }
@@ -405,7 +409,7 @@ void zmtp_socket::read_ahead_paused()
     // No read into the buffer may be left in flight here: the messages already in it must
     // be handled the moment the pause ends, whether or not the peer sends more. So: wait
     // until the socket is readable, then read what is there without waiting.
-    if (waiting_ || reading_ || rbuf_.unread_size() >= k_pull_limit) {
+    if (waiting_ || reading_ || rbuf_.unread_size() >= k_pause_limit) {
         return;  // a read in flight comes back to the loop, which calls this again
     }
     waiting_ = true;
@@ -425,7 +429,7 @@ void zmtp_socket::read_ahead_paused()
                              // already has a read in flight into the buffer: never both.
                              return;
                          }
-                         if (!self->pull()) {
+                         if (!self->pull(k_pause_limit)) {
                              self->disconnected();
                              return;
                          }

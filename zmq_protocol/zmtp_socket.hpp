@@ -69,7 +69,7 @@ public:
     /// Sends what send(..., true) holds.
     void release();
     /// Paused: no more messages are delivered, and what the peer sends is read ahead only up
-    /// to the read-ahead limit (1 MiB): then a peer that outruns its consumers fills its own
+    /// to the paused read-ahead limit (8 MiB): then a peer that outruns its consumers fills its own
     /// socket and waits, or drops by its own policy. Unpaused: delivery goes on where it
     /// stopped.
     void set_paused(bool paused);
@@ -89,7 +89,7 @@ private:
     void schedule_retry();
     void read();
     void on_read(std::size_t n, bool drained);
-    bool pull();
+    bool pull(std::size_t limit);
     void read_ahead_paused();
     void schedule_flush();
     void flush();

@@ -14,7 +14,7 @@ namespace {
 constexpr std::size_t k_mib = 1u << 20;
 heap_keeper::options test_options()
 {
-    return {.keep = 64 * k_mib, .slack = 4 * k_mib, .settle = 1 * k_mib};
+    return {.keep = 64 * k_mib, .slack = 4 * k_mib, .settle = 1 * k_mib, .settle_looks = 1};
 }
 } // namespace
 
@@ -57,6 +57,26 @@ TEST_CASE("the heap keeper trims only once memory use has settled, and once per 
     CHECK_FALSE(k.tick(sample{20 * k_mib, 120 * k_mib}));
     CHECK_FALSE(k.tick(sample{20 * k_mib, 2 * k_mib}));
     CHECK(k.trims() == 2);
+}
+
+TEST_CASE("the heap keeper waits for memory use to stay put for settle_looks looks",
+          "[heap_keeper]")
+{
+    auto o = test_options();
+    o.settle_looks = 3;
+    heap_keeper k(o);
+    REQUIRE(k.apply());
+    using sample = heap_keeper::sample;
+    CHECK_FALSE(k.tick(sample{50 * k_mib, 30 * k_mib}));  // the first look
+    CHECK_FALSE(k.tick(sample{50 * k_mib, 30 * k_mib}));  // still: 1
+    CHECK_FALSE(k.tick(sample{50 * k_mib, 30 * k_mib}));  // still: 2
+    CHECK_FALSE(k.tick(sample{60 * k_mib, 20 * k_mib}));  // moved: counting starts again
+    CHECK_FALSE(k.tick(sample{60 * k_mib + 512 * 1024, 20 * k_mib}));  // within 1 MiB: 1
+    CHECK_FALSE(k.tick(sample{60 * k_mib - 512 * 1024, 20 * k_mib}));  // within 1 MiB: 2
+    CHECK(k.trims() == 0);
+    CHECK(k.tick(sample{60 * k_mib, 20 * k_mib}));  // the third look in a row: trimmed
+    CHECK(k.trims() == 1);
+    CHECK_FALSE(k.tick(sample{60 * k_mib, 20 * k_mib}));  // and not again while still
 }
 
 TEST_CASE("with the heap keeper, freed megabyte blocks stay for reuse until a trim",

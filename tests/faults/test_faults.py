@@ -396,7 +396,7 @@ def test_a_streams_memory_goes_back_to_the_system_once_the_gateway_is_idle(tmp_p
     malloc while output flows, and once memory use has settled the gateway trims the heap
     (its resident memory falls), once: an idle gateway does not trim again."""
     g = FaultGateway(tmp_path, ["--ws-high-watermark", str(32 << 20),
-                                "--ws-low-watermark", str(8 << 20)])
+                                "--ws-low-watermark", str(8 << 20), "--heap-settle", "1"])
     try:
         kid = g.start()
         ch = g.channel(kid)
