@@ -55,6 +55,17 @@ private:
     std::size_t end_ = 0;
 };
 
+/// A count of the whole messages in bytes received after the handshake, made without
+/// decoding them: frame headers are read and bodies skipped. scan_frames() goes on from where
+/// the last call over the same (since grown) bytes stopped. A command counts as a message.
+struct frame_scan
+{
+    std::size_t pos = 0;       ///< bytes scanned: the start of the first frame not complete
+    std::size_t messages = 0;  ///< messages whose last frame ends before pos
+};
+/// `bytes` begins at a message boundary; only whole frames are counted.
+void scan_frames(std::string_view bytes, frame_scan& scan) noexcept;
+
 /// Bounds applied to what a peer sends.
 struct limits
 {

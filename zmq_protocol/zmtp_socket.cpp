@@ -26,10 +26,13 @@ constexpr std::size_t k_pull_every = 64;          // messages handled between ea
 // gateway busy while the kernel writes more; 8 MiB made a stream touch (and page-fault) that
 // much more memory for no more speed.
 constexpr std::size_t k_pull_limit = 1u << 20;
-// While paused (output held for slow clients): more, since a kernel's PUB socket keeps only
-// 1000 messages beyond what we read and drops the rest without a word. 8 MiB is some 40,000
-// small messages; big ones fill those 1000 slots with megabytes anyway.
+// While paused (output held for slow clients) a kernel's PUB socket keeps only 1000 messages
+// beyond what we read, and drops the rest without a word. Messages of 4 KiB or more make
+// that megabytes, and the read-ahead stops at k_pull_limit as usual; smaller ones (printed
+// lines) are read ahead up to 8 MiB, some 12,000 of ipykernel's: more than it sends in the
+// 2 s a hold lasts. A stream of big messages so keeps its memory small.
 constexpr std::size_t k_pause_limit = 8u << 20;
+constexpr std::size_t k_small_message = 4096;
 // Messages handled per turn of the loop. What they produced (WebSocket frames) is written
 // between turns, so the client works on the first messages of a burst while the gateway
 // handles the rest: client, gateway and kernel run side by side instead of passing the
@@ -220,7 +223,7 @@ void zmtp_socket::read()
         });
 }
 
-bool zmtp_socket::pull(std::size_t limit)
+bool zmtp_socket::pull(std::size_t limit, bool* drained)
 {
     // Moves what the kernel's socket holds into our buffer without waiting, so that a
     // kernel publishing faster than we handle messages fills our buffer (bounded), not its
@@ -228,8 +231,14 @@ bool zmtp_socket::pull(std::size_t limit)
     boost::system::error_code ec;
     while (rbuf_.unread_size() < limit) {
         const auto free = rbuf_.room(k_read_chunk);
-        const std::size_t n = sock_.read_some(net::buffer(free.data(), free.size()), ec);
+        // Up to the limit (a chunk at least): a big buffer does not overshoot it by megabytes.
+        const std::size_t want =
+            std::min(free.size(), std::max(k_read_chunk, limit - rbuf_.unread_size()));
+        const std::size_t n = sock_.read_some(net::buffer(free.data(), want), ec);
         if (ec == net::error::would_block || ec == net::error::try_again) {
+            if (drained != nullptr) {
+                *drained = true;
+            }
             return true;
         }
         if (ec) {
@@ -250,6 +259,7 @@ void zmtp_socket::on_read(std::size_t n, bool drained)
             // Nothing is delivered; what the peer sends is still read ahead, up to the limit,
             // and only then does the peer's socket fill. set_paused(false) goes on from here
             // (a handshake is never held up).
+            held_scan_ = {};  // the unread bytes start at a message boundary
             read_ahead_paused();
             return;
         }
@@ -409,8 +419,25 @@ void zmtp_socket::read_ahead_paused()
     // No read into the buffer may be left in flight here: the messages already in it must
     // be handled the moment the pause ends, whether or not the peer sends more. So: wait
     // until the socket is readable, then read what is there without waiting.
-    if (waiting_ || reading_ || rbuf_.unread_size() >= k_pause_limit) {
+    if (waiting_ || reading_) {
         return;  // a read in flight comes back to the loop, which calls this again
+    }
+    // Read what the socket holds now, up to the limit; the limit rises once what was read
+    // shows small messages, so read again before waiting (the socket may be full already,
+    // and a full socket signals nothing new).
+    for (;;) {
+        const std::size_t limit = paused_limit();
+        if (rbuf_.unread_size() >= limit) {
+            return;
+        }
+        bool drained = false;
+        if (!pull(limit, &drained)) {
+            disconnected();
+            return;
+        }
+        if (drained) {
+            break;
+        }
     }
     waiting_ = true;
     sock_.async_wait(net::socket_base::wait_read,
@@ -429,12 +456,19 @@ void zmtp_socket::read_ahead_paused()
                              // already has a read in flight into the buffer: never both.
                              return;
                          }
-                         if (!self->pull(k_pause_limit)) {
-                             self->disconnected();
-                             return;
-                         }
                          self->read_ahead_paused();
                      });
+}
+
+std::size_t zmtp_socket::paused_limit()
+{
+    const auto unread = rbuf_.unread();
+    if (unread.size() < k_pull_limit) {
+        return k_pull_limit;
+    }
+    zmtp::scan_frames(unread, held_scan_);
+    const bool small = held_scan_.messages * k_small_message > held_scan_.pos;
+    return small ? k_pause_limit : k_pull_limit;
 }
 
 void zmtp_socket::set_paused(bool paused)

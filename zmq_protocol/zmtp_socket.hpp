@@ -69,7 +69,7 @@ public:
     /// Sends what send(..., true) holds.
     void release();
     /// Paused: no more messages are delivered, and what the peer sends is read ahead only up
-    /// to the paused read-ahead limit (8 MiB): then a peer that outruns its consumers fills its own
+    /// to the read-ahead limit (1 MiB; 8 MiB of messages under 4 KiB): then a peer that outruns its consumers fills its own
     /// socket and waits, or drops by its own policy. Unpaused: delivery goes on where it
     /// stopped.
     void set_paused(bool paused);
@@ -78,6 +78,8 @@ public:
     bool connected() const noexcept { return ready_; }
 
     std::uint64_t received() const noexcept { return received_; }
+    /// Bytes read from the peer and not yet handled.
+    std::size_t read_ahead() const noexcept { return rbuf_.unread_size(); }
     std::uint64_t protocol_errors() const noexcept { return protocol_errors_; }
     /// Writes to the kernel's socket so far (each carries one or more messages).
     std::uint64_t writes() const noexcept { return writes_; }
@@ -89,8 +91,11 @@ private:
     void schedule_retry();
     void read();
     void on_read(std::size_t n, bool drained);
-    bool pull(std::size_t limit);
+    /// Reads without waiting until `limit` bytes are unread; *drained: the socket ran dry.
+    bool pull(std::size_t limit, bool* drained = nullptr);
     void read_ahead_paused();
+    /// How far to read ahead while paused: further for small messages (see the .cpp).
+    std::size_t paused_limit();
     void schedule_flush();
     void flush();
 
@@ -110,6 +115,7 @@ private:
     zmtp::decoder decoder_;
 
     zmtp::read_buffer rbuf_;   ///< received bytes not yet decoded
+    zmtp::frame_scan held_scan_;  ///< messages read ahead while paused (paused_limit)
 
     std::string handshake_;    ///< greeting + READY (+ subscription) of the current connection
     std::string pending_;      ///< encoded messages not yet handed to the kernel's socket

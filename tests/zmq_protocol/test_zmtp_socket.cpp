@@ -61,10 +61,16 @@ struct peer_pair
     std::shared_ptr<zp::zmtp_socket> sock;
     std::vector<std::vector<std::string>> got;
 
-    peer_pair(zmq::socket_type peer_type, zp::zmtp_socket::kind kind, std::string identity)
+    /// sndhwm: the peer's send high-water mark in messages (-1: libzmq's 1000), set before
+    /// the bind (it applies only to connections made after it is set).
+    peer_pair(zmq::socket_type peer_type, zp::zmtp_socket::kind kind, std::string identity,
+              int sndhwm = -1)
         : peer(ctx, peer_type)
     {
         peer.set(zmq::sockopt::linger, 0);
+        if (sndhwm >= 0) {
+            peer.set(zmq::sockopt::sndhwm, sndhwm);
+        }
         port = bound_port(peer);
         sock = std::make_shared<zp::zmtp_socket>(ioc, kind, std::move(identity));
         sock->start([this](std::span<const std::string_view> parts) {
@@ -227,6 +233,75 @@ TEST_CASE("zmtp: SUB receives everything a libzmq PUB publishes", "[zmtp]")
         CHECK(got[first + i][1] == std::to_string(i));
     }
     sub->close();
+}
+
+TEST_CASE("zmtp: frames are counted into messages without decoding, over a growing prefix",
+          "[zmtp]")
+{
+    namespace zmtp = zp::zmtp;
+    std::string bytes;
+    zmtp::append_frame(bytes, "id", true);
+    zmtp::append_frame(bytes, std::string(300, 'b'), false);  // a long frame ends message 1
+    zmtp::append_ready(bytes, "PUB", "");                     // a command counts as one
+    zmtp::append_frame(bytes, "x", false);                    // message 3
+    zmtp::scan_frames(bytes, *std::make_unique<zmtp::frame_scan>());  // whole: no throw
+    zmtp::frame_scan scan;
+    std::size_t last_pos = 0;
+    for (std::size_t n = 0; n <= bytes.size(); ++n) {
+        zmtp::scan_frames(std::string_view(bytes).substr(0, n), scan);
+        REQUIRE(scan.pos <= n);
+        REQUIRE(scan.pos >= last_pos);  // goes on, never back
+        last_pos = scan.pos;
+    }
+    CHECK(scan.pos == bytes.size());
+    CHECK(scan.messages == 3);
+    // A frame that claims more than is there stops the count at its header.
+    std::string huge;
+    zmtp::append_frame(huge, "a", false);
+    const std::size_t before = huge.size();
+    huge += std::string("\x02\xff\xff\xff\xff\xff\xff\xff\xff", 9);
+    zmtp::frame_scan s2;
+    zmtp::scan_frames(huge, s2);
+    CHECK(s2.messages == 1);
+    CHECK(s2.pos == before);
+}
+
+TEST_CASE("zmtp: while paused, small messages are read ahead further than big ones", "[zmtp]")
+{
+    for (const std::size_t size : {std::size_t{200}, std::size_t{64 * 1024}}) {
+        DYNAMIC_SECTION("messages of " << size << " bytes")
+        {
+            // No high-water mark: the publisher drops nothing of its own.
+            peer_pair p(zmq::socket_type::pub, zp::zmtp_socket::kind::sub, "", 0);
+            auto& ioc = p.ioc;
+            auto& sub = p.sock;
+            auto& got = p.got;
+            p.connect_subscribed();
+            sub->set_paused(true);
+            got.clear();
+            const std::size_t total = 6u << 20;
+            const std::size_t n = total / size;
+            const std::string body(size, 'm');
+            for (std::size_t i = 0; i < n; ++i) {
+                REQUIRE(p.peer.send(zmq::buffer(body), zmq::send_flags::none));
+            }
+            if (size < 4096) {
+                // Past 1 MiB: a kernel's PUB keeps only 1000 such messages beyond us.
+                CHECK(run_until(ioc, [&] { return sub->read_ahead() >= (4u << 20); }));
+            } else {
+                // 1 MiB (and what the last read brought): the PUB's 1000 hold the rest.
+                (void)run_until(ioc, [] { return false; }, 300ms);
+                CHECK(sub->read_ahead() >= (1u << 20));
+                CHECK(sub->read_ahead() < (1u << 20) + (256u << 10));
+            }
+            CHECK(got.empty());
+            sub->set_paused(false);
+            // Every message, in order (warm-up stragglers may come first).
+            REQUIRE(run_until(ioc, [&] { return got.size() >= n && got.back()[0] == body; }));
+            CHECK(got.size() - n <= 3);
+            sub->close();
+        }
+    }
 }
 
 TEST_CASE("zmtp: a paused SUB delivers nothing, then goes on where it stopped, in order",
