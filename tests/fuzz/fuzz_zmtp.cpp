@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: BSD-3-Clause
-// Fuzz target for zmq_protocol::zmtp::decoder (the bytes a kernel's libzmq socket sends us).
+// Fuzz target for zmq_protocol::zmtp::decoder (the bytes a kernel's libzmq socket sends us),
+// and for zmtp::scan_frames over the same bytes.
 //
 // Input layout: byte 0 picks the chunk size the stream is fed in (1..16 bytes, or all at
 // once) and the peer types; the rest is the stream. The decoder must never read past what it
 // is given, report parts inside it, respect the limits, and stop for good after a failure.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -37,6 +39,25 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     lim.max_command_bytes = 512;
     zmtp::decoder dec((mode & 0x40) != 0 ? "PUB,XPUB" : "ROUTER,DEALER,REP", lim);
     const std::size_t chunk = (mode & 0x0f) == 0 ? stream.size() : (mode & 0x0f);
+
+    // zmtp::scan_frames over the same bytes (as if after the handshake), fed chunk by chunk:
+    // it never passes what it is given, never goes back, and ends where one pass over all of
+    // them ends.
+    {
+        zmtp::frame_scan inc;
+        const std::size_t step = std::max<std::size_t>(chunk, 1);
+        for (std::size_t n = 0;; n = std::min(stream.size(), n + step)) {
+            const std::size_t before = inc.pos;
+            zmtp::scan_frames(stream.substr(0, n), inc);
+            check(inc.pos <= n && inc.pos >= before);
+            if (n == stream.size()) {
+                break;
+            }
+        }
+        zmtp::frame_scan whole;
+        zmtp::scan_frames(stream, whole);
+        check(whole.pos == inc.pos && whole.messages == inc.messages);
+    }
 
     // The bytes arrive chunk by chunk into a buffer, as from a socket.
     std::string buf;
