@@ -36,15 +36,14 @@ heap_keeper::sample heap_keeper::measure()
 
 bool heap_keeper::tick(sample now)
 {
-    const bool first = !have_last_;
     last_ = now;
-    have_last_ = true;
     if (!active_) {
         return false;
     }
-    const std::size_t moved =
-        now.in_use > anchor_ ? now.in_use - anchor_ : anchor_ - now.in_use;
-    if (first || moved > opts_.settle) {
+    const auto moved = [&](std::size_t anchor) {
+        return now.in_use > anchor ? now.in_use - anchor : anchor - now.in_use;
+    };
+    if (!anchor_ || moved(*anchor_) > opts_.settle) {
         anchor_ = now.in_use;
         still_ = 0;
         trimmed_ = false;  // working: what is kept now is worth a new look once it settles

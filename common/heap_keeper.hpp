@@ -2,6 +2,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 
 namespace kernelgate::common {
 
@@ -68,10 +69,9 @@ public:
 private:
     options opts_;
     bool active_ = false;
-    bool have_last_ = false;
-    std::size_t anchor_ = 0;   ///< bytes in use when memory use last moved
-    unsigned still_ = 0;       ///< looks since then
-    bool trimmed_ = false;     ///< trimmed, and memory use has not moved since
+    std::optional<std::size_t> anchor_;  ///< bytes in use when memory use last moved
+    unsigned still_ = 0;                 ///< looks since then
+    bool trimmed_ = false;               ///< trimmed, and memory use has not moved since
     sample last_;
     std::uint64_t trims_ = 0;
 };

@@ -180,27 +180,13 @@ std::span<char> read_buffer::room(std::size_t chunk)
 
 void scan_frames(std::string_view bytes, frame_scan& scan) noexcept
 {
-    constexpr unsigned char more = 0x01;
-    constexpr unsigned char long_size = 0x02;
-    while (bytes.size() - scan.pos >= 2) {
-        const auto* p = reinterpret_cast<const unsigned char*>(bytes.data() + scan.pos);
-        const bool is_long = (p[0] & long_size) != 0;
-        const std::size_t header = is_long ? 9 : 2;
-        if (bytes.size() - scan.pos < header) {
-            return;
-        }
-        std::uint64_t size = p[1];
-        if (is_long) {
-            size = 0;
-            for (int i = 1; i <= 8; ++i) {
-                size = (size << 8) | p[i];
-            }
-        }
-        if (bytes.size() - scan.pos - header < size) {
+    frame_header h;
+    while (scan.pos <= bytes.size() && read_header(bytes.substr(scan.pos), h)) {
+        if (bytes.size() - scan.pos - h.header < h.size) {
             return;  // the body is not all here yet (or claims more than any buffer holds)
         }
-        scan.pos += header + static_cast<std::size_t>(size);
-        if ((p[0] & more) == 0) {
+        scan.pos += h.header + static_cast<std::size_t>(h.size);
+        if ((h.flags & flag_more) == 0) {
             ++scan.messages;
         }
     }
