@@ -11,12 +11,15 @@
 //
 // Scenarios (--scenarios, comma separated; default all):
 //   start        kernel start: to kernel_info_reply in the client's hands, and to "ready"
-//                (a reply and an iopub message seen); for gateways also the POST itself
+//                (a reply and an iopub message seen); for gateways also the POST itself.
+//                With --pair-kernelspec, direct starts take turns with the gateway's and
+//                pair_diff_ms is the median of (gateway - direct) within each pair
 //   kernel_info  sequential kernel_info round trips (p50/p99/mean)
 //   execute      sequential execute round trips (execute_reply and iopub idle)
 //   flood        pipelined kernel_info requests, --window in flight (requests/s, msgs/s)
 //   iopub_flood  one execute that makes the kernel publish --iopub-flood stream messages
-//   stream       one execute that streams --stream-bytes of output (MB/s)
+//   stream       executes that stream --stream-bytes of output each, --stream-n of them in
+//                a row on one kernel (MB/s: their median, and the first's)
 //   fanout       1/4/16/32 kernels, one client each, round trips concurrently (aggregate/s)
 //   idle_ws      --idle WebSockets held open on one kernel; gateway RSS per connection
 //                (needs --gateway-pid; not applicable to direct). Run once per invocation,
@@ -1775,12 +1778,14 @@ struct options
     std::string transport = "tcp";
     int repeat = 3;
     int start_n = 3;
+    std::string pair_kernelspec;  ///< gateway: start: also start this kernel directly, in turns
     int rt = 2000;
     int flood = 20000;
     int window = 64;
     int iopub_flood = 20000;
     int iopub_size = 64;
     long long stream_bytes = 32LL << 20;
+    int stream_n = 1;  ///< streams per run, one after the other on the same kernel
     std::string fanout = "1,4,16,32";
     int fanout_rt = 500;
     double fanout_budget = 0;  ///< seconds per fan-out level; 0: --budget
@@ -1845,7 +1850,8 @@ struct dialect
 class bench
 {
 public:
-    bench(options opts, target& tgt) : opts_(std::move(opts)), target_(tgt), dialect_{opts_.dialect}
+    bench(options opts, target& tgt, target* pair = nullptr)
+        : opts_(std::move(opts)), target_(tgt), pair_(pair), dialect_{opts_.dialect}
     {
     }
 
@@ -1966,35 +1972,73 @@ public:
     }
 
 private:
+    struct start_times
+    {
+        double post_ms = 0;  ///< until the kernel was started (gateway: POST answered)
+        double ki_ms = 0;    ///< until the first kernel_info_reply
+        double ready_ms = 0; ///< until ready (see wait_ready)
+    };
+
+    /// One start on `t`, from nothing to a kernel that answers, then its stop (not timed).
+    net::awaitable<start_times> start_once(target& t)
+    {
+        const auto dl = deadline();
+        const auto t0 = clock_type::now();
+        auto k = co_await t.start_kernel(dl);
+        const auto t_started = clock_type::now();
+        start_times st;
+        std::exception_ptr failure;
+        try {
+            client_set cs;
+            cs.add(co_await t.connect(*k, dl));
+            const auto r = co_await wait_ready(cs[0], dl);
+            st = {ms_since(t0, t_started), ms_since(t0, r.first_reply), ms_since(t0, r.ready)};
+        } catch (...) {
+            failure = std::current_exception();
+        }
+        co_await t.stop_kernel(*k, deadline());
+        if (failure) {
+            std::rethrow_exception(failure);
+        }
+        co_return st;
+    }
+
+    /// Kernel starts. With a pair target (--pair-kernelspec), each start through the gateway
+    /// takes turns with a direct start of the same kernel (which of the two goes first
+    /// alternates), and the differences within each pair are reported too: a kernel whose own
+    /// start time drifts by hundreds of ms (ipykernel) hides a gateway's few ms from medians
+    /// taken apart, but two starts made one after the other see the same machine.
     net::awaitable<metrics> start()
     {
         std::vector<double> post_ms;
         std::vector<double> ki_ms;
         std::vector<double> ready_ms;
+        std::vector<double> pair_ki_ms;
+        std::vector<double> diff_ms;
         for (int i = 0; i < std::max(1, opts_.start_n); ++i) {
-            const auto dl = deadline();
-            const auto t0 = clock_type::now();
-            auto k = co_await target_.start_kernel(dl);
-            const auto t_started = clock_type::now();
-            std::exception_ptr failure;
-            try {
-                client_set cs;
-                cs.add(co_await target_.connect(*k, dl));
-                const auto t = co_await wait_ready(cs[0], dl);
-                post_ms.push_back(ms_since(t0, t_started));
-                ki_ms.push_back(ms_since(t0, t.first_reply));
-                ready_ms.push_back(ms_since(t0, t.ready));
-            } catch (...) {
-                failure = std::current_exception();
+            std::optional<start_times> direct;
+            if (pair_ != nullptr && i % 2 == 0) {
+                direct = co_await start_once(*pair_);
             }
-            co_await target_.stop_kernel(*k, deadline());
-            if (failure) {
-                std::rethrow_exception(failure);
+            const auto st = co_await start_once(target_);
+            if (pair_ != nullptr && i % 2 == 1) {
+                direct = co_await start_once(*pair_);
+            }
+            post_ms.push_back(st.post_ms);
+            ki_ms.push_back(st.ki_ms);
+            ready_ms.push_back(st.ready_ms);
+            if (direct) {
+                pair_ki_ms.push_back(direct->ki_ms);
+                diff_ms.push_back(st.ki_ms - direct->ki_ms);
             }
         }
         metrics m{{"kernel_info_ms", percentile(ki_ms, 50)}, {"ready_ms", percentile(ready_ms, 50)}};
         if (target_.is_gateway()) {
             m.emplace_back("post_ms", percentile(post_ms, 50));
+        }
+        if (!diff_ms.empty()) {
+            m.emplace_back("pair_direct_kernel_info_ms", percentile(pair_ki_ms, 50));
+            m.emplace_back("pair_diff_ms", percentile(diff_ms, 50));
         }
         m.emplace_back("n", static_cast<double>(ki_ms.size()));
         co_return m;
@@ -2109,16 +2153,32 @@ private:
         client& c = cs[0];
         const long long bytes = std::max(1LL, opts_.stream_bytes / 65536) * 65536;
         const auto code = dialect_.stream_code(bytes);
+        // A 32 MiB stream lasts under 0.1 s, so one of them says as much about the moment
+        // (page faults on a cold heap, a neighbour on the VM) as about the data path:
+        // --stream-n streams in a row, the median of them reported, and the first on its own.
+        std::vector<double> rates;
+        std::uint64_t got_bytes = 0;
+        std::uint64_t got_messages = 0;
+        double min_complete = 1;
         const auto cpu0 = gateway_cpu();
-        const auto t0 = clock_type::now();
-        const auto id = co_await send_execute(c, code);
-        const auto got = co_await consume_output(c, id, true, deadline());
-        const double secs = seconds_between(t0, clock_type::now());
-        metrics m{{"mb_per_s", static_cast<double>(got.text_bytes) / secs / 1e6},
-                  {"complete", static_cast<double>(got.text_bytes) / static_cast<double>(bytes)},
-                  {"bytes", static_cast<double>(got.text_bytes)},
-                  {"messages", static_cast<double>(got.streams)}};
-        add_cpu(m, cpu0, gateway_cpu(), static_cast<double>(got.text_bytes) / 1e6, "mb");
+        for (int i = 0; i < std::max(1, opts_.stream_n); ++i) {
+            const auto t0 = clock_type::now();
+            const auto id = co_await send_execute(c, code);
+            const auto got = co_await consume_output(c, id, true, deadline());
+            const double secs = seconds_between(t0, clock_type::now());
+            rates.push_back(static_cast<double>(got.text_bytes) / secs / 1e6);
+            min_complete = std::min(min_complete, static_cast<double>(got.text_bytes) /
+                                                      static_cast<double>(bytes));
+            got_bytes += got.text_bytes;
+            got_messages += got.streams;
+        }
+        const double first = rates.front();
+        metrics m{{"mb_per_s", percentile(rates, 50)},
+                  {"first_mb_per_s", first},
+                  {"complete", min_complete},
+                  {"bytes", static_cast<double>(got_bytes)},
+                  {"messages", static_cast<double>(got_messages)}};
+        add_cpu(m, cpu0, gateway_cpu(), static_cast<double>(got_bytes) / 1e6, "mb");
         co_return m;
     }
 
@@ -2278,6 +2338,7 @@ private:
 
     options opts_;
     target& target_;
+    target* pair_;  ///< start: a direct target whose starts take turns with target_'s
     dialect dialect_;
     kernel_ptr main_;
     bool external_main_ = false;
@@ -2427,30 +2488,35 @@ int run_main(options& o)
     zmq::context_t zctx;
     net::io_context ioc(1);
     std::unique_ptr<target> tgt;
+    std::unique_ptr<target> pair;  // --pair-kernelspec: direct starts beside the gateway's
     fs::path runtime;
     bool own_runtime = false;
     std::string protocol;
+    auto make_direct = [&](const std::string& kernelspec_path) -> std::unique_ptr<target> {
+        if (runtime.empty()) {
+            if (o.runtime_dir.empty()) {
+                char tmpl[] = "/tmp/kg-bench-XXXXXX";
+                if (::mkdtemp(tmpl) == nullptr) {
+                    throw bench_error("mkdtemp failed");
+                }
+                runtime = tmpl;
+                own_runtime = true;
+            } else {
+                runtime = o.runtime_dir;
+                fs::create_directories(runtime);
+            }
+            fs::permissions(runtime, fs::perms::owner_all, fs::perm_options::replace);
+        }
+        auto spec = read_kernelspec(kernelspec_path);
+        spec.transport = o.transport;
+        return std::make_unique<direct_target>(ioc, zctx, std::move(spec), runtime);
+    };
     if (o.target_kind == "direct") {
         if (o.kernelspec_path.empty()) {
             std::cerr << "kg-bench: --target direct needs --kernelspec\n";
             return 2;
         }
-        if (o.runtime_dir.empty()) {
-            char tmpl[] = "/tmp/kg-bench-XXXXXX";
-            if (::mkdtemp(tmpl) == nullptr) {
-                std::cerr << "kg-bench: mkdtemp failed\n";
-                return 1;
-            }
-            runtime = tmpl;
-            own_runtime = true;
-        } else {
-            runtime = o.runtime_dir;
-            fs::create_directories(runtime);
-        }
-        fs::permissions(runtime, fs::perms::owner_all, fs::perm_options::replace);
-        auto spec = read_kernelspec(o.kernelspec_path);
-        spec.transport = o.transport;
-        tgt = std::make_unique<direct_target>(ioc, zctx, std::move(spec), runtime);
+        tgt = make_direct(o.kernelspec_path);
         protocol = "zmq";
     } else {
         if (o.token.empty()) {
@@ -2461,13 +2527,16 @@ int run_main(options& o)
         tgt = std::make_unique<gateway_target>(ioc, gateway_url::parse(o.url), o.token,
                                                o.kernel_name, o.protocol == "v1");
         protocol = o.protocol;
+        if (!o.pair_kernelspec.empty()) {
+            pair = make_direct(o.pair_kernelspec);
+        }
     }
     if (o.label.empty()) {
         o.label = o.target_kind;
     }
 
     const double load_start = read_loadavg();
-    bench b(o, *tgt);
+    bench b(o, *tgt, pair.get());
     const double hard_limit = std::max(120.0, 10 * o.timeout + 4 * o.budget);
     std::map<std::string, scenario_result> results;
     for (const auto& name : wanted) {
@@ -2646,12 +2715,20 @@ int main(int argc, char** argv)
     app.add_option("--scenarios", o.scenarios, "comma-separated scenarios, or all")->capture_default_str();
     app.add_option("--repeat", o.repeat, "runs of each scenario (medians are reported)")->capture_default_str();
     app.add_option("--start-n", o.start_n, "start: kernel starts per run (median)")->capture_default_str();
+    app.add_option("--pair-kernelspec", o.pair_kernelspec,
+                   "gateway: start: also launch this kernel.json directly, taking turns with "
+                   "the gateway's starts, and report the median difference within the pairs "
+                   "(pair_diff_ms); --transport and --runtime-dir apply to it");
     app.add_option("--rt", o.rt, "kernel_info/execute: round trips per run")->capture_default_str();
     app.add_option("--flood", o.flood, "flood: requests per run")->capture_default_str();
     app.add_option("--window", o.window, "flood: requests in flight")->capture_default_str();
     app.add_option("--iopub-flood", o.iopub_flood, "iopub_flood: stream messages per run")->capture_default_str();
     app.add_option("--iopub-size", o.iopub_size, "iopub_flood/broadcast: bytes per stream message")->capture_default_str();
     app.add_option("--stream-bytes", o.stream_bytes, "stream: bytes of output (64 KiB messages)")->capture_default_str();
+    app.add_option("--stream-n", o.stream_n,
+                   "stream: streams per run, one after another (mb_per_s is their median, "
+                   "first_mb_per_s the first's)")
+        ->capture_default_str();
     app.add_option("--fanout", o.fanout, "fanout: kernel counts")->capture_default_str();
     app.add_option("--fanout-rt", o.fanout_rt, "fanout: round trips per client")->capture_default_str();
     app.add_option("--fanout-budget", o.fanout_budget, "fanout: seconds per level (0: --budget)")
