@@ -3,14 +3,22 @@
 
 #include <malloc.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
+#include <fstream>
 
 namespace kernelgate::common {
 
 namespace {
 // glibc caps the mmap threshold at HEAP_MAX_SIZE / 2: 32 MiB on 64-bit systems.
 constexpr std::size_t k_mmap_max = 32u << 20;
+constexpr const char* k_tunables = "GLIBC_TUNABLES";
+constexpr const char* k_huge_tunable = "glibc.malloc.hugetlb";
+// GLIBC_TUNABLES as it was before exec_with_huge_pages: "=" and the value, or "-" if unset.
+constexpr const char* k_was = "KERNELGATE_GLIBC_TUNABLES_WAS";
 } // namespace
 
 bool heap_keeper::apply()
@@ -59,6 +67,67 @@ bool heap_keeper::tick(sample now)
     ++trims_;
     trimmed_ = true;
     last_.free = measure().free;  // a trim changes what is kept, not what is in use
+    return true;
+}
+
+std::optional<std::string> huge_pages_tunables(const char* current, std::string_view thp_mode)
+{
+    if (thp_mode != "always" && thp_mode != "madvise") {
+        return std::nullopt;  // off ("never"), or no THP in this kernel
+    }
+    const std::string_view now = current != nullptr ? current : "";
+    if (now.find(k_huge_tunable) != std::string_view::npos) {
+        return std::nullopt;  // whoever started us chose already
+    }
+    std::string out(now);
+    if (!out.empty()) {
+        out += ':';
+    }
+    out += k_huge_tunable;
+    out += "=1";
+    return out;
+}
+
+std::string transparent_huge_pages_mode()
+{
+    std::ifstream in("/sys/kernel/mm/transparent_hugepage/enabled");
+    std::string line;
+    std::getline(in, line);
+    const auto open = line.find('[');
+    const auto close = line.find(']', open);
+    if (open == std::string::npos || close == std::string::npos) {
+        return {};
+    }
+    return line.substr(open + 1, close - open - 1);
+}
+
+void exec_with_huge_pages(char** argv)
+{
+    const char* current = ::getenv(k_tunables);
+    const auto wanted = huge_pages_tunables(current, transparent_huge_pages_mode());
+    if (!wanted || ::getenv(k_was) != nullptr) {
+        return;
+    }
+    const std::string was = current != nullptr ? std::string("=") + current : "-";
+    ::setenv(k_was, was.c_str(), 1);
+    ::setenv(k_tunables, wanted->c_str(), 1);
+    ::execv("/proc/self/exe", argv);
+    // Still here: no /proc, or the binary is gone. Go on as we are.
+    restore_after_huge_pages_exec();
+}
+
+bool restore_after_huge_pages_exec()
+{
+    const char* was = ::getenv(k_was);
+    if (was == nullptr) {
+        return false;
+    }
+    if (was[0] == '=') {
+        ::setenv(k_tunables, was + 1, 1);
+    } else {
+        ::unsetenv(k_tunables);
+    }
+    ::unsetenv(k_was);
     return true;
 }
 

@@ -45,6 +45,7 @@ struct serve_options
     int predictive_poll_us = 200;
     int heap_keep_mib = 64;
     int heap_settle_s = 10;
+    bool heap_huge_pages = true;
     double launch_timeout = 60;
     double shutdown_wait = 5;
     int cull_idle_timeout = 0;
@@ -123,14 +124,29 @@ void setup_logging(const std::string& level, const std::string& format)
     }
 }
 
-int run_serve(serve_options& o)
+int run_serve(serve_options& o, char** argv)
 {
-    setup_logging(o.log_level, o.log_format);
+    // Before anything else (no thread, no file open yet): a process started again for huge
+    // pages puts GLIBC_TUNABLES back; one that was not may be started again here.
+    const bool huge_pages = kg::common::restore_after_huge_pages_exec();
     kg::common::heap_keeper heap({.keep = static_cast<std::size_t>(o.heap_keep_mib) << 20,
                                   .settle_looks = static_cast<unsigned>(o.heap_settle_s)});
-    if (!heap.apply() && o.heap_keep_mib > 0) {
+    const bool keeper = heap.apply();  // false under a sanitizer's allocator
+    if (keeper && o.heap_huge_pages && !huge_pages) {
+        kg::common::exec_with_huge_pages(argv);  // returns only if it did not
+    }
+    setup_logging(o.log_level, o.log_format);
+    if (!keeper && o.heap_keep_mib > 0) {
         spdlog::info("--heap-keep: this allocator does not take glibc's malloc settings; left "
                      "as it is");
+    }
+    if (huge_pages) {
+        spdlog::info("heap: transparent huge pages (glibc.malloc.hugetlb=1)");
+    } else if (o.heap_huge_pages && keeper) {
+        const auto mode = kg::common::transparent_huge_pages_mode();
+        spdlog::info("heap: no transparent huge pages (the system's mode is \"{}\", or "
+                     "GLIBC_TUNABLES already sets glibc.malloc.hugetlb)",
+                     mode.empty() ? "unknown" : mode);
     }
     // The static token is hashed at once; the environment copy is removed so kernels never
     // see it.
@@ -472,6 +488,15 @@ int main(int argc, char** argv)
         ->check(CLI::Range(1, 3600))
         ->envname("KERNELGATE_HEAP_SETTLE_S")
         ->capture_default_str();
+    serve->add_option("--heap-huge-pages", o.heap_huge_pages,
+                      "With --heap-keep: back malloc's memory with transparent huge pages "
+                      "where the system offers them (THP \"madvise\" or \"always\"), so "
+                      "that buffers touched for the first time take one page fault per 2 MiB "
+                      "instead of one per 4 KiB. The gateway starts itself again at once with "
+                      "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (same pid); kernels do not "
+                      "inherit it")
+        ->envname("KERNELGATE_HEAP_HUGE_PAGES")
+        ->capture_default_str();
     serve->add_option("--default-kernel", o.registry.default_kernel,
                       "Default kernelspec name [default: python3 if present]")
         ->envname("KERNELGATE_DEFAULT_KERNEL");
@@ -629,7 +654,7 @@ int main(int argc, char** argv)
     CLI11_PARSE(app, argc, argv);
     try {
         if (serve->parsed()) {
-            return run_serve(o);
+            return run_serve(o, argv);
         }
         if (ks->parsed()) {
             return run_kernelspecs(ks_dirs, ks_no_conda, ks_json);

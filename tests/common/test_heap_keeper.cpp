@@ -2,7 +2,9 @@
 // The heap keeper: malloc keeps freed memory for reuse, and gives it back once use settles.
 #include <catch2/catch.hpp>
 
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <memory>
 #include <vector>
 
@@ -106,3 +108,42 @@ TEST_CASE("with the heap keeper, freed megabyte blocks stay for reuse until a tr
 }
 
 #endif
+
+TEST_CASE("huge pages: GLIBC_TUNABLES gains glibc.malloc.hugetlb=1 only where it means something",
+          "[heap_keeper]")
+{
+    using kernelgate::common::huge_pages_tunables;
+    CHECK(huge_pages_tunables(nullptr, "madvise") == "glibc.malloc.hugetlb=1");
+    CHECK(huge_pages_tunables("", "always") == "glibc.malloc.hugetlb=1");
+    CHECK(huge_pages_tunables("glibc.malloc.arena_max=2", "madvise") ==
+          "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1");
+    // Whoever started us chose already (either way).
+    CHECK_FALSE(huge_pages_tunables("glibc.malloc.hugetlb=0", "madvise"));
+    CHECK_FALSE(huge_pages_tunables("a=1:glibc.malloc.hugetlb=2", "always"));
+    // No THP on this system, or no way to tell.
+    CHECK_FALSE(huge_pages_tunables(nullptr, "never"));
+    CHECK_FALSE(huge_pages_tunables(nullptr, ""));
+}
+
+TEST_CASE("huge pages: the process started again puts GLIBC_TUNABLES back as it was",
+          "[heap_keeper]")
+{
+    using kernelgate::common::restore_after_huge_pages_exec;
+    ::unsetenv("KERNELGATE_GLIBC_TUNABLES_WAS");
+    ::setenv("GLIBC_TUNABLES", "untouched", 1);
+    CHECK_FALSE(restore_after_huge_pages_exec());  // not started again: nothing changes
+    CHECK(std::string(::getenv("GLIBC_TUNABLES")) == "untouched");
+
+    ::setenv("KERNELGATE_GLIBC_TUNABLES_WAS", "-", 1);  // was unset
+    ::setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1", 1);
+    CHECK(restore_after_huge_pages_exec());
+    CHECK(::getenv("GLIBC_TUNABLES") == nullptr);
+    CHECK(::getenv("KERNELGATE_GLIBC_TUNABLES_WAS") == nullptr);
+
+    ::setenv("KERNELGATE_GLIBC_TUNABLES_WAS", "=glibc.malloc.arena_max=2", 1);
+    ::setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", 1);
+    CHECK(restore_after_huge_pages_exec());
+    CHECK(std::string(::getenv("GLIBC_TUNABLES")) == "glibc.malloc.arena_max=2");
+    CHECK(::getenv("KERNELGATE_GLIBC_TUNABLES_WAS") == nullptr);
+    ::unsetenv("GLIBC_TUNABLES");
+}

@@ -435,6 +435,79 @@ def test_a_streams_memory_goes_back_to_the_system_once_the_gateway_is_idle(tmp_p
     assert rc == 0, f"exit code {rc}:\n{g.log_tail()}"
 
 
+def _environ(pid: int) -> dict:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = [e.split(b"=", 1) for e in f.read().split(b"\0") if b"=" in e]
+    return {k.decode(): v.decode(errors="replace") for k, v in pairs}
+
+
+def _pids_with_arg(text: str) -> list:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if text.encode() in (d / "cmdline").read_bytes():
+                pids.append(int(d.name))
+        except OSError:
+            pass
+    return pids
+
+
+def _thp_mode() -> str:
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return ""
+    return text[text.find("[") + 1:text.find("]")] if "[" in text else ""
+
+
+def test_the_heap_takes_huge_pages_and_kernels_do_not_inherit_the_setting(tmp_path):
+    """--heap-huge-pages (on by default): where the system offers transparent huge pages, the
+    gateway starts itself again with GLIBC_TUNABLES=glibc.malloc.hugetlb=1, so a stream's
+    buffers are backed by 2 MiB pages; the kernels it starts get the environment it was given,
+    without that setting. Without THP (or under a sanitizer's allocator) it stays as it is."""
+    g = FaultGateway(tmp_path, ["--log-level", "info"])
+    try:
+        env = _environ(g.process.pid)
+        asan = b"__asan_init" in Path(kernelgate_binary()).read_bytes()
+        if asan or _thp_mode() not in ("madvise", "always"):
+            assert "glibc.malloc.hugetlb" not in env.get("GLIBC_TUNABLES", "")
+            if not asan:
+                assert "heap: no transparent huge pages" in g.log_tail(20000)
+            return
+        assert env.get("GLIBC_TUNABLES") == "glibc.malloc.hugetlb=1", env.get("GLIBC_TUNABLES")
+        assert "heap: transparent huge pages" in g.log_tail(20000)
+        kid = g.start()
+        ch = g.channel(kid)
+        n = 16 << 20
+        req = ch.execute(f"stream:{n}")
+        time.sleep(1)  # the client reads late: megabytes queue in the gateway
+        with open(f"/proc/{g.process.pid}/smaps_rollup") as f:
+            huge = next(int(line.split()[1]) for line in f if line.startswith("AnonHugePages:"))
+        got, replied = _read_stream_slowly(ch, req, pause=0)
+        assert replied and got == n, f"{got} of {n} bytes"
+        assert huge >= 2048, f"AnonHugePages {huge} KiB while {n} bytes were queued"
+        kernels = [p for p in _pids_with_arg(kid) if p != g.process.pid]
+        assert kernels, "the kernel's process"
+        for pid in kernels:
+            kenv = _environ(pid)
+            assert "GLIBC_TUNABLES" not in kenv, kenv.get("GLIBC_TUNABLES")
+            assert "KERNELGATE_GLIBC_TUNABLES_WAS" not in kenv
+        ch.close()
+    finally:
+        rc = g.process.stop()
+    assert rc == 0, f"exit code {rc}:\n{g.log_tail()}"
+
+    # Off: no second start, and the environment is the one it was given.
+    g = FaultGateway(tmp_path / "off", ["--heap-huge-pages", "false"])
+    try:
+        assert "GLIBC_TUNABLES" not in _environ(g.process.pid)
+    finally:
+        rc = g.process.stop()
+    assert rc == 0, f"exit code {rc}:\n{g.log_tail()}"
+
+
 def test_client_that_cannot_keep_up_with_unskippable_output_is_closed_1013(fgw):
     kid = fgw.start()
     ch = fgw.channel(kid)
