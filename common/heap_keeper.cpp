@@ -88,6 +88,11 @@ std::optional<std::string> huge_pages_tunables(const char* current, std::string_
     return out;
 }
 
+bool under_valgrind(const char* ld_preload)
+{
+    return ld_preload != nullptr && std::string_view(ld_preload).find("vgpreload") != std::string_view::npos;
+}
+
 std::string transparent_huge_pages_mode()
 {
     std::ifstream in("/sys/kernel/mm/transparent_hugepage/enabled");
@@ -105,7 +110,7 @@ void exec_with_huge_pages(char** argv)
 {
     const char* current = ::getenv(k_tunables);
     const auto wanted = huge_pages_tunables(current, transparent_huge_pages_mode());
-    if (!wanted || ::getenv(k_was) != nullptr) {
+    if (!wanted || ::getenv(k_was) != nullptr || under_valgrind(::getenv("LD_PRELOAD"))) {
         return;
     }
     const std::string was = current != nullptr ? std::string("=") + current : "-";

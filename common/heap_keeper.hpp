@@ -94,10 +94,15 @@ private:
 ///   back as it was (kernels started from here inherit the user's environment, not ours)
 ///   and says whether this process was started that way.
 ///
-/// With THP "madvise" or "always" only; a process with threads must not call exec.
+/// With THP "madvise" or "always" only, and not under valgrind; a process with threads
+/// must not call exec.
 std::optional<std::string> huge_pages_tunables(const char* current, std::string_view thp_mode);
 /// The bracketed word of /sys/kernel/mm/transparent_hugepage/enabled ("" if unreadable).
 std::string transparent_huge_pages_mode();
+/// Valgrind's tools preload their own malloc (vgpreload_*.so in LD_PRELOAD) and take
+/// mallopt, but an exec would leave the tool (the program would go on outside it): no
+/// second start there.
+bool under_valgrind(const char* ld_preload);
 void exec_with_huge_pages(char** argv);
 bool restore_after_huge_pages_exec();
 

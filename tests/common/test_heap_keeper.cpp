@@ -125,6 +125,15 @@ TEST_CASE("huge pages: GLIBC_TUNABLES gains glibc.malloc.hugetlb=1 only where it
     CHECK_FALSE(huge_pages_tunables(nullptr, ""));
 }
 
+TEST_CASE("huge pages: not under valgrind, whose tool an exec would leave", "[heap_keeper]")
+{
+    using kernelgate::common::under_valgrind;
+    CHECK(under_valgrind("/usr/libexec/valgrind/vgpreload_core-amd64-linux.so:"
+                         "/usr/libexec/valgrind/vgpreload_memcheck-amd64-linux.so"));
+    CHECK_FALSE(under_valgrind(nullptr));
+    CHECK_FALSE(under_valgrind("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"));
+}
+
 TEST_CASE("huge pages: the process started again puts GLIBC_TUNABLES back as it was",
           "[heap_keeper]")
 {
