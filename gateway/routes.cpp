@@ -339,6 +339,30 @@ std::string metrics_text(server& srv)
             reg.kernels_died_total());
     counter("kernelgate_kernels_culled_total", "Idle kernels culled",
             reg.kernels_culled_total());
+    if (const auto pools = reg.warm_pools(); !pools.empty()) {
+        o << "# HELP kernelgate_warm_pool_kernels Warm-pool kernels by kernelspec and state "
+             "(target: --warm-pool)\n# TYPE kernelgate_warm_pool_kernels gauge\n";
+        for (const auto& [name, st] : pools) {
+            for (const auto& [what, n] : {std::pair<const char*, std::size_t>{"target", st.target},
+                                          {"ready", st.ready},
+                                          {"starting", st.starting}}) {
+                o << "kernelgate_warm_pool_kernels{kernelspec=\"" << name << "\",state=\"" << what
+                  << "\"} " << n << '\n';
+            }
+        }
+        o << "# HELP kernelgate_warm_pool_stopped 1: the kernelspec's pool stopped refilling "
+             "(launches kept failing)\n# TYPE kernelgate_warm_pool_stopped gauge\n";
+        for (const auto& [name, st] : pools) {
+            o << "kernelgate_warm_pool_stopped{kernelspec=\"" << name << "\"} "
+              << (st.stopped ? 1 : 0) << '\n';
+        }
+        counter("kernelgate_warm_pool_claims_total", "Kernel starts served from a warm pool",
+                reg.pool_claims_total());
+        counter("kernelgate_warm_pool_misses_total",
+                "Starts of a pooled kernelspec that launched a kernel of their own (none ready, "
+                "or env for a kernel that is not Python)",
+                reg.pool_misses_total());
+    }
     counter("kernelgate_kernel_messages_in_total", "Messages received from live kernels",
             kmsgs_in);
     counter("kernelgate_kernel_messages_out_total", "Messages sent to live kernels", kmsgs_out);

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <iostream>
 #include <optional>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,7 @@ struct serve_options
     bool no_auth = false;
     std::vector<std::string> kernel_dirs;
     std::vector<std::string> env_allow;
+    std::vector<std::string> warm_pool;
     bool no_conda = false;
     std::string kernel_transport = "auto";
     int busy_poll_us = 0;
@@ -166,6 +168,10 @@ int run_serve(serve_options& o, char** argv)
     o.registry.cull_idle_timeout = std::chrono::seconds(o.cull_idle_timeout);
     o.registry.cull_interval = std::chrono::seconds(std::max(1, o.cull_interval));
     o.registry.env_allowlist = {o.env_allow.begin(), o.env_allow.end()};
+    for (const auto& item : o.warm_pool) {
+        o.registry.warm_pool[item.substr(0, item.find('='))] =
+            std::stoul(item.substr(item.find('=') + 1));
+    }
     o.server.ws_ping_interval = std::chrono::seconds(std::max(1, o.ws_ping_interval));
 
     const fs::path data_dir = o.data_dir.empty() ? fs::path(default_data_dir()) : fs::path(o.data_dir);
@@ -507,6 +513,18 @@ int main(int argc, char** argv)
     serve->add_option("--env-allow", o.env_allow,
                       "Environment variable (besides KERNEL_*) a client may pass to a kernel "
                       "(repeatable)");
+    serve->add_option("--warm-pool", o.warm_pool,
+                      "Keep N kernels of a kernelspec started, handed out at once on request: "
+                      "NAME=N (repeatable, or comma-separated)")
+        ->delimiter(',')
+        ->check(CLI::Validator(
+            [](std::string& v) -> std::string {
+                static const std::regex form(R"([a-z0-9._-]+=([1-9][0-9]?))");
+                return std::regex_match(v, form) ? std::string()
+                                                 : "expected NAME=N (N from 1 to 99), got " + v;
+            },
+            "NAME=N"))
+        ->envname("KERNELGATE_WARM_POOL");
     serve->add_option("--launch-timeout", o.launch_timeout,
                       "Seconds a kernel may take to answer kernel_info after launch")
         ->envname("KERNELGATE_LAUNCH_TIMEOUT")

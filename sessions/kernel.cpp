@@ -22,6 +22,9 @@ constexpr std::size_t k_max_routes = 20000;
 // (ipykernel takes ~0.5 s to start) is not flooded with requests.
 constexpr auto k_nudge_first = std::chrono::milliseconds(5);
 constexpr auto k_nudge_max = std::chrono::milliseconds(500);
+// How long output caused by the gateway's own requests (nudges, request_quietly) is looked
+// for: late answers after that are long gone.
+constexpr auto k_quiet_filter = std::chrono::seconds(5);
 
 /// 64 bits identify a session among a kernel's clients (a collision would need two of the
 /// same kernel's clients, i.e. of the same user, to pick colliding session ids).
@@ -305,7 +308,7 @@ void kernel::on_kernel_message(zp::channel ch, zp::message&& msg)
             auto cb = std::move(on_ready_);
             on_ready_ = nullptr;
             state_ = "idle";  // the nudge's own busy/idle pair is not the user's work
-            nudge_filter_until_ = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+            nudge_filter_until_ = std::chrono::steady_clock::now() + k_quiet_filter;
             auto held = std::move(held_);
             held_.clear();
             for (auto& [hch, hmsg] : held) {
@@ -564,6 +567,18 @@ std::string kernel::request(zp::channel ch, std::string_view msg_type,
         return {};
     }
     return channels_->request(ch, msg_type, content_json);
+}
+
+std::string kernel::request_quietly(zp::channel ch, std::string_view msg_type,
+                                    std::string_view content_json)
+{
+    auto id = request(ch, msg_type, content_json);
+    if (!id.empty()) {
+        nudge_ids_.push_back(id);
+        nudge_filter_until_ = std::max(nudge_filter_until_, std::chrono::steady_clock::now() +
+                                                                k_quiet_filter);
+    }
+    return id;
 }
 
 void kernel::broadcast_status(const std::string& execution_state)

@@ -79,6 +79,8 @@ public:
     const std::string& id() const noexcept { return id_; }
     const std::string& spec_name() const noexcept { return spec_name_; }
     const std::string& owner() const noexcept { return owner_; }
+    /// A warm-pool kernel (no owner) handed to a user.
+    void set_owner(std::string owner) { owner_ = std::move(owner); }
     const std::string& execution_state() const noexcept { return state_; }
     void set_execution_state(std::string s) { state_ = std::move(s); }
     clock::time_point last_activity() const noexcept { return last_activity_; }
@@ -116,6 +118,12 @@ public:
     /// A message the gateway originates (interrupt_request, shutdown_request).
     std::string request(zmq_protocol::channel ch, std::string_view msg_type,
                         std::string_view content_json);
+    /// A request of the gateway's own whose output is not the user's (the warm pool's
+    /// set-up of a kernel it hands out): like the start's kernel_info nudges, its iopub
+    /// messages reach no client and leave the execution state alone, and its reply goes
+    /// nowhere. Empty if the kernel is not connected.
+    std::string request_quietly(zmq_protocol::channel ch, std::string_view msg_type,
+                                std::string_view content_json);
 
     /// A client's backlog crossed its high watermark (up) or drained below its low one.
     /// While every client of the kernel is behind, the kernel's output is held back: iopub is

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <csignal>
+#include <filesystem>
 
 #include <boost/asio/post.hpp>
 #include <spdlog/spdlog.h>
@@ -50,6 +51,9 @@ registry::registry(boost::asio::io_context& ioc, kernel_host& host,
         db_.delete_session(row.id);
     }
     schedule_cull();
+    for (const auto& [name, n] : cfg_.warm_pool) {
+        fill_pool(name);
+    }
 }
 
 registry::~registry()
@@ -135,6 +139,10 @@ void registry::start(const std::string& spec_name, const nlohmann::json& env,
                                          std::to_string(cfg_.max_kernels_per_user) + ")"});
             return;
         }
+    }
+    if (auto k = claim_from_pool(*spec, filtered, owner)) {
+        cb(k, std::nullopt);
+        return;
     }
     auto k = std::make_shared<kernel>(ioc_, zp::new_uuid(), spec->name, owner, cfg_.replay);
     k->set_poll_hint(cfg_.poll_hint);
@@ -322,24 +330,45 @@ void registry::shutdown(const kernel_ptr& k, done_callback cb)
 
 void registry::shutdown_all(std::function<void()> done)
 {
+    stopping_ = true;  // the pool is not refilled from here on
     auto all = list();
-    if (all.empty()) {
+    std::vector<kernel_ptr> pooled;
+    for (const auto& [id, pk] : pool_) {
+        pooled.push_back(pk.k);
+    }
+    if (all.empty() && pooled.empty()) {
         boost::asio::post(ioc_, std::move(done));
         return;
     }
-    auto remaining = std::make_shared<std::size_t>(all.size());
-    auto shared_done = std::make_shared<std::function<void()>>(std::move(done));
+    auto remaining = std::make_shared<std::size_t>(all.size() + pooled.size());
+    auto one_done = [remaining, shared_done = std::make_shared<std::function<void()>>(
+                                    std::move(done))] {
+        if (--*remaining == 0) {
+            (*shared_done)();
+        }
+    };
     for (const auto& k : all) {
-        shutdown(k, [remaining, shared_done](std::optional<failure>) {
-            if (--*remaining == 0) {
-                (*shared_done)();
+        shutdown(k, [one_done](std::optional<failure>) { one_done(); });
+    }
+    for (const auto& k : pooled) {
+        stop_process(k, false, [this, k, one_done] {
+            if (k->lifecycle_timer) {
+                k->lifecycle_timer->cancel();
             }
+            k->disconnect();
+            pool_.erase(k->id());
+            launch_env_.erase(k->id());
+            host_.release(k->id());
+            one_done();
         });
     }
 }
 
 void registry::on_exit(const std::string& id, int status)
 {
+    if (on_pool_exit(id)) {
+        return;
+    }
     auto k = find(id);
     if (!k) {
         return;
@@ -429,6 +458,211 @@ void registry::cull()
         ++culled_total_;
         shutdown(k, [](std::optional<failure>) {});
     }
+}
+
+// Warm pool ----------------------------------------------------------------------------
+
+namespace {
+
+/// Python that gives a running kernel what a launch with this env would have: the variables
+/// and, for KERNEL_WORKING_DIR naming a directory, its working directory. JSON strings and
+/// objects of strings are Python literals.
+std::string python_setup(const std::map<std::string, std::string>& env, const std::string& dir)
+{
+    std::string code = "import os as _kg_os\n_kg_os.environ.update(" +
+                       nlohmann::json(env).dump() + ")\n";
+    if (!dir.empty()) {
+        code += "_kg_os.chdir(" + nlohmann::json(dir).dump() + ")\n";
+    }
+    return code + "del _kg_os\n";
+}
+
+bool is_python(const kernelspec& spec)
+{
+    std::string lang = spec.language;
+    std::transform(lang.begin(), lang.end(), lang.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    return lang == "python";
+}
+
+} // namespace
+
+std::map<std::string, pool_status> registry::warm_pools() const
+{
+    std::map<std::string, pool_status> out;
+    for (const auto& [name, n] : cfg_.warm_pool) {
+        auto& st = out[name];
+        st.target = n;
+        auto failed = pool_failures_.find(name);
+        st.stopped = failed != pool_failures_.end() &&
+                     failed->second >= std::max(1, cfg_.restart_limit);
+    }
+    for (const auto& [id, pk] : pool_) {
+        auto& st = out[pk.k->spec_name()];
+        ++(pk.ready ? st.ready : st.starting);
+    }
+    return out;
+}
+
+std::vector<kernel_ptr> registry::pool_kernels() const
+{
+    std::vector<kernel_ptr> out;
+    for (const auto& [id, pk] : pool_) {
+        out.push_back(pk.k);
+    }
+    return out;
+}
+
+void registry::fill_pool(const std::string& name)
+{
+    const auto target = cfg_.warm_pool.find(name);
+    if (stopping_ || target == cfg_.warm_pool.end()) {
+        return;
+    }
+    if (find_spec(name) == nullptr) {
+        spdlog::warn("warm pool: no kernelspec named {}", name);
+        return;
+    }
+    auto have = [&] {
+        return static_cast<std::size_t>(std::count_if(pool_.begin(), pool_.end(), [&](const auto& kv) {
+            return kv.second.k->spec_name() == name;
+        }));
+    };
+    // A launch that fails at once ends this pass: the back-off timer starts the next one.
+    const int failures = pool_failures_[name];
+    while (have() < target->second && pool_failures_[name] == failures &&
+           failures < std::max(1, cfg_.restart_limit)) {
+        launch_pool_kernel(name);
+    }
+}
+
+void registry::launch_pool_kernel(const std::string& name)
+{
+    auto k = std::make_shared<kernel>(ioc_, zp::new_uuid(), name, std::string(), cfg_.replay);
+    k->set_poll_hint(cfg_.poll_hint);
+    pool_.emplace(k->id(), pool_kernel{k, false, ++pool_seq_});
+    launch_into(k, [this, k](std::optional<failure> f) {
+        auto it = pool_.find(k->id());
+        if (it == pool_.end()) {
+            return;  // retired while it started (shutdown_all)
+        }
+        if (f) {
+            spdlog::warn("warm pool: a {} kernel failed to start: {}", k->spec_name(), f->message);
+            pool_.erase(it);
+            launch_env_.erase(k->id());
+            host_.release(k->id());
+            k->disconnect();
+            pool_kernel_failed(k->spec_name());
+            return;
+        }
+        pool_failures_[k->spec_name()] = 0;
+        it->second.ready = true;
+    });
+}
+
+void registry::pool_kernel_failed(const std::string& name)
+{
+    const int failures = ++pool_failures_[name];
+    if (failures >= std::max(1, cfg_.restart_limit)) {
+        spdlog::error("warm pool for {} stopped: {} launches in a row failed; requests start "
+                      "kernels of their own", name, failures);
+        return;
+    }
+    // Back off (1 s, 2 s, ...) so that a broken kernelspec does not spin.
+    auto& timer = pool_timers_[name];
+    if (!timer) {
+        timer = std::make_unique<boost::asio::steady_timer>(ioc_);
+    }
+    timer->expires_after(std::chrono::seconds(failures));
+    timer->async_wait([this, name](const boost::system::error_code& ec) {
+        if (!ec) {
+            fill_pool(name);
+        }
+    });
+}
+
+kernel_ptr registry::claim_from_pool(const kernelspec& spec,
+                                     const std::map<std::string, std::string>& env,
+                                     const std::string& owner)
+{
+    if (!cfg_.warm_pool.contains(spec.name)) {
+        return nullptr;
+    }
+    const pool_kernel* pick = nullptr;
+    for (const auto& [id, pk] : pool_) {
+        if (pk.ready && pk.k->spec_name() == spec.name && pk.k->connected() && host_.alive(id) &&
+            (pick == nullptr || pk.seq < pick->seq)) {
+            pick = &pk;
+        }
+    }
+    // A pool kernel was launched without the request's env: only a Python kernel can be
+    // given it afterwards.
+    if (pick == nullptr || (!env.empty() && !is_python(spec))) {
+        ++pool_misses_total_;
+        return nullptr;
+    }
+    kernel_ptr k = pick->k;
+    pool_.erase(k->id());
+    k->set_owner(owner);
+    k->touch();
+    kernels_.emplace(k->id(), k);
+    launch_env_[k->id()] = env;  // a restart launches with it
+    ++started_total_;
+    ++pool_claims_total_;
+    persist(k);
+    if (!env.empty()) {
+        std::string dir;
+        if (auto it = env.find("KERNEL_WORKING_DIR"); it != env.end()) {
+            std::error_code ec;
+            if (std::filesystem::is_directory(it->second, ec)) {
+                dir = it->second;
+            }
+        }
+        // On shell ahead of the client's first request, which the kernel handles after it.
+        k->request_quietly(zp::channel::shell, "execute_request",
+                           nlohmann::json{{"code", python_setup(env, dir)},
+                                          {"silent", true},
+                                          {"store_history", false},
+                                          {"user_expressions", nlohmann::json::object()},
+                                          {"allow_stdin", false},
+                                          {"stop_on_error", false}}
+                               .dump());
+    }
+    spdlog::info("kernel {} ({}) handed out from the warm pool", k->id(), spec.name);
+    fill_pool(spec.name);
+    return k;
+}
+
+bool registry::on_pool_exit(const std::string& id)
+{
+    auto it = pool_.find(id);
+    if (it == pool_.end()) {
+        return false;
+    }
+    const kernel_ptr k = it->second.k;
+    k->disconnect();
+    if (k->lifecycle_timer) {
+        k->lifecycle_timer->cancel();
+    }
+    if (!k->exit_waiters.empty()) {  // retired by shutdown_all
+        auto waiters = std::move(k->exit_waiters);
+        k->exit_waiters.clear();
+        for (auto& w : waiters) {
+            w();
+        }
+        return true;
+    }
+    if (!it->second.ready) {
+        k->abort_ready();  // its launch fails now, and counts as a failure
+        return true;
+    }
+    spdlog::warn("warm pool: a waiting {} kernel exited; starting another", k->spec_name());
+    const std::string name = k->spec_name();
+    pool_.erase(it);
+    launch_env_.erase(id);
+    host_.release(id);
+    pool_kernel_failed(name);
+    return true;
 }
 
 std::vector<session_record> registry::sessions() const

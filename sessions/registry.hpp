@@ -39,6 +39,18 @@ struct registry_config
     replay_limits replay;
     std::string default_working_dir;                ///< empty: the gateway's cwd
     common::poll_hint* poll_hint = nullptr;         ///< predictive polling (kernel::set_poll_hint)
+    /// Warm pool: kernelspec name -> kernels kept started and ready for the next request
+    /// (see registry::start).
+    std::map<std::string, std::size_t> warm_pool;
+};
+
+/// One kernelspec's warm pool, for /metrics.
+struct pool_status
+{
+    std::size_t target = 0;    ///< kernels it keeps
+    std::size_t ready = 0;     ///< started and waiting for a request
+    std::size_t starting = 0;
+    bool stopped = false;      ///< launches kept failing: no more refills
 };
 
 /// Why an operation failed, in HTTP terms (the gateway maps it straight to a response).
@@ -79,6 +91,12 @@ public:
     std::string default_spec() const;
 
     // Kernels.
+    /// Starts a kernel of spec_name (empty: the default) for owner, with the request's env
+    /// (filter_env). With a warm pool for the spec, a ready pool kernel is handed out at once
+    /// and a new one starts in its place. The request's env and KERNEL_WORKING_DIR are then
+    /// applied inside the kernel (a silent execute_request of os.environ.update and os.chdir,
+    /// sent before anything the client sends), so only Python kernels take them from the pool;
+    /// a request another kernel would need them for starts a kernel of its own.
     void start(const std::string& spec_name, const nlohmann::json& env, const std::string& owner,
                start_callback cb);
     kernel_ptr find(const std::string& id) const;
@@ -107,6 +125,14 @@ public:
     std::uint64_t kernels_restarted_total() const noexcept { return restarted_total_; }
     std::uint64_t kernels_died_total() const noexcept { return died_total_; }
     std::uint64_t kernels_culled_total() const noexcept { return culled_total_; }
+    std::map<std::string, pool_status> warm_pools() const;
+    /// The kernels in the warm pools, starting or ready (list() leaves them out: they belong
+    /// to no one yet).
+    std::vector<kernel_ptr> pool_kernels() const;
+    /// Requests served from a warm pool / for a pooled kernelspec that started a kernel
+    /// of their own (none ready, or the request's env needs a Python kernel).
+    std::uint64_t pool_claims_total() const noexcept { return pool_claims_total_; }
+    std::uint64_t pool_misses_total() const noexcept { return pool_misses_total_; }
 
 private:
     void on_exit(const std::string& id, int status);
@@ -115,6 +141,14 @@ private:
     void persist(const kernel_ptr& k);
     void schedule_cull();
     void cull();
+    // Warm pool.
+    void fill_pool(const std::string& spec_name);
+    void launch_pool_kernel(const std::string& spec_name);
+    void pool_kernel_failed(const std::string& spec_name);
+    kernel_ptr claim_from_pool(const kernelspec& spec,
+                               const std::map<std::string, std::string>& env,
+                               const std::string& owner);
+    bool on_pool_exit(const std::string& id);
 
     boost::asio::io_context& ioc_;
     kernel_host& host_;
@@ -131,6 +165,20 @@ private:
     std::uint64_t restarted_total_ = 0;
     std::uint64_t died_total_ = 0;
     std::uint64_t culled_total_ = 0;
+
+    struct pool_kernel
+    {
+        kernel_ptr k;
+        bool ready = false;
+        std::uint64_t seq = 0;  ///< launch order: the oldest ready one is handed out first
+    };
+    std::map<std::string, pool_kernel> pool_;               ///< by kernel id; no owner yet
+    std::map<std::string, int> pool_failures_;              ///< launches in a row, per spec
+    std::map<std::string, std::unique_ptr<boost::asio::steady_timer>> pool_timers_;  ///< back-off
+    std::uint64_t pool_seq_ = 0;
+    std::uint64_t pool_claims_total_ = 0;
+    std::uint64_t pool_misses_total_ = 0;
+    bool stopping_ = false;                                 ///< shutdown_all: no refills
 };
 
 } // namespace kernelgate::sessions

@@ -541,3 +541,167 @@ TEST_CASE("port picker: launches close together never share a port")
     }
     CHECK(repeats > 0);
 }
+
+namespace {
+
+/// Runs until every warm pool has all its kernels ready.
+bool pools_ready(fixture& fx, std::chrono::milliseconds limit = 40s)
+{
+    return fx.run_until(
+        [&] {
+            for (const auto& [name, st] : fx.reg->warm_pools()) {
+                if (st.ready < st.target) {
+                    return false;
+                }
+            }
+            return true;
+        },
+        limit);
+}
+
+/// reg->start, and whether its callback came before the loop ran again (a pool hand-out:
+/// nothing to wait for).
+struct start_result
+{
+    kernel_ptr k;
+    std::optional<failure> f;
+    bool at_once = false;
+};
+
+start_result start_with(fixture& fx, const std::string& name, const nlohmann::json& env)
+{
+    start_result r;
+    bool done = false;
+    fx.reg->start(name, env, "tester", [&](kernel_ptr k, std::optional<failure> f) {
+        r.k = std::move(k);
+        r.f = std::move(f);
+        done = true;
+    });
+    r.at_once = done;
+    REQUIRE(fx.run_until([&] { return done; }, 40s));
+    return r;
+}
+
+} // namespace
+
+TEST_CASE("warm pool: a Python kernel is handed out at once and set up as the request asks")
+{
+    registry_config cfg;
+    cfg.warm_pool = {{"python3", 1}};
+    fixture fx(cfg);
+    REQUIRE(pools_ready(fx));
+    CHECK(fx.reg->size() == 0);  // pool kernels belong to no one and are not listed
+    CHECK(fx.db->kernels().empty());
+    const auto pooled = fx.reg->pool_kernels();
+    REQUIRE(pooled.size() == 1);
+
+    char tmpl[] = "/tmp/kg-pool-cwd-XXXXXX";
+    const fs::path cwd = ::mkdtemp(tmpl);
+    const auto r = start_with(fx, "python3",
+                              {{"KERNEL_USERNAME", "ann"}, {"KERNEL_WORKING_DIR", cwd.string()}});
+    REQUIRE_FALSE(r.f);
+    CHECK(r.at_once);
+    CHECK(r.k == pooled.front());
+    CHECK(r.k->owner() == "tester");
+    CHECK(fx.reg->find(r.k->id()) == r.k);
+    CHECK(fx.reg->pool_claims_total() == 1);
+    CHECK(fx.reg->kernels_started_total() == 1);
+    CHECK(fx.db->kernels().size() == 1);
+
+    // The client's first request runs after the set-up: the env and the working dir are there.
+    auto s = std::make_shared<sink>();
+    r.k->attach(s);
+    const auto id = fx.execute(*r.k, *s,
+                               "import os; print('CWD=' + os.getcwd(), "
+                               "'USER=' + os.environ['KERNEL_USERNAME'])");
+    REQUIRE(fx.wait_reply(*s, id));
+    CHECK(fx.run_until([&] { return s->saw("stream", "CWD=" + cwd.string() + " USER=ann"); }, 5s));
+    // The set-up's own output reached no one, and it did not count as the user's cell.
+    for (const auto& e : s->events) {
+        CHECK(zp::json_string_field(e->msg.parent_header, "msg_id") == id);
+        if (e->msg_type == "execute_reply") {
+            CHECK(nlohmann::json::parse(e->msg.content).at("execution_count") == 1);
+        }
+    }
+    CHECK(fx.run_until([&] { return r.k->execution_state() == "idle"; }, 5s));
+
+    // Another kernel takes the handed-out one's place.
+    REQUIRE(pools_ready(fx));
+    REQUIRE(fx.reg->pool_kernels().size() == 1);
+    CHECK(fx.reg->pool_kernels().front() != r.k);
+    CHECK(fx.reg->size() == 1);
+    fs::remove_all(cwd);
+}
+
+TEST_CASE("warm pool: other kernels only without env and a dead pool kernel is replaced "
+          "and shutdown stops the pool")
+{
+    // ipykernel under a spec that says it is not Python: the gateway cannot set it up.
+    char tmpl[] = "/tmp/kg-pool-spec-XXXXXX";
+    const fs::path d = ::mkdtemp(tmpl);
+    fs::create_directories(d / "other");
+    std::ofstream(d / "other" / "kernel.json")
+        << R"J({"argv":["/usr/bin/python3","-m","ipykernel_launcher","-f","{connection_file}"],
+              "display_name":"Other","language":"other"})J";
+    discovery_options disc;
+    disc.extra_kernel_dirs = {d};
+    registry_config cfg;
+    cfg.warm_pool = {{"other", 1}};
+    fixture fx(cfg, disc);
+    REQUIRE(pools_ready(fx));
+
+    const auto with_env = start_with(fx, "other", {{"KERNEL_USERNAME", "ann"}});
+    REQUIRE_FALSE(with_env.f);
+    CHECK_FALSE(with_env.at_once);  // started a kernel of its own
+    CHECK(fx.reg->pool_misses_total() == 1);
+    CHECK(fx.reg->pool_claims_total() == 0);
+    CHECK(fx.reg->warm_pools().at("other").ready == 1);
+
+    const auto plain = start_with(fx, "other", nlohmann::json::object());
+    REQUIRE_FALSE(plain.f);
+    CHECK(plain.at_once);
+    CHECK(fx.reg->pool_claims_total() == 1);
+
+    // A pool kernel that dies while it waits is replaced (and is no user's kernel death).
+    REQUIRE(pools_ready(fx));
+    const auto waiting = fx.reg->pool_kernels().front();
+    ::kill(fx.host->pid(waiting->id()), SIGKILL);
+    REQUIRE(fx.run_until([&] {
+        const auto now = fx.reg->pool_kernels();
+        return now.size() == 1 && now.front() != waiting &&
+               fx.reg->warm_pools().at("other").ready == 1;
+    }, 40s));
+    CHECK(fx.reg->kernels_died_total() == 0);
+    CHECK_FALSE(fx.reg->warm_pools().at("other").stopped);
+
+    const auto last = fx.reg->pool_kernels().front();
+    const auto pid = fx.host->pid(last->id());
+    bool done = false;
+    fx.reg->shutdown_all([&] { done = true; });
+    REQUIRE(fx.run_until([&] { return done; }, 15s));
+    CHECK(fx.reg->pool_kernels().empty());
+    CHECK(::kill(pid, 0) != 0);  // the process is gone
+    fs::remove_all(d);
+}
+
+TEST_CASE("warm pool: a kernelspec that keeps failing stops its pool and starts still answer")
+{
+    char tmpl[] = "/tmp/kg-pool-bad-XXXXXX";
+    const fs::path d = ::mkdtemp(tmpl);
+    fs::create_directories(d / "nope");
+    std::ofstream(d / "nope" / "kernel.json")
+        << R"({"argv":["/nonexistent/python","-f","{connection_file}"],"display_name":"x"})";
+    discovery_options disc;
+    disc.extra_kernel_dirs = {d};
+    registry_config cfg;
+    cfg.warm_pool = {{"nope", 2}};
+    cfg.restart_limit = 2;
+    fixture fx(cfg, disc);
+    REQUIRE(fx.run_until([&] { return fx.reg->warm_pools().at("nope").stopped; }, 10s));
+    CHECK(fx.reg->pool_kernels().empty());
+    const auto r = start_with(fx, "nope", nlohmann::json::object());
+    REQUIRE(r.f);
+    CHECK_THAT(r.f->message, Catch::Contains("No such file"));
+    CHECK(fx.reg->pool_misses_total() == 1);
+    fs::remove_all(d);
+}
