@@ -42,7 +42,8 @@ import requests
 import websocket
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-from conftest import ManagedProcess, clean_child_env, free_port, kernelgate_binary  # noqa: E402
+from conftest import (ManagedProcess, _pids_with_marker, clean_child_env,  # noqa: E402
+                      free_port, kernelgate_binary)
 from kg_client import (LEGACY, V1, ChannelClient, Deadline, RestClient, expect,  # noqa: E402
                        poll_until)
 
@@ -1323,6 +1324,70 @@ def test_kernel_limits_per_user_and_global_count_starts_in_flight(tmp_path_facto
             expect(g.delete(f"/api/kernels/{k['id']}"), 204)
     finally:
         g.stop()
+
+
+# =====================================================================================
+# Warm pool: a kernel started ahead is each user's own, set up as their request asks
+# =====================================================================================
+
+def pool_gauge(g: UserGateway, spec: str, state: str) -> int:
+    text = expect(g.get("/metrics"), 200).text
+    m = re.search(rf'^kernelgate_warm_pool_kernels\{{kernelspec="{re.escape(spec)}",'
+                  rf'state="{state}"\}} (\d+)$', text, re.M)
+    assert m, f"no warm pool gauge for {spec}/{state}"
+    return int(m.group(1))
+
+
+def test_warm_pool_hands_each_user_a_fresh_kernel_set_up_as_asked(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pool")
+    g = UserGateway(tmp, ["--warm-pool", "pyreal=1,echo=1"])
+    try:
+        poll_until(lambda: pool_gauge(g, "pyreal", "ready") == 1 and
+                   pool_gauge(g, "echo", "ready") == 1, 45, "warm pools ready")
+        # Kernels waiting in the pool belong to no one: not even the admin lists them.
+        assert expect(g.get("/api/kernels"), 200).json() == []
+        alice, bob = g.cli_token("wp-alice"), g.cli_token("wp-bob")
+        work = tmp / "alice-work"
+        work.mkdir()
+        ka = alice.start("pyreal", env={"KERNEL_WORKING_DIR": str(work), "KERNEL_X": "x1",
+                                        "KERNEL_USERNAME": "root"})
+        assert g.metric("kernelgate_warm_pool_claims_total") == 1
+        cha = alice.channel(ka, V1)
+        res = cha.run("import os; print(os.getcwd(), os.environ['KERNEL_USERNAME'], "
+                      "os.environ['KERNEL_X'])", timeout=30)
+        # The working dir and env of the request, KERNEL_USERNAME from the token (as in a
+        # cold start), and the set-up did not count as a cell.
+        assert res.stdout().split() == [str(work), "wp-alice", "x1"], res
+        assert res.reply.content["execution_count"] == 1, res.reply.content
+        assert cha.run("secret = 42", timeout=30).status == "ok"
+
+        # The pool fills again; bob gets another kernel, his own and fresh.
+        poll_until(lambda: pool_gauge(g, "pyreal", "ready") == 1, 45, "pool refilled")
+        kb = bob.start("pyreal")
+        assert kb != ka
+        assert g.metric("kernelgate_warm_pool_claims_total") == 2
+        chb = bob.channel(kb)
+        res = chb.run("import os; print(os.environ['KERNEL_USERNAME'], 'secret' in globals())",
+                      timeout=30)
+        assert res.stdout().split() == ["wp-bob", "False"], res
+        assert [k["id"] for k in expect(alice.get("/api/kernels"), 200).json()] == [ka]
+        assert [k["id"] for k in expect(bob.get("/api/kernels"), 200).json()] == [kb]
+        assert bob.get(f"/api/kernels/{ka}").status_code == 404
+        assert {k["id"] for k in expect(g.get("/api/kernels"), 200).json()} == {ka, kb}
+
+        # The echo kernel is not Python: KERNEL_USERNAME cannot be set in it afterwards, so a
+        # request starts a kernel of its own and the pooled one keeps waiting.
+        ke = alice.start("echo")
+        assert g.metric("kernelgate_warm_pool_misses_total") == 1
+        assert g.metric("kernelgate_warm_pool_claims_total") == 2
+        assert pool_gauge(g, "echo", "ready") == 1
+        assert ke not in (ka, kb)
+        cha.close()
+        chb.close()
+    finally:
+        g.stop()
+    # SIGTERM stopped the pool's kernels with the others: nothing of this gateway is left.
+    poll_until(lambda: not _pids_with_marker(g.marker), 15, "kernels gone after SIGTERM")
 
 
 # =====================================================================================
