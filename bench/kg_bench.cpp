@@ -1778,6 +1778,7 @@ struct options
     std::string transport = "tcp";
     int repeat = 3;
     int start_n = 3;
+    int start_gap_ms = 0;
     std::string pair_kernelspec;  ///< gateway: start: also start this kernel directly, in turns
     int rt = 2000;
     int flood = 20000;
@@ -2016,6 +2017,9 @@ private:
         std::vector<double> pair_ki_ms;
         std::vector<double> diff_ms;
         for (int i = 0; i < std::max(1, opts_.start_n); ++i) {
+            if (i > 0 && opts_.start_gap_ms > 0) {
+                co_await sleep_for(std::chrono::milliseconds(opts_.start_gap_ms));
+            }
             std::optional<start_times> direct;
             if (pair_ != nullptr && i % 2 == 0) {
                 direct = co_await start_once(*pair_);
@@ -2599,7 +2603,7 @@ int run_main(options& o)
     }
     doc["dialect"] = o.dialect;
     doc["protocol"] = protocol;
-    doc["settings"] = {{"repeat", o.repeat},       {"start_n", o.start_n},
+    doc["settings"] = {{"repeat", o.repeat},       {"start_n", o.start_n}, {"start_gap_ms", o.start_gap_ms},
                        {"rt", o.rt},               {"flood", o.flood},
                        {"window", o.window},       {"iopub_flood", o.iopub_flood},
                        {"iopub_size", o.iopub_size}, {"stream_bytes", o.stream_bytes},
@@ -2715,6 +2719,9 @@ int main(int argc, char** argv)
     app.add_option("--scenarios", o.scenarios, "comma-separated scenarios, or all")->capture_default_str();
     app.add_option("--repeat", o.repeat, "runs of each scenario (medians are reported)")->capture_default_str();
     app.add_option("--start-n", o.start_n, "start: kernel starts per run (median)")->capture_default_str();
+    app.add_option("--start-gap-ms", o.start_gap_ms,
+                   "start: pause between starts (a gateway's warm pool refills meanwhile)")
+        ->capture_default_str();
     app.add_option("--pair-kernelspec", o.pair_kernelspec,
                    "gateway: start: also launch this kernel.json directly, taking turns with "
                    "the gateway's starts, and report the median difference within the pairs "

@@ -12,6 +12,8 @@
 #   kernelgate-busy-poll    kernelgate --busy-poll (opt-in: the loop polls after all work
 #                           instead of only for expected messages, paused under CPU
 #                           pressure), v1 frames, the latency and fan-out scenarios
+#   kernelgate-warm         kernelgate --warm-pool python3=1: kernel start only, python3 only
+#                           (starts 1.5 s apart, so the pool refills between them)
 #   jupyter-server          Debian's Jupyter Server 1.23, default configuration
 #   jupyter-server-nodelay  the same with bench/jupyter_server_nodelay.py (TCP_NODELAY on the
 #                           kernel WebSockets, iopub rate limit off)
@@ -34,7 +36,7 @@ usage: bench/run.sh [--quick | --full] [options]
   --out DIR           raw kg-bench JSON and logs (default: a new temp dir, kept)
   --json FILE         combined results (default: OUT/results.json)
   --repeat N          repeats per measurement (default: 1 quick, 3 full)
-  --targets LIST      comma list of targets (default: all seven, see the header of this file)
+  --targets LIST      comma list of targets (default: all eight, see the header of this file)
   --kernels LIST      comma list of kernels: echo, python3 (default: both), and
                       echo-libzmq: the echo kernel on libzmq sockets (kg-echo-kernel
                       --libzmq), to see what the kernel's own transport costs
@@ -57,7 +59,7 @@ KG_BIN=""
 OUT=""
 JSON=""
 REPEAT=""
-TARGETS="direct,kernelgate,kernelgate-legacy,kernelgate-sleep,kernelgate-busy-poll,jupyter-server,jupyter-server-nodelay"
+TARGETS="direct,kernelgate,kernelgate-legacy,kernelgate-sleep,kernelgate-busy-poll,kernelgate-warm,jupyter-server,jupyter-server-nodelay"
 BUSY_POLL=200
 KERNELS="echo,python3"
 TRANSPORT=ipc
@@ -229,16 +231,18 @@ free_port() {
 }
 
 # Starts a gateway; sets GW_PID and GW_URL.
-# $1: kernelgate | kernelgate-sleep | kernelgate-busy-poll | jupyter-server | jupyter-server-nodelay
+# $1: kernelgate | kernelgate-sleep | kernelgate-busy-poll | kernelgate-warm | jupyter-server |
+#     jupyter-server-nodelay
 start_gateway() {
     local kind="$1" log="$OUT/logs/$1-$(date +%s%N).log" deadline port line
     deadline=$((SECONDS + 60))
     case "$kind" in
-        kernelgate|kernelgate-sleep|kernelgate-busy-poll)
+        kernelgate|kernelgate-sleep|kernelgate-busy-poll|kernelgate-warm)
             local data="$WORK/kg-data" mode=()
             case "$kind" in
                 kernelgate-sleep) data="$WORK/kg-data-sleep"; mode=(--predictive-poll 0) ;;
                 kernelgate-busy-poll) data="$WORK/kg-data-poll"; mode=(--busy-poll "$BUSY_POLL") ;;
+                kernelgate-warm) data="$WORK/kg-data-warm"; mode=(--warm-pool python3=1) ;;
             esac
             rm -rf "$data"
             "$WORK/bin/kg-bench-gateway" serve --ip 127.0.0.1 --port 0 --data-dir "$data" \
@@ -395,6 +399,24 @@ if has "$TARGETS" direct || [ "$KG_DATA" = 1 ]; then
     [ "$KG_DATA" = 1 ] && stop_gateway
     has "$TARGETS" kernelgate-sleep && stop_gateway "$SLEEP_PID"
     has "$TARGETS" kernelgate-busy-poll && stop_gateway "$POLL_PID"
+fi
+
+# ---- 2b. kernelgate with a warm pool: kernel start (python3) --------------------------------
+# A REST request always carries KERNEL_USERNAME, which only a Python kernel can be given after
+# it started, so the pool serves python3 only. The starts are 1.5 s apart: ipykernel takes
+# about 0.7 s to start, and each start has to find the pool refilled.
+if has "$TARGETS" kernelgate-warm && has "$KERNELS" python3; then
+    start_gateway kernelgate-warm
+    until curl -sf -H "Authorization: token $TOKEN" "$GW_URL/metrics" |
+            grep -q '^kernelgate_warm_pool_kernels{kernelspec="python3",state="ready"} 1$'; do
+        if [ $SECONDS -ge $((T0 + 600)) ] || ! kill -0 "$GW_PID" 2>/dev/null; then
+            echo "run.sh: kernelgate-warm's pool never got ready" >&2; FAILED=1; break
+        fi
+        sleep 0.2
+    done
+    # shellcheck disable=SC2046
+    bench kernelgate-warm python3 start $(gateway_args v1) --start-gap-ms 1500 || FAILED=1
+    stop_gateway
 fi
 
 # ---- 3. Jupyter Server, default and nodelay ------------------------------------------------

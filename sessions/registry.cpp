@@ -464,6 +464,8 @@ void registry::cull()
 
 namespace {
 
+constexpr auto k_pool_refill_delay = std::chrono::milliseconds(100);
+
 /// Python that gives a running kernel what a launch with this env would have: the variables
 /// and, for KERNEL_WORKING_DIR naming a directory, its working directory. JSON strings and
 /// objects of strings are Python literals.
@@ -569,11 +571,19 @@ void registry::pool_kernel_failed(const std::string& name)
         return;
     }
     // Back off (1 s, 2 s, ...) so that a broken kernelspec does not spin.
+    refill_later(name, std::chrono::seconds(failures));
+}
+
+void registry::refill_later(const std::string& name, std::chrono::milliseconds delay)
+{
     auto& timer = pool_timers_[name];
     if (!timer) {
         timer = std::make_unique<boost::asio::steady_timer>(ioc_);
     }
-    timer->expires_after(std::chrono::seconds(failures));
+    if (timer->expiry() > boost::asio::steady_timer::clock_type::now()) {
+        return;  // a refill (or a back-off) is already due
+    }
+    timer->expires_after(delay);
     timer->async_wait([this, name](const boost::system::error_code& ec) {
         if (!ec) {
             fill_pool(name);
@@ -629,7 +639,9 @@ kernel_ptr registry::claim_from_pool(const kernelspec& spec,
                                .dump());
     }
     spdlog::info("kernel {} ({}) handed out from the warm pool", k->id(), spec.name);
-    fill_pool(spec.name);
+    // A launch spawns a process and writes its connection file: milliseconds that neither
+    // this answer nor the client's first exchange with its kernel should wait for.
+    refill_later(spec.name, k_pool_refill_delay);
     return k;
 }
 

@@ -145,6 +145,8 @@ private:
     void fill_pool(const std::string& spec_name);
     void launch_pool_kernel(const std::string& spec_name);
     void pool_kernel_failed(const std::string& spec_name);
+    /// fill_pool after `delay`, unless a refill is already due.
+    void refill_later(const std::string& spec_name, std::chrono::milliseconds delay);
     kernel_ptr claim_from_pool(const kernelspec& spec,
                                const std::map<std::string, std::string>& env,
                                const std::string& owner);
