@@ -222,7 +222,7 @@ class ManagedProcess:
 class Gateway(RestClient):
     """A running gateway: REST helpers, kernel bookkeeping and WebSocket channel factory."""
 
-    def __init__(self, kind: str, tmp: Path):
+    def __init__(self, kind: str, tmp: Path, extra: Optional[List[str]] = None):
         self.kind = kind
         self.tmp = tmp
         self.token = secrets.token_hex(16)
@@ -234,7 +234,7 @@ class Gateway(RestClient):
         env = clean_child_env(tmp, self.marker)
         if kind == "kernelgate":
             argv = [kernelgate_binary(), "serve", "--ip", "127.0.0.1", "--port", str(self.port),
-                    "--data-dir", str(self.data_dir), "--auth-token", self.token]
+                    "--data-dir", str(self.data_dir), "--auth-token", self.token, *(extra or [])]
         else:
             root = tmp / "root"
             root.mkdir(exist_ok=True)
@@ -341,9 +341,11 @@ class Gateway(RestClient):
         return self.process.stop()
 
 
-def launch_gateway(tmp: Path, kind: Optional[str] = None) -> Gateway:
+def launch_gateway(tmp: Path, kind: Optional[str] = None,
+                   extra: Optional[List[str]] = None) -> Gateway:
+    """extra: more `kernelgate serve` options (kernelgate only)."""
     kind = kind or gateway_kind()
-    g = Gateway(kind, tmp)
+    g = Gateway(kind, tmp, extra)
     g.wait_ready()
     return g
 

@@ -4,13 +4,14 @@
 their /api/kernels/{id}/channels WebSocket, which they proxy to the gateway with legacy frames)."""
 from __future__ import annotations
 
+import re
 import secrets
 import time
 import uuid
 
 import pytest
 
-from conftest import SYSTEM_PYTHON, ManagedProcess, clean_child_env, free_port
+from conftest import SYSTEM_PYTHON, ManagedProcess, clean_child_env, free_port, launch_gateway
 from kg_client import LEGACY, ChannelClient, RestClient, expect, poll_until
 
 FRONTENDS = ("jupyter_server", "notebook")
@@ -175,3 +176,39 @@ def test_shutdown_through_frontend(frontend, gw):
     assert r.status_code == 404 or (frontend.kind == "notebook" and r.status_code == 200
                                     and r.json() is None), (r.status_code, r.text[:300])
     assert kid not in [k["id"] for k in expect(frontend.get("/api/kernels"), 200).json()]
+
+
+def test_warm_pool_kernel_through_jupyter_server_gets_the_notebooks_directory(tmp_path):
+    """Jupyter Server asks for a kernel for a notebook in a subdirectory: it sends that
+    directory as KERNEL_WORKING_DIR. A kernel from kernelgate's warm pool runs there, as a
+    freshly launched one would."""
+    gw = launch_gateway(tmp_path / "gw", extra=["--warm-pool", "python3=1"])
+    fe = None
+    try:
+        if gw.is_reference:
+            pytest.skip("--warm-pool is kernelgate's")
+
+        def ready() -> bool:
+            text = expect(gw.get("/metrics"), 200).text
+            return re.search(r'^kernelgate_warm_pool_kernels\{kernelspec="python3",'
+                             r'state="ready"\} 1$', text, re.M) is not None
+        poll_until(ready, 45, "the warm pool's kernel")
+        fe = Frontend("jupyter_server", gw, tmp_path / "fe")
+        sub = tmp_path / "fe" / "root" / "lab"
+        sub.mkdir()
+        model = expect(fe.post("/api/sessions", {"path": "lab/analysis.ipynb", "type": "notebook",
+                                                 "kernel": {"name": "python3"}}), 201).json()
+        kid = model["kernel"]["id"]
+        fe.kernels.append(kid)
+        metrics = expect(gw.get("/metrics"), 200).text
+        assert re.search(r"^kernelgate_warm_pool_claims_total 1$", metrics, re.M), \
+            "the kernel did not come from the pool"
+        ch = fe.open_channel(kid)
+        res = ch.run("import os; print(os.getcwd())")
+        assert res.status == "ok", res
+        assert res.stdout().strip() == str(sub), res
+        assert res.reply.content["execution_count"] == 1, res.reply.content
+    finally:
+        if fe is not None:
+            fe.stop()
+        gw.stop()
