@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <iostream>
 #include <optional>
+#include <algorithm>
 #include <regex>
 #include <string>
 #include <vector>
@@ -391,6 +392,55 @@ nlohmann::json token_row(const kg::auth::token_info& t)
                                         : nlohmann::json()}};
 }
 
+/// Applies `serve --config FILE` to the options neither the command line nor the environment
+/// set (CLI11 2.1 reads a subcommand's config file only for the root command). Keys are the
+/// long option names, at the top level or in a [serve] section. An unknown key, a value
+/// the option refuses or an unreadable file is an error (exit 2), not a silent default.
+void apply_config_file(CLI::App& cmd)
+{
+    const CLI::Option* cfg = cmd.get_config_ptr();
+    if (cfg == nullptr || cfg->count() == 0) {
+        return;
+    }
+    const auto path = cfg->as<std::string>();
+    CLI::ConfigTOML format;  // reads TOML and INI alike
+    std::vector<CLI::ConfigItem> items;
+    try {
+        items = format.from_file(path);
+    } catch (const CLI::Error& e) {
+        throw CLI::FileError("config file " + path + ": " + e.what());
+    }
+    for (const auto& item : items) {
+        if (item.name == "++" || item.name == "--") {
+            continue;  // a section starts or ends
+        }
+        if (!item.parents.empty() && item.parents != std::vector<std::string>{cmd.get_name()}) {
+            throw CLI::ConfigError("config file " + path + ": unknown section [" +
+                                   item.fullname().substr(0, item.fullname().rfind('.')) + "]");
+        }
+        std::string name = item.name;
+        std::replace(name.begin(), name.end(), '_', '-');
+        CLI::Option* op = cmd.get_option_no_throw("--" + name);
+        if (op == nullptr || op == cfg || !op->get_configurable()) {
+            throw CLI::ConfigError("config file " + path + ": unknown option \"" + item.name +
+                                   "\" (see kernelgate serve --help)");
+        }
+        if (op->count() > 0) {
+            continue;  // the command line or the environment said otherwise
+        }
+        try {
+            if (op->get_expected_min() == 0) {  // a flag: true/false, yes/no, 1/0
+                op->add_result(op->get_flag_value(name, format.to_flag(item)));
+            } else {
+                op->add_result(item.inputs);
+            }
+            op->run_callback();
+        } catch (const CLI::Error& e) {
+            throw CLI::ConfigError("config file " + path + ": " + item.name + ": " + e.what());
+        }
+    }
+}
+
 } // namespace
 
 int main(int argc, char** argv)
@@ -670,6 +720,14 @@ int main(int argc, char** argv)
     ks->add_flag("--json", ks_json, "Print JSON");
 
     CLI11_PARSE(app, argc, argv);
+    if (serve->parsed()) {
+        try {
+            apply_config_file(*serve);
+        } catch (const CLI::Error& e) {
+            std::cerr << "kernelgate serve: " << e.what() << std::endl;
+            return 2;
+        }
+    }
     try {
         if (serve->parsed()) {
             return run_serve(o, argv);
