@@ -138,6 +138,19 @@ struct fixture
     }
 };
 
+/// A new temporary directory holding one kernelspec, `name`, with this kernel.json.
+fs::path spec_dir(const std::string& name, const std::string& kernel_json)
+{
+    char tmpl[] = "/tmp/kg-spec-XXXXXX";
+    const fs::path d = ::mkdtemp(tmpl);
+    fs::create_directories(d / name);
+    std::ofstream(d / name / "kernel.json") << kernel_json;
+    return d;
+}
+
+constexpr const char* k_missing_program =
+    R"({"argv":["/nonexistent/python","-f","{connection_file}"],"display_name":"x"})";
+
 } // namespace
 
 TEST_CASE("real kernel: start, execute, stream, error")
@@ -365,11 +378,7 @@ TEST_CASE("replay: output while disconnected reaches the same session_id on reco
 
 TEST_CASE("a spec whose program does not exist fails with a clear error")
 {
-    char tmpl[] = "/tmp/kg-badspec-XXXXXX";
-    const fs::path d = ::mkdtemp(tmpl);
-    fs::create_directories(d / "nope");
-    std::ofstream(d / "nope" / "kernel.json")
-        << R"({"argv":["/nonexistent/python","-f","{connection_file}"],"display_name":"x"})";
+    const fs::path d = spec_dir("nope", k_missing_program);
     discovery_options disc;
     disc.extra_kernel_dirs = {d};
     fixture fx({}, disc);
@@ -430,13 +439,10 @@ TEST_CASE("a conda environment with ipykernel runs as its own kernel")
 
 TEST_CASE("interrupt_mode message sends interrupt_request on control")
 {
-    char tmpl[] = "/tmp/kg-msgint-XXXXXX";
-    const fs::path d = ::mkdtemp(tmpl);
-    fs::create_directories(d / "pymsg");
-    std::ofstream(d / "pymsg" / "kernel.json")
-        << R"J({"argv":["/usr/bin/python3","-m","ipykernel_launcher","-f","{connection_file}"],
-              "display_name":"Python (message interrupts)","language":"python",
-              "interrupt_mode":"message"})J";
+    const fs::path d = spec_dir(
+        "pymsg", R"J({"argv":["/usr/bin/python3","-m","ipykernel_launcher","-f","{connection_file}"],
+                     "display_name":"Python (message interrupts)","language":"python",
+                     "interrupt_mode":"message"})J");
     discovery_options disc;
     disc.extra_kernel_dirs = {d};
     fixture fx({}, disc);
@@ -637,12 +643,9 @@ TEST_CASE("warm pool: other kernels only without env and a dead pool kernel is r
           "and shutdown stops the pool")
 {
     // ipykernel under a spec that says it is not Python: the gateway cannot set it up.
-    char tmpl[] = "/tmp/kg-pool-spec-XXXXXX";
-    const fs::path d = ::mkdtemp(tmpl);
-    fs::create_directories(d / "other");
-    std::ofstream(d / "other" / "kernel.json")
-        << R"J({"argv":["/usr/bin/python3","-m","ipykernel_launcher","-f","{connection_file}"],
-              "display_name":"Other","language":"other"})J";
+    const fs::path d = spec_dir(
+        "other", R"J({"argv":["/usr/bin/python3","-m","ipykernel_launcher","-f","{connection_file}"],
+                     "display_name":"Other","language":"other"})J");
     discovery_options disc;
     disc.extra_kernel_dirs = {d};
     registry_config cfg;
@@ -686,11 +689,7 @@ TEST_CASE("warm pool: other kernels only without env and a dead pool kernel is r
 
 TEST_CASE("warm pool: a kernelspec that keeps failing stops its pool and starts still answer")
 {
-    char tmpl[] = "/tmp/kg-pool-bad-XXXXXX";
-    const fs::path d = ::mkdtemp(tmpl);
-    fs::create_directories(d / "nope");
-    std::ofstream(d / "nope" / "kernel.json")
-        << R"({"argv":["/nonexistent/python","-f","{connection_file}"],"display_name":"x"})";
+    const fs::path d = spec_dir("nope", k_missing_program);
     discovery_options disc;
     disc.extra_kernel_dirs = {d};
     registry_config cfg;
