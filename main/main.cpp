@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: BSD-3-Clause
 // kernelgate: a Jupyter kernel gateway. This file only parses the command line and wires the
 // modules together.
+#include <algorithm>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <optional>
-#include <algorithm>
 #include <regex>
 #include <string>
 #include <vector>

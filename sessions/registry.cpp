@@ -352,13 +352,7 @@ void registry::shutdown_all(std::function<void()> done)
     }
     for (const auto& k : pooled) {
         stop_process(k, false, [this, k, one_done] {
-            if (k->lifecycle_timer) {
-                k->lifecycle_timer->cancel();
-            }
-            k->disconnect();
-            pool_.erase(k->id());
-            launch_env_.erase(k->id());
-            host_.release(k->id());
+            drop_pool_kernel(k);
             one_done();
         });
     }
@@ -366,10 +360,8 @@ void registry::shutdown_all(std::function<void()> done)
 
 void registry::on_exit(const std::string& id, int status)
 {
-    if (on_pool_exit(id)) {
-        return;
-    }
-    auto k = find(id);
+    const auto pooled = pool_.find(id);
+    const kernel_ptr k = pooled != pool_.end() ? pooled->second.k : find(id);
     if (!k) {
         return;
     }
@@ -390,6 +382,15 @@ void registry::on_exit(const std::string& id, int status)
     }
     if (k->execution_state() == "starting") {
         k->abort_ready();  // the initial start fails now instead of at the timeout
+        return;
+    }
+    if (pooled != pool_.end()) {
+        // No one's kernel yet: not restarted, but replaced (and counted as a failure, so
+        // that kernels that keep dying stop the pool).
+        spdlog::warn("warm pool: a waiting {} kernel exited (status {}); starting another",
+                     k->spec_name(), status);
+        drop_pool_kernel(k);
+        pool_kernel_failed(k->spec_name());
         return;
     }
     ++died_total_;
@@ -496,8 +497,7 @@ std::map<std::string, pool_status> registry::warm_pools() const
         auto& st = out[name];
         st.target = n;
         auto failed = pool_failures_.find(name);
-        st.stopped = failed != pool_failures_.end() &&
-                     failed->second >= std::max(1, cfg_.restart_limit);
+        st.stopped = failed != pool_failures_.end() && failed->second >= pool_failure_limit();
     }
     for (const auto& [id, pk] : pool_) {
         auto& st = out[pk.k->spec_name()];
@@ -533,7 +533,7 @@ void registry::fill_pool(const std::string& name)
     // A launch that fails at once ends this pass: the back-off timer starts the next one.
     const int failures = pool_failures_[name];
     while (have() < target->second && pool_failures_[name] == failures &&
-           failures < std::max(1, cfg_.restart_limit)) {
+           failures < pool_failure_limit()) {
         launch_pool_kernel(name);
     }
 }
@@ -550,10 +550,7 @@ void registry::launch_pool_kernel(const std::string& name)
         }
         if (f) {
             spdlog::warn("warm pool: a {} kernel failed to start: {}", k->spec_name(), f->message);
-            pool_.erase(it);
-            launch_env_.erase(k->id());
-            host_.release(k->id());
-            k->disconnect();
+            drop_pool_kernel(k);
             pool_kernel_failed(k->spec_name());
             return;
         }
@@ -565,7 +562,7 @@ void registry::launch_pool_kernel(const std::string& name)
 void registry::pool_kernel_failed(const std::string& name)
 {
     const int failures = ++pool_failures_[name];
-    if (failures >= std::max(1, cfg_.restart_limit)) {
+    if (failures >= pool_failure_limit()) {
         spdlog::error("warm pool for {} stopped: {} launches in a row failed; requests start "
                       "kernels of their own", name, failures);
         return;
@@ -645,36 +642,12 @@ kernel_ptr registry::claim_from_pool(const kernelspec& spec,
     return k;
 }
 
-bool registry::on_pool_exit(const std::string& id)
+void registry::drop_pool_kernel(const kernel_ptr& k)
 {
-    auto it = pool_.find(id);
-    if (it == pool_.end()) {
-        return false;
-    }
-    const kernel_ptr k = it->second.k;
+    pool_.erase(k->id());
+    launch_env_.erase(k->id());
+    host_.release(k->id());
     k->disconnect();
-    if (k->lifecycle_timer) {
-        k->lifecycle_timer->cancel();
-    }
-    if (!k->exit_waiters.empty()) {  // retired by shutdown_all
-        auto waiters = std::move(k->exit_waiters);
-        k->exit_waiters.clear();
-        for (auto& w : waiters) {
-            w();
-        }
-        return true;
-    }
-    if (!it->second.ready) {
-        k->abort_ready();  // its launch fails now, and counts as a failure
-        return true;
-    }
-    spdlog::warn("warm pool: a waiting {} kernel exited; starting another", k->spec_name());
-    const std::string name = k->spec_name();
-    pool_.erase(it);
-    launch_env_.erase(id);
-    host_.release(id);
-    pool_kernel_failed(name);
-    return true;
 }
 
 std::vector<session_record> registry::sessions() const

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #pragma once
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <map>
@@ -150,7 +151,10 @@ private:
     kernel_ptr claim_from_pool(const kernelspec& spec,
                                const std::map<std::string, std::string>& env,
                                const std::string& owner);
-    bool on_pool_exit(const std::string& id);
+    /// Forgets a pool kernel (its process has exited or is left to exit).
+    void drop_pool_kernel(const kernel_ptr& k);
+    /// Launches in a row that may fail before a kernelspec's pool stops (--restart-limit).
+    int pool_failure_limit() const noexcept { return std::max(1, cfg_.restart_limit); }
 
     boost::asio::io_context& ioc_;
     kernel_host& host_;
