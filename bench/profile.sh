@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: BSD-3-Clause
 # bench/profile.sh: where kernelgate spends its instructions on the data path.
 #
-# Runs kernelgate under valgrind --tool=callgrind with instrumentation off, starts an echo
-# kernel through it, warms up, then records one profile per scenario (instrumentation on only
+# Runs kernelgate under valgrind --tool=callgrind with instrumentation off, starts a kernel
+# through it (kg-echo-kernel, or ipykernel with --kernel python3), warms up, then records one profile per scenario (instrumentation on only
 # while kg-bench measures against the already running kernel, so start-up is left out) and
 # prints the top entries by inclusive and by self cost.
 # perf would be cheaper, but this VM has no hardware counters (perf stat -e instructions:
@@ -17,11 +17,13 @@ usage() {
     cat <<EOF
 usage: bench/profile.sh [--build-dir DIR] [--kernelgate BIN] [--out DIR] [--top N]
                         [--scenarios kernel_info,flood] [--protocol v1|legacy] [--perf]
-                        [--quick]
+                        [--kernel echo|python3] [--quick]
 
 Writes OUT/callgrind.<scenario>.out and OUT/<scenario>.{inclusive,self}.txt; prints the top N
 (default 15) of each. Needs valgrind (callgrind_control, callgrind_annotate) and curl.
 --perf also samples a native run with perf (cpu-clock, DWARF call graphs): OUT/perf.<scenario>.*
+--kernel python3 profiles against ipykernel (Debian's python3-ipykernel) instead of
+kg-echo-kernel: what the gateway costs per message when every message arrives alone.
 --quick records a tenth of the requests (a smoke run that checks the tooling, in CI).
 EOF
 }
@@ -33,6 +35,7 @@ SCENARIOS="kernel_info,flood"
 PROTOCOL=v1
 PERF=0
 QUICK=0
+KERNEL=echo
 while [ $# -gt 0 ]; do
     case "$1" in
         --build-dir) BUILD_DIR="$2"; shift ;;
@@ -42,12 +45,17 @@ while [ $# -gt 0 ]; do
         --scenarios) SCENARIOS="$2"; shift ;;
         --protocol) PROTOCOL="$2"; shift ;;
         --perf) PERF=1 ;;
+        --kernel) KERNEL="$2"; shift ;;
         --quick) QUICK=1 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "profile.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
 done
+case "$KERNEL" in
+    echo|python3) ;;
+    *) echo "profile.sh: --kernel must be echo or python3, not '$KERNEL'" >&2; exit 2 ;;
+esac
 KG_BIN="${KG_BIN:-$BUILD_DIR/kernelgate}"
 KG_BIN="$(realpath -m "$KG_BIN")"  # linked from the work dir below
 BUILD_DIR="$(realpath -m "$BUILD_DIR")"
@@ -62,12 +70,22 @@ done
 
 WORK="$(mktemp -d /tmp/kg-profile.XXXXXX)"
 OUT="${OUT:-$WORK/out}"
-mkdir -p "$OUT" "$WORK/kernels/echo" "$WORK/bin"
+mkdir -p "$OUT" "$WORK/kernels/echo" "$WORK/kernels/python3" "$WORK/bin"
 OUT="$(cd "$OUT" && pwd)"
 TOKEN="$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 cat > "$WORK/kernels/echo/kernel.json" <<EOF
 {"argv": ["$ECHO_KERNEL", "-f", "{connection_file}"], "display_name": "kg echo", "language": "echo"}
 EOF
+cat > "$WORK/kernels/python3/kernel.json" <<EOF
+{"argv": ["/usr/bin/python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+ "display_name": "Python 3 (ipykernel)", "language": "python"}
+EOF
+DIALECT=echo
+if [ "$KERNEL" = python3 ]; then
+    DIALECT=python
+    /usr/bin/python3 -c 'import ipykernel' 2>/dev/null ||
+        { echo "profile.sh: --kernel python3 needs ipykernel (apt-get install python3-ipykernel)" >&2; exit 2; }
+fi
 ln -sf "$KG_BIN" "$WORK/bin/kg-profile-gateway"  # not hit by a pkill aimed at kernelgate
 VG_PID=""
 stop_gateway() {
@@ -103,10 +121,10 @@ while [ -z "$URL" ]; do
     fi
     sleep 0.2
 done
-ID="$(curl -sf --max-time 120 -H "Authorization: token $TOKEN" -d '{"name":"echo"}' "$URL/api/kernels" |
+ID="$(curl -sf --max-time 120 -H "Authorization: token $TOKEN" -d "{\"name\":\"$KERNEL\"}" "$URL/api/kernels" |
       /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
 common=(--target gateway --url "$URL" --token "$TOKEN" --kernel-id "$ID" --protocol "$PROTOCOL"
-        --repeat 1 --timeout 120 --budget 60)
+        --dialect "$DIALECT" --repeat 1 --timeout 120 --budget 60)
 RT=1000 FLOOD=5000 STREAM_BYTES=8388608
 if [ "$QUICK" = 1 ]; then
     RT=100 FLOOD=500 STREAM_BYTES=838860
@@ -154,10 +172,10 @@ if [ "$PERF" = 1 ]; then
         fi
         sleep 0.1
     done
-    ID="$(curl -sf --max-time 60 -H "Authorization: token $TOKEN" -d '{"name":"echo"}' "$URL/api/kernels" |
+    ID="$(curl -sf --max-time 60 -H "Authorization: token $TOKEN" -d "{\"name\":\"$KERNEL\"}" "$URL/api/kernels" |
           /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
     common=(--target gateway --url "$URL" --token "$TOKEN" --kernel-id "$ID" --protocol "$PROTOCOL"
-            --repeat 1 --timeout 60)
+            --dialect "$DIALECT" --repeat 1 --timeout 60)
     "$BENCH" "${common[@]}" --scenarios kernel_info,flood --rt 200 --flood 2000 > /dev/null 2>&1
     for s in "${list[@]}"; do
         perf record -e cpu-clock -F 1000 --call-graph dwarf,16384 -p "$VG_PID" \

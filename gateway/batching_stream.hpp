@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include <cerrno>
+
 #include <sys/socket.h>
 
 #include "common/asio_fwd.hpp"
@@ -22,6 +24,8 @@ namespace kernelgate::gateway {
 /// asynchronous) appends the bytes to a buffer and returns at once, and one write to the
 /// next layer sends everything buffered since the last one. A burst of kernel messages to a
 /// client then costs one send() instead of one per message, and over TLS one record.
+/// Over plain TCP that send() is tried at once, without waiting for the socket: only what
+/// it does not take (a client that is behind) waits for the socket to become writable.
 ///
 /// Writes never block and never fail partially: a frame is appended whole, so frames written
 /// by Beast itself (pong, keep-alive ping, close) and by the session never interleave.
@@ -66,10 +70,11 @@ public:
     next_layer_type& next_layer() noexcept { return state_->next; }
     const next_layer_type& next_layer() const noexcept { return state_->next; }
 
-    /// Bytes accepted but not yet written to the next layer (including a write in flight).
+    /// Bytes accepted but not yet written to the next layer (including a write in flight,
+    /// less what the socket took at once when it started).
     std::size_t buffered() const noexcept
     {
-        return state_->pending.size() + state_->flushing.size();
+        return state_->pending.size() + state_->flushing.size() - state_->flushing_sent;
     }
     /// Drops what has not started to go out (a slow client being closed); the write in
     /// flight, if any, completes.
@@ -217,6 +222,7 @@ private:
         bool trim_armed = false;
         std::string pending;   ///< appended since the write in flight started
         std::string flushing;  ///< the write in flight
+        std::size_t flushing_sent = 0;  ///< of flushing, sent before the write had to wait
         bool writing = false;
         bool flush_posted = false;
         beast::error_code error;
@@ -311,23 +317,46 @@ private:
         }
         st->writing = true;
         st->flushing.swap(st->pending);
-        net::async_write(st->next, net::buffer(st->flushing),
-                         [st](beast::error_code ec, std::size_t) {
-                             st->writing = false;
-                             st->flushing.clear();
-                             if (st->flushing.capacity() > k_keep_buffer ||
-                                 st->pending.capacity() > k_keep_buffer) {
-                                 trim_later(st);
-                             }
-                             if (ec) {
-                                 st->error = ec;
-                                 st->pending.clear();
-                             }
-                             if (st->on_flushed) {
-                                 st->on_flushed();
-                             }
-                             flush(st);
-                         });
+        std::size_t sent = 0;
+        if constexpr (k_read_ahead) {
+            // Plain TCP: send now, without waiting. What the socket takes at once (all of it,
+            // unless the client is behind) needs no completion handler, no extra turn of the
+            // event loop and no epoll round for it. The rest waits for the socket as before.
+            const ssize_t n = ::send(st->next.socket().native_handle(), st->flushing.data(),
+                                     st->flushing.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (n >= 0) {
+                sent = static_cast<std::size_t>(n);
+            } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                written(st, beast::error_code(errno, boost::system::system_category()));
+                return;
+            }
+            if (sent == st->flushing.size()) {
+                written(st, {});
+                return;
+            }
+            st->flushing_sent = sent;
+        }
+        net::async_write(st->next, net::buffer(st->flushing.data() + sent, st->flushing.size() - sent),
+                         [st](beast::error_code ec, std::size_t) { written(st, ec); });
+    }
+
+    /// The write of flushing has ended (ec: it failed): next, whatever was appended meanwhile.
+    static void written(const std::shared_ptr<state>& st, beast::error_code ec)
+    {
+        st->writing = false;
+        st->flushing.clear();
+        st->flushing_sent = 0;
+        if (st->flushing.capacity() > k_keep_buffer || st->pending.capacity() > k_keep_buffer) {
+            trim_later(st);
+        }
+        if (ec) {
+            st->error = ec;
+            st->pending.clear();
+        }
+        if (st->on_flushed) {
+            st->on_flushed();
+        }
+        flush(st);
     }
 
     /// A burst's large buffers are kept while output keeps coming (the written one becomes
