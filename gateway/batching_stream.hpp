@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #pragma once
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -11,8 +12,6 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
-
-#include <cerrno>
 
 #include <sys/socket.h>
 
@@ -153,7 +152,7 @@ public:
                 }
                 drained();
                 ++st->socket_reads;
-                if constexpr (!k_read_ahead) {
+                if constexpr (!k_plain_tcp) {
                     st->next.async_read_some(b, std::move(h));
                 } else {
                     const std::size_t want = net::buffer_size(b);
@@ -234,8 +233,9 @@ private:
         std::vector<std::function<void(beast::error_code)>> after_flush;
     };
 
-    /// Read-ahead only where a non-blocking read of the socket is a whole read (plain TCP).
-    static constexpr bool k_read_ahead = std::is_same_v<NextLayer, beast::tcp_stream>;
+    /// Plain TCP: a non-blocking read or send on the socket is a whole read or send (under
+    /// TLS it would be part of a record), so reads ahead and sends at once are done there only.
+    static constexpr bool k_plain_tcp = std::is_same_v<NextLayer, beast::tcp_stream>;
     static constexpr std::size_t k_ahead_max = 64 * 1024;
     /// Write buffers up to this size are kept between bursts; larger ones until the
     /// connection has been quiet for k_trim_after.
@@ -246,7 +246,7 @@ private:
     /// 64 KiB), without waiting. Errors and end of stream are left for the next read to find.
     static void read_ahead(state& st)
     {
-        if constexpr (k_read_ahead) {
+        if constexpr (k_plain_tcp) {
             // MSG_DONTWAIT on this one call: the socket's own mode (and so any synchronous
             // read through it) stays as it was.
             thread_local std::array<char, k_ahead_max> scratch;
@@ -318,7 +318,7 @@ private:
         st->writing = true;
         st->flushing.swap(st->pending);
         std::size_t sent = 0;
-        if constexpr (k_read_ahead) {
+        if constexpr (k_plain_tcp) {
             // Plain TCP: send now, without waiting. What the socket takes at once (all of it,
             // unless the client is behind) needs no completion handler, no extra turn of the
             // event loop and no epoll round for it. The rest waits for the socket as before.
@@ -336,7 +336,8 @@ private:
             }
             st->flushing_sent = sent;
         }
-        net::async_write(st->next, net::buffer(st->flushing.data() + sent, st->flushing.size() - sent),
+        net::async_write(st->next,
+                         net::buffer(st->flushing.data() + sent, st->flushing.size() - sent),
                          [st](beast::error_code ec, std::size_t) { written(st, ec); });
     }
 
