@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #pragma once
+#include <cstring>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -17,6 +18,33 @@ struct raw_string_value
     std::string_view raw;
     bool escaped = false;
 };
+
+/// Where the JSON string whose characters start at text[start] ends: the index of its
+/// closing quote, or npos when it has none. Sets *escaped when the string holds a backslash.
+/// The string's bytes are searched with memchr rather than looked at one by one: Jupyter
+/// headers are mostly strings, and this scan is on the path of every message.
+inline std::size_t string_end(std::string_view text, std::size_t start, bool* escaped)
+{
+    const char* const base = text.data();
+    const std::size_t n = text.size();
+    std::size_t i = start;
+    while (i < n) {
+        const auto* quote = static_cast<const char*>(std::memchr(base + i, '"', n - i));
+        if (quote == nullptr) {
+            return std::string_view::npos;
+        }
+        const auto q = static_cast<std::size_t>(quote - base);
+        const auto* backslash = static_cast<const char*>(std::memchr(base + i, '\\', q - i));
+        if (backslash == nullptr) {
+            return q;
+        }
+        if (escaped != nullptr) {
+            *escaped = true;
+        }
+        i = static_cast<std::size_t>(backslash - base) + 2;  // past the escaped character
+    }
+    return std::string_view::npos;
+}
 
 inline std::optional<raw_string_value> find_string_field(std::string_view text,
                                                          std::string_view key)
@@ -44,18 +72,8 @@ inline std::optional<raw_string_value> find_string_field(std::string_view text,
         // A string: find its end, honouring escapes.
         const std::size_t start = i + 1;
         bool escaped = false;
-        std::size_t j = start;
-        for (; j < text.size(); ++j) {
-            if (text[j] == '\\') {
-                escaped = true;
-                ++j;
-                continue;
-            }
-            if (text[j] == '"') {
-                break;
-            }
-        }
-        if (j >= text.size()) {
+        const std::size_t j = string_end(text, start, &escaped);
+        if (j == std::string_view::npos) {
             return std::nullopt;
         }
         const auto str = text.substr(start, j - start);
@@ -77,15 +95,9 @@ inline std::optional<raw_string_value> find_string_field(std::string_view text,
             return std::nullopt;
         }
         const std::size_t vs = k + 1;
-        std::size_t ve = vs;
         bool vesc = false;
-        for (; ve < text.size() && text[ve] != '"'; ++ve) {
-            if (text[ve] == '\\') {
-                vesc = true;
-                ++ve;
-            }
-        }
-        if (ve >= text.size()) {
+        const std::size_t ve = string_end(text, vs, &vesc);
+        if (ve == std::string_view::npos) {
             return std::nullopt;
         }
         return raw_string_value{text.substr(vs, ve - vs), vesc};
@@ -149,18 +161,12 @@ bool for_each_member(std::string_view text, F&& f)
     };
     // At a '"': moves i past the closing quote; false if there is none.
     auto skip_string = [&](bool* escaped) {
-        for (++i; i < n; ++i) {
-            if (text[i] == '\\') {
-                if (escaped != nullptr) {
-                    *escaped = true;
-                }
-                ++i;
-            } else if (text[i] == '"') {
-                ++i;
-                return true;
-            }
+        const std::size_t end = string_end(text, i + 1, escaped);
+        if (end == std::string_view::npos) {
+            return false;
         }
-        return false;
+        i = end + 1;
+        return true;
     };
     skip_ws();
     if (i >= n || text[i] != '{') {

@@ -139,3 +139,36 @@ TEST_CASE("for_each_member: escaped keys, spacing, and text that is not an objec
         CHECK_FALSE(for_each_member(bad, [](auto&&) {}));
     }
 }
+
+TEST_CASE("json_string_field finds what a parser finds, in random objects")
+{
+    std::mt19937 rng(20261202);
+    for (int round = 0; round < 2000; ++round) {
+        auto obj = nlohmann::json::object();
+        for (std::size_t i = 0, n = rng() % 6; i < n; ++i) {
+            obj["k" + std::to_string(rng() % 6)] = random_value(rng, 1);
+        }
+        const int indent = static_cast<int>(rng() % 3) - 1;  // compact, 0 or 1 space
+        const std::string text = obj.dump(indent);
+        INFO(text);
+        for (int k = 0; k < 6; ++k) {
+            const std::string key = "k" + std::to_string(k);
+            const auto found = json_string_field(text, key);
+            if (obj.contains(key) && obj[key].is_string()) {
+                REQUIRE(found.has_value());
+                CHECK(*found == obj[key].get<std::string>());
+            } else {
+                CHECK_FALSE(found.has_value());
+            }
+        }
+        // A cut text never yields a value that runs past the cut, nor reads past it.
+        for (std::size_t cut = 0; cut < text.size(); ++cut) {
+            const std::string_view part = std::string_view(text).substr(0, cut);
+            std::string scratch;
+            const auto v = kernelgate::zmq_protocol::json_string_field_view(part, "k0", scratch);
+            if (v && scratch.empty()) {
+                CHECK(v->data() + v->size() <= part.data() + part.size());
+            }
+        }
+    }
+}
