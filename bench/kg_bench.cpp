@@ -29,7 +29,11 @@
 //
 // With --gateway-pid, the data-path scenarios also report the gateway's own CPU time per
 // round trip / message / MB (gw_cpu_*, from /proc/PID/task/*/schedstat): unlike latency and
-// throughput it does not depend on what else the machine is doing. --kernel-id runs the
+// throughput it does not depend on what else the machine is doing. Both targets also report
+// the kernels' CPU (kernel_cpu_*: the gateway's child processes, or the ones kg-bench
+// launched), kg-bench's own (client_cpu_*), their sum with the gateway's (total_cpu_*) and
+// how many cores that sum kept busy (cores_busy): on a small machine a gateway target can
+// only keep up with direct ZeroMQ when its total per message is no larger. --kernel-id runs the
 // single-kernel scenarios on an existing gateway kernel (bench/profile.sh uses it).
 //
 // Every wait has a deadline (--timeout) and every measuring loop a time budget (--budget);
@@ -1744,6 +1748,45 @@ cpu_sample read_cpu(int pid)
     return out;
 }
 
+/// The CPU of pid's child processes (the kernels: a gateway's, or the ones kg-bench launched
+/// itself for the direct target), from /proc/PID/task/*/children.
+cpu_sample read_children_cpu(int pid)
+{
+    cpu_sample out;
+    if (pid <= 0) {
+        return out;
+    }
+    std::error_code ec;
+    double run = 0;
+    double wait = 0;
+    for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+        std::ifstream in(e.path() / "children");
+        int child = 0;
+        while (in >> child) {
+            const auto c = read_cpu(child);
+            if (!std::isnan(c.run_ns)) {
+                run += c.run_ns;
+                wait += c.wait_ns;
+            }
+        }
+    }
+    out.run_ns = run;
+    out.wait_ns = wait;
+    return out;
+}
+
+/// Where the machine's CPU went during a measurement: the gateway (none for the direct
+/// target), the kernels, and this client. On a machine with few cores all three compete, so
+/// a gateway target can only be as fast as direct ZeroMQ when its whole work per message is
+/// no larger than direct ZeroMQ's.
+struct work_sample
+{
+    cpu_sample gateway;
+    cpu_sample kernels;
+    cpu_sample client;
+    clock_type::time_point at = clock_type::now();
+};
+
 long read_rss_kib(int pid)
 {
     std::ifstream in("/proc/" + std::to_string(pid) + "/status");
@@ -1898,21 +1941,55 @@ public:
         external_main_ = false;
     }
 
-    /// The gateway's CPU so far (nothing for the direct target or without --gateway-pid).
-    cpu_sample gateway_cpu() const
+    /// The CPU so far of the gateway (nothing for the direct target or without
+    /// --gateway-pid), of the kernels (the gateway's children, or kg-bench's own for direct;
+    /// nothing for a gateway without --gateway-pid) and of kg-bench itself.
+    work_sample gateway_cpu() const
     {
-        return target_.is_gateway() ? read_cpu(opts_.gateway_pid) : cpu_sample{};
+        work_sample w;
+        const int kernels_parent = target_.is_gateway() ? opts_.gateway_pid : ::getpid();  // 0: none
+        if (target_.is_gateway()) {
+            w.gateway = read_cpu(opts_.gateway_pid);
+        }
+        w.kernels = read_children_cpu(kernels_parent);
+        w.client = read_cpu(::getpid());
+        w.at = clock_type::now();
+        return w;
     }
 
-    /// Adds "<prefix>gw_cpu_us_per_<unit>" and "<prefix>gw_runq_ms" for a measured window.
-    static void add_cpu(metrics& m, const cpu_sample& a, const cpu_sample& b, double units,
+    /// Adds, for a measured window: "<prefix>gw_cpu_us_per_<unit>" and "<prefix>gw_runq_ms"
+    /// (the gateway); "<prefix>kernel_cpu_us_per_<unit>" and "<prefix>client_cpu_us_per_<unit>";
+    /// "<prefix>total_cpu_us_per_<unit>", their sum, and "<prefix>cores_busy", that sum over
+    /// the window's length. Kernels started or stopped within the window are not counted.
+    static void add_cpu(metrics& m, const work_sample& a, const work_sample& b, double units,
                         const std::string& unit, const std::string& prefix = {})
     {
-        if (std::isnan(a.run_ns) || std::isnan(b.run_ns) || units <= 0) {
+        if (units <= 0) {
             return;
         }
-        m.emplace_back(prefix + "gw_cpu_us_per_" + unit, (b.run_ns - a.run_ns) / 1e3 / units);
-        m.emplace_back(prefix + "gw_runq_ms", (b.wait_ns - a.wait_ns) / 1e6);
+        const auto per_unit = [&](const cpu_sample& x, const cpu_sample& y) {
+            return (y.run_ns - x.run_ns) / 1e3 / units;
+        };
+        const bool have_gateway = !std::isnan(a.gateway.run_ns) && !std::isnan(b.gateway.run_ns);
+        if (have_gateway) {
+            m.emplace_back(prefix + "gw_cpu_us_per_" + unit, per_unit(a.gateway, b.gateway));
+            m.emplace_back(prefix + "gw_runq_ms", (b.gateway.wait_ns - a.gateway.wait_ns) / 1e6);
+        }
+        const bool have_kernels = !std::isnan(a.kernels.run_ns) && !std::isnan(b.kernels.run_ns);
+        const bool have_client = !std::isnan(a.client.run_ns) && !std::isnan(b.client.run_ns);
+        if (!have_kernels || !have_client) {  // a gateway target without --gateway-pid
+            return;
+        }
+        const double kernel = per_unit(a.kernels, b.kernels);
+        const double client = per_unit(a.client, b.client);
+        const double total = kernel + client + (have_gateway ? per_unit(a.gateway, b.gateway) : 0);
+        m.emplace_back(prefix + "kernel_cpu_us_per_" + unit, kernel);
+        m.emplace_back(prefix + "client_cpu_us_per_" + unit, client);
+        m.emplace_back(prefix + "total_cpu_us_per_" + unit, total);
+        const double wall_us = std::chrono::duration<double, std::micro>(b.at - a.at).count();
+        if (wall_us > 0) {
+            m.emplace_back(prefix + "cores_busy", total * units / wall_us);
+        }
     }
 
     net::awaitable<client_ptr> ready_client(const kernel_ref& k)

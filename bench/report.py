@@ -36,14 +36,20 @@ JS_NAMES = {"jupyter-server": "JS(default)", "jupyter-server-nodelay": "JS-nodel
 # Metrics shown in the table, in order (a pattern with "\\d" matches every fan-out level).
 # gw_cpu_* is the gateway's own CPU time per unit of work (from /proc/PID/task/*/schedstat):
 # unlike rates and latencies it does not depend on what else runs on the machine.
+# total_cpu_* adds the kernels' and the client's (kernel_cpu_*, client_cpu_* in the JSON), and
+# cores_busy is that total over the measurement's length: where it is near the machine's
+# core count, a target's rate is bound by its total CPU per unit of work.
 ROWS = [
     ("start", ["kernel_info_ms", "ready_ms", "post_ms", "pair_direct_kernel_info_ms",
                "pair_diff_ms"]),
     ("kernel_info", ["p50_us", "p99_us", "gw_cpu_us_per_rt"]),
     ("execute", ["p50_us", "p99_us", "gw_cpu_us_per_rt"]),
-    ("flood", ["req_per_s", "msgs_per_s", "gw_cpu_us_per_msg"]),
-    ("iopub_flood", ["msgs_per_s", "complete", "gw_cpu_us_per_msg"]),
-    ("stream", ["mb_per_s", "first_mb_per_s", "complete", "gw_cpu_us_per_mb"]),
+    ("flood", ["req_per_s", "msgs_per_s", "gw_cpu_us_per_msg", "total_cpu_us_per_msg",
+               "cores_busy"]),
+    ("iopub_flood", ["msgs_per_s", "complete", "gw_cpu_us_per_msg", "total_cpu_us_per_msg",
+                     "cores_busy"]),
+    ("stream", ["mb_per_s", "first_mb_per_s", "complete", "gw_cpu_us_per_mb",
+                "total_cpu_us_per_mb", "cores_busy"]),
     ("fanout", [r"k\d+_rt_per_s", r"k\d+_gw_cpu_us_per_rt", "start_failures"]),
     ("idle_ws", ["kib_per_conn", "connections", "rt_after_us"]),
     ("broadcast", ["delivered_per_s", "complete", "gw_cpu_us_per_msg"]),
@@ -51,7 +57,7 @@ ROWS = [
 
 
 def lower_is_better(metric: str) -> bool:
-    if "gw_cpu" in metric or "runq" in metric or metric == "kib_per_conn":
+    if "_cpu_" in metric or "runq" in metric or metric == "kib_per_conn":
         return True
     return metric.endswith(("_ms", "_us", "_s")) and not metric.endswith("_per_s")
 
@@ -186,7 +192,7 @@ def check_targets(med, pooled=None):
     out = []
     pooled = pooled or {}
 
-    def add(name, value, goal, ok, pair=None, direct=None):
+    def add(name, value, goal, ok, pair=None, direct=None, work=None):
         """direct: for a target against Jupyter Server, the same ratio with direct ZeroMQ in
         kernelgate's place. A gateway adds a hop, so that is as far as it can get (short of
         beating direct): a goal direct ZeroMQ misses is out of any gateway's reach here."""
@@ -198,7 +204,21 @@ def check_targets(med, pooled=None):
         if direct is not None:
             t["direct"] = direct
             t["direct_met"] = bool(ok(direct))
+        if work is not None:
+            t["work"] = work
         out.append(t)
+
+    def work_of(scenario, unit):
+        """For a throughput target: the whole machine's CPU per unit of work through
+        kernelgate over direct ZeroMQ's (gateway, kernels and client), and the cores each
+        kept busy. When both keep the machine's cores busy, the rate ratio can be no better
+        than the inverse of the CPU ratio."""
+        total = f"total_cpu_us_per_{unit}"
+        w = {"cpu_kg_over_direct": ratio(g("kernelgate", scenario, total),
+                                         g("direct", scenario, total)),
+             "cores_busy_kg": g("kernelgate", scenario, "cores_busy"),
+             "cores_busy_direct": g("direct", scenario, "cores_busy")}
+        return w if w["cpu_kg_over_direct"] is not None else None
 
     for kernel in sorted(med):
         g = lambda lab, s, m: get(med, kernel, lab, s, m)  # noqa: E731
@@ -222,10 +242,11 @@ def check_targets(med, pooled=None):
                 add(f"[{kernel}] {s} p50 {JS_NAMES[js]}/kg", ratio(g(js, s, "p50_us"),
                     g("kernelgate", s, "p50_us")), f">= {goal}", lambda v, x=goal: v >= x,
                     direct=ratio(g(js, s, "p50_us"), g("direct", s, "p50_us")))
-        for s, m in (("flood", "msgs_per_s"), ("iopub_flood", "msgs_per_s"),
-                     ("stream", "mb_per_s"), ("broadcast", "delivered_per_s")):
+        for s, m, unit in (("flood", "msgs_per_s", "msg"), ("iopub_flood", "msgs_per_s", "msg"),
+                           ("stream", "mb_per_s", "mb"), ("broadcast", "delivered_per_s", None)):
             add(f"[{kernel}] {s} {m} kg/direct", ratio(g("kernelgate", s, m), g("direct", s, m)),
-                ">= 0.9", lambda v: v >= 0.9, ("kernelgate", "direct", s, m))
+                ">= 0.9", lambda v: v >= 0.9, ("kernelgate", "direct", s, m),
+                work=work_of(s, unit) if unit else None)
             if s == "stream" and g("kernelgate", s, "first_mb_per_s") is not None:
                 # The first stream on a fresh kernel (cold heaps), not only the median of
                 # --stream-n in a row.
@@ -287,6 +308,10 @@ def target_line(t) -> str:
     mark = {True: "met ", False: "MISS", None: "n/a "}[t["met"]]
     reps = t.get("per_repeat")
     extra = f"; per repeat {', '.join(fmt(r) for r in reps)}" if reps else ""
+    if "work" in t:
+        w = t["work"]
+        extra += (f"; machine CPU per unit kg/direct {fmt(w['cpu_kg_over_direct'])}, cores busy "
+                  f"{fmt(w['cores_busy_kg'])} / {fmt(w['cores_busy_direct'])}")
     if "direct" in t:
         extra += f"; direct ZeroMQ: {fmt(t['direct'])}"
         if not t["direct_met"]:

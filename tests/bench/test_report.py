@@ -108,3 +108,23 @@ def test_the_command_prints_the_ceiling_and_the_summary_and_writes_them_to_json(
     assert unmeasured > 0
     assert (f"targets: 2 met, 2 missed (2 of them missed by direct ZeroMQ too), "
             f"{unmeasured} not measured") in run.stdout
+
+
+def test_a_throughput_target_shows_the_machines_cpu_per_unit_beside_it(tmp_path):
+    # Both keep two cores busy; through kernelgate the whole machine spends 3,000 us per MB
+    # against direct ZeroMQ's 2,400: 1.25x, so 0.8x the rate is all the hop allows here.
+    stream = lambda mb_s, total, cores: {"stream": [{"mb_per_s": mb_s, "total_cpu_us_per_mb": total,  # noqa: E731
+                                                     "cores_busy": cores}]}
+    paths = [bench_file(tmp_path, "direct", "k", stream(800, 2400, 1.95)),
+             bench_file(tmp_path, "kernelgate", "k", stream(640, 3000, 1.9))]
+    t = targets_of(paths)["[k] stream mb_per_s kg/direct"]
+    assert t["met"] is False and abs(t["value"] - 0.8) < 1e-9
+    assert abs(t["work"]["cpu_kg_over_direct"] - 1.25) < 1e-9
+    assert t["work"]["cores_busy_kg"] == 1.9 and t["work"]["cores_busy_direct"] == 1.95
+    line = report.target_line(t)
+    assert "machine CPU per unit kg/direct 1.25, cores busy 1.9 / 1.95" in line
+    # Files without the CPU figures (an older kg-bench) give the plain line.
+    old = [bench_file(tmp_path, "direct", "k", {"stream": [{"mb_per_s": 800}]}, 1),
+           bench_file(tmp_path, "kernelgate", "k", {"stream": [{"mb_per_s": 640}]}, 1)]
+    plain = targets_of(old)["[k] stream mb_per_s kg/direct"]
+    assert "work" not in plain and "machine CPU" not in report.target_line(plain)
