@@ -1721,18 +1721,27 @@ struct cpu_sample
     double wait_ns = std::nan("");
 };
 
+/// Calls f(directory) for /proc/PID/task/TID of each thread of pid.
+template <class F>
+void for_each_task(int pid, F&& f)
+{
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+        f(e.path());
+    }
+}
+
 cpu_sample read_cpu(int pid)
 {
     cpu_sample out;
     if (pid <= 0) {
         return out;
     }
-    std::error_code ec;
     double run = 0;
     double wait = 0;
     bool any = false;
-    for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
-        std::ifstream in(e.path() / "schedstat");
+    for_each_task(pid, [&](const fs::path& task) {
+        std::ifstream in(task / "schedstat");
         double r = 0;
         double w = 0;
         if (in >> r >> w) {
@@ -1740,7 +1749,7 @@ cpu_sample read_cpu(int pid)
             wait += w;
             any = true;
         }
-    }
+    });
     if (any) {
         out.run_ns = run;
         out.wait_ns = wait;
@@ -1756,22 +1765,19 @@ cpu_sample read_children_cpu(int pid)
     if (pid <= 0) {
         return out;
     }
-    std::error_code ec;
-    double run = 0;
-    double wait = 0;
-    for (const auto& e : fs::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
-        std::ifstream in(e.path() / "children");
+    out.run_ns = 0;
+    out.wait_ns = 0;
+    for_each_task(pid, [&](const fs::path& task) {
+        std::ifstream in(task / "children");
         int child = 0;
         while (in >> child) {
             const auto c = read_cpu(child);
             if (!std::isnan(c.run_ns)) {
-                run += c.run_ns;
-                wait += c.wait_ns;
+                out.run_ns += c.run_ns;
+                out.wait_ns += c.wait_ns;
             }
         }
-    }
-    out.run_ns = run;
-    out.wait_ns = wait;
+    });
     return out;
 }
 
