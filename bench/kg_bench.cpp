@@ -1947,10 +1947,10 @@ public:
         external_main_ = false;
     }
 
-    /// The CPU so far of the gateway (nothing for the direct target or without
+    /// The CPU used so far by the gateway (nothing for the direct target or without
     /// --gateway-pid), of the kernels (the gateway's children, or kg-bench's own for direct;
     /// nothing for a gateway without --gateway-pid) and of kg-bench itself.
-    work_sample gateway_cpu() const
+    work_sample cpu_so_far() const
     {
         work_sample w;
         const int kernels_parent = target_.is_gateway() ? opts_.gateway_pid : ::getpid();  // 0: none
@@ -2155,7 +2155,7 @@ private:
         us.reserve(static_cast<std::size_t>(opts_.rt));
         const auto stop = budget_end();
         const auto dl = deadline();
-        const auto cpu0 = gateway_cpu();
+        const auto cpu0 = cpu_so_far();
         for (int i = 0; i < opts_.rt && clock_type::now() < stop; ++i) {
             const auto t0 = clock_type::now();
             co_await one(dl);
@@ -2165,7 +2165,7 @@ private:
                   {"p99_us", percentile(us, 99)},
                   {"mean_us", mean_of(us)},
                   {"n", static_cast<double>(us.size())}};
-        add_cpu(m, cpu0, gateway_cpu(), static_cast<double>(us.size()), "rt");
+        add_cpu(m, cpu0, cpu_so_far(), static_cast<double>(us.size()), "rt");
         co_return m;
     }
 
@@ -2183,7 +2183,7 @@ private:
         const auto received0 = c.received();
         std::uint64_t sent = 0;
         std::uint64_t replies = 0;
-        const auto cpu0 = gateway_cpu();
+        const auto cpu0 = cpu_so_far();
         const auto t0 = clock_type::now();
         while (replies < sent || sent == 0) {
             // Keep `window` requests in flight until the total (or the budget) is reached.
@@ -2206,7 +2206,7 @@ private:
                   {"msgs_per_s", static_cast<double>(expected) / secs},
                   {"requests", static_cast<double>(replies)},
                   {"window", static_cast<double>(window)}};
-        add_cpu(m, cpu0, gateway_cpu(), static_cast<double>(expected), "msg");
+        add_cpu(m, cpu0, cpu_so_far(), static_cast<double>(expected), "msg");
         co_return m;
     }
 
@@ -2218,7 +2218,7 @@ private:
         cs.add(co_await ready_client(k));
         client& c = cs[0];
         const auto code = dialect_.flood_code(opts_.iopub_flood, opts_.iopub_size);
-        const auto cpu0 = gateway_cpu();
+        const auto cpu0 = cpu_so_far();
         const auto t0 = clock_type::now();
         const auto id = co_await send_execute(c, code);
         const auto got = co_await consume_output(c, id, true, deadline());
@@ -2227,7 +2227,7 @@ private:
                   {"complete", static_cast<double>(got.streams) / opts_.iopub_flood},
                   {"messages", static_cast<double>(got.streams)},
                   {"size", static_cast<double>(opts_.iopub_size)}};
-        add_cpu(m, cpu0, gateway_cpu(), static_cast<double>(got.streams), "msg");
+        add_cpu(m, cpu0, cpu_so_far(), static_cast<double>(got.streams), "msg");
         co_return m;
     }
 
@@ -2247,7 +2247,7 @@ private:
         std::uint64_t got_bytes = 0;
         std::uint64_t got_messages = 0;
         double min_complete = 1;
-        const auto cpu0 = gateway_cpu();
+        const auto cpu0 = cpu_so_far();
         for (int i = 0; i < std::max(1, opts_.stream_n); ++i) {
             const auto t0 = clock_type::now();
             const auto id = co_await send_execute(c, code);
@@ -2265,7 +2265,7 @@ private:
                   {"complete", min_complete},
                   {"bytes", static_cast<double>(got_bytes)},
                   {"messages", static_cast<double>(got_messages)}};
-        add_cpu(m, cpu0, gateway_cpu(), static_cast<double>(got_bytes) / 1e6, "mb");
+        add_cpu(m, cpu0, cpu_so_far(), static_cast<double>(got_bytes) / 1e6, "mb");
         co_return m;
     }
 
@@ -2322,7 +2322,7 @@ private:
                                               std::chrono::duration<double>(opts_.fanout_budget))
                     : budget_end();
             const auto dl = deadline();
-            const auto cpu0 = gateway_cpu();
+            const auto cpu0 = cpu_so_far();
             const auto t0 = clock_type::now();
             co_await parallel_for(kn, kn, [&](std::size_t i) -> net::awaitable<void> {
                 client& c = *clients[i];
@@ -2338,7 +2338,7 @@ private:
             const std::string k = "k" + std::to_string(level);
             m.emplace_back(k + "_rt_per_s", static_cast<double>(done) / secs);
             m.emplace_back(k + "_p50_us", percentile(us, 50));
-            add_cpu(m, cpu0, gateway_cpu(), static_cast<double>(done), "rt", k + "_");
+            add_cpu(m, cpu0, cpu_so_far(), static_cast<double>(done), "rt", k + "_");
         }
         co_return m;
     }
@@ -2401,7 +2401,7 @@ private:
         co_await sleep_for(100ms);
         const auto dl = deadline();
         const auto code = dialect_.flood_code(opts_.broadcast_msgs, opts_.iopub_size);
-        const auto cpu0 = gateway_cpu();
+        const auto cpu0 = cpu_so_far();
         const auto t0 = clock_type::now();
         const auto id = co_await send_execute(*clients[0], code);
         std::vector<output_count> got(n);
@@ -2419,7 +2419,7 @@ private:
                   {"complete", static_cast<double>(least) / opts_.broadcast_msgs},
                   {"clients", static_cast<double>(n)},
                   {"messages", static_cast<double>(opts_.broadcast_msgs)}};
-        add_cpu(m, cpu0, gateway_cpu(), static_cast<double>(total), "msg");
+        add_cpu(m, cpu0, cpu_so_far(), static_cast<double>(total), "msg");
         co_return m;
     }
 
