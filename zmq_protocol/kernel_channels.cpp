@@ -55,7 +55,7 @@ void kernel_channels::start(message_handler on_message, reject_handler on_reject
     on_message_ = std::move(on_message);
     on_reject_ = std::move(on_reject);
     const std::string identity = session_id_;
-    auto make = [&](zmtp_socket::kind kind, std::uint16_t port, channel ch) {
+    auto make = [&](zmtp_socket::kind kind, channel ch) {
         // A kernel must not be able to make us allocate without bound (SECURITY.md J07):
         // 512 MiB per message, 4096 frames (zmtp::limits).
         auto s = std::make_shared<zmtp_socket>(
@@ -65,13 +65,32 @@ void kernel_channels::start(message_handler on_message, reject_handler on_reject
                 self->on_frames(ch, f);
             }
         });
-        s->connect(info_.transport, info_.ip, port);
         return s;
     };
-    shell_ = make(zmtp_socket::kind::dealer, info_.shell_port, channel::shell);
-    control_ = make(zmtp_socket::kind::dealer, info_.control_port, channel::control);
-    stdin_ = make(zmtp_socket::kind::dealer, info_.stdin_port, channel::stdin_);
-    iopub_ = make(zmtp_socket::kind::sub, info_.iopub_port, channel::iopub);
+    shell_ = make(zmtp_socket::kind::dealer, channel::shell);
+    control_ = make(zmtp_socket::kind::dealer, channel::control);
+    stdin_ = make(zmtp_socket::kind::dealer, channel::stdin_);
+    iopub_ = make(zmtp_socket::kind::sub, channel::iopub);
+    // Until a starting kernel binds, every socket retries every 2 ms; ipykernel takes some
+    // hundreds of milliseconds to get there. Only shell looks for it; the others (heartbeat
+    // too) start once shell has connected. Kernels bind their sockets together: ipykernel
+    // shell first, then stdin, control and iopub within a few milliseconds. Messages sent on
+    // them before wait in their queues, as before any handshake. From then on each socket
+    // reconnects on its own.
+    shell_->on_stream_up([weak = weak_from_this()] {
+        auto self = weak.lock();
+        if (!self || self->closed_ || self->others_connecting_) {
+            return;
+        }
+        self->others_connecting_ = true;
+        self->control_->connect(self->info_.transport, self->info_.ip, self->info_.control_port);
+        self->stdin_->connect(self->info_.transport, self->info_.ip, self->info_.stdin_port);
+        self->iopub_->connect(self->info_.transport, self->info_.ip, self->info_.iopub_port);
+        if (self->hb_) {
+            self->hb_->connect(self->info_.transport, self->info_.ip, self->info_.hb_port);
+        }
+    });
+    shell_->connect(info_.transport, info_.ip, info_.shell_port);
 }
 
 void kernel_channels::on_frames(channel ch, std::span<const std::string_view> views)
@@ -175,7 +194,9 @@ void kernel_channels::make_hb_socket()
     zmtp::limits hb_limits;
     hb_limits.max_message_bytes = 4096;
     hb_ = std::make_shared<zmtp_socket>(ioc_, zmtp_socket::kind::req, std::string(), hb_limits);
-    hb_->connect(info_.transport, info_.ip, info_.hb_port);
+    if (others_connecting_) {  // else once shell has connected (start())
+        hb_->connect(info_.transport, info_.ip, info_.hb_port);
+    }
     hb_->start([weak = weak_from_this()](std::span<const std::string_view>) {
         auto self = weak.lock();
         if (!self) {

@@ -60,7 +60,7 @@ public:
     kernel_channels(const kernel_channels&) = delete;
     kernel_channels& operator=(const kernel_channels&) = delete;
 
-    /// Connects all sockets and starts reading.
+    /// Connects all sockets (shell first: the others once it has) and starts reading.
     void start(message_handler on_message, reject_handler on_reject);
     /// Called when the iopub connection's handshake completes (its subscription is sent).
     void on_iopub_ready(std::function<void()> f);
@@ -116,6 +116,7 @@ private:
     bool hb_alive_ = true;
     channel_stats stats_;
     bool closed_ = false;
+    bool others_connecting_ = false;  ///< control, stdin, iopub, hb connect after shell first did
 };
 
 using kernel_channels_ptr = std::shared_ptr<kernel_channels>;

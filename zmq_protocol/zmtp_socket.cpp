@@ -2,9 +2,11 @@
 #include "zmq_protocol/zmtp_socket.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 
 #include <sys/un.h>
+#include <unistd.h>
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
@@ -21,6 +23,10 @@ namespace {
 constexpr std::size_t k_read_chunk = 64 * 1024;
 constexpr std::size_t k_keep_buffer = 1u << 20;  // larger buffers are released when empty
 constexpr auto k_backoff_max = std::chrono::milliseconds(2);
+// An ipc socket file nobody listens on is a kernel that closed its sockets: one shutting
+// down (ipykernel takes a few hundred milliseconds more to exit) or dead. A restarted kernel
+// binds a new file at that path, so trying again goes on, but less often.
+constexpr auto k_backoff_max_refused = std::chrono::milliseconds(16);
 constexpr std::size_t k_pull_every = 64;          // messages handled between eager reads
 // Unhandled bytes read ahead at most. 1 MiB is 16 messages of 64 KiB: enough to keep the
 // gateway busy while the kernel writes more; 8 MiB made a stream touch (and page-fault) that
@@ -123,6 +129,16 @@ void zmtp_socket::start_connect()
     const auto gen = ++generation_;
     boost::system::error_code ignored;
     sock_.close(ignored);
+    // A starting kernel binds its ipc sockets late (ipykernel some hundreds of milliseconds
+    // after it was launched). Until its socket file exists a connect cannot succeed, and one
+    // access() costs less than the socket, ioctl, epoll_ctl, connect and close of an attempt:
+    // about 1,500 of those per ipykernel start on five channels.
+    if (!is_tcp_ && ::access(peer_.c_str(), F_OK) != 0 && errno == ENOENT) {
+        schedule_retry();
+        backoff_ = std::min(backoff_ * 2, k_backoff_max);
+        return;
+    }
+    ++connect_attempts_;
     sock_ = net::generic::stream_protocol::socket(ioc_);
     sock_.async_connect(endpoint_, [weak = weak_from_this(), gen](boost::system::error_code ec) {
         auto self = weak.lock();
@@ -131,8 +147,10 @@ void zmtp_socket::start_connect()
         }
         if (ec) {
             // Not bound yet (a starting kernel) or gone: try again soon.
+            const bool stale_file = !self->is_tcp_ && ec == net::error::connection_refused;
             self->schedule_retry();
-            self->backoff_ = std::min(self->backoff_ * 2, k_backoff_max);
+            self->backoff_ =
+                std::min(self->backoff_ * 2, stale_file ? k_backoff_max_refused : k_backoff_max);
             return;
         }
         // TCP simultaneous open: a connect to a local port nobody listens on yet can pick that
@@ -168,6 +186,9 @@ void zmtp_socket::on_connected()
     writing_ = false;
     schedule_flush();
     read();
+    if (on_stream_up_) {
+        on_stream_up_();
+    }
 }
 
 void zmtp_socket::disconnected()
@@ -508,6 +529,7 @@ void zmtp_socket::close()
     sock_.close(ignored);
     on_message_ = nullptr;
     on_ready_ = nullptr;
+    on_stream_up_ = nullptr;
 }
 
 } // namespace kernelgate::zmq_protocol

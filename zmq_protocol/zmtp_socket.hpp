@@ -57,6 +57,8 @@ public:
     /// Called each time a connection's handshake completes (for a SUB: its subscription is
     /// on its way).
     void on_ready(std::function<void()> f) { on_ready_ = std::move(f); }
+    /// Called each time a connection is made, before its handshake: the peer is bound.
+    void on_stream_up(std::function<void()> f) { on_stream_up_ = std::move(f); }
     /// Queues a multipart message. false (nothing queued) if closed or the send buffer is over
     /// its limit (the peer does not read).
     ///
@@ -83,6 +85,8 @@ public:
     std::uint64_t protocol_errors() const noexcept { return protocol_errors_; }
     /// Writes to the kernel's socket so far (each carries one or more messages).
     std::uint64_t writes() const noexcept { return writes_; }
+    /// connect() calls made so far. Over ipc none is made while the socket file is missing.
+    std::uint64_t connect_attempts() const noexcept { return connect_attempts_; }
 
 private:
     void start_connect();
@@ -112,6 +116,7 @@ private:
     std::chrono::milliseconds backoff_{1};
     handler on_message_;
     std::function<void()> on_ready_;
+    std::function<void()> on_stream_up_;
     zmtp::decoder decoder_;
 
     zmtp::read_buffer rbuf_;   ///< received bytes not yet decoded
@@ -133,6 +138,7 @@ private:
     std::uint64_t received_ = 0;
     std::uint64_t protocol_errors_ = 0;
     std::uint64_t writes_ = 0;
+    std::uint64_t connect_attempts_ = 0;
 };
 
 using zmtp_socket_ptr = std::shared_ptr<zmtp_socket>;

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: BSD-3-Clause
 // zmtp_socket against real libzmq peers (ROUTER, PUB, REP/ROUTER for heartbeats) on TCP and
-// on Unix sockets (ipc://): the same library the kernels use.
+// on Unix sockets (ipc://): the same library the kernels use. Also kernel_channels, the five
+// of them to one kernel, against a kernel that binds late.
 #include "zmq_protocol/zmtp_socket.hpp"
+#include "zmq_protocol/kernel_channels.hpp"
 
 #include <chrono>
 #include <cstdlib>
@@ -430,10 +432,12 @@ TEST_CASE("zmtp: ipc transport reaches a libzmq peer on a Unix socket named ip-p
     const std::vector<std::string_view> hello{"hello", "over ipc"};
     REQUIRE(dealer->send(hello));  // queued until the handshake
     // Connecting before the kernel has bound (the socket file does not exist yet) retries,
-    // as with a TCP port nobody listens on yet.
+    // as with a TCP port nobody listens on yet, but only looks for the file: no socket is
+    // made and no connect() tried until it is there.
     dealer->connect("ipc", base, 7);
     run_until(ioc, [] { return false; }, 50ms);
     CHECK_FALSE(dealer->connected());
+    CHECK(dealer->connect_attempts() == 0);
 
     zmq::socket_t router(ctx, zmq::socket_type::router);
     router.set(zmq::sockopt::linger, 0);
@@ -449,6 +453,7 @@ TEST_CASE("zmtp: ipc transport reaches a libzmq peer on a Unix socket named ip-p
     CHECK(in[1].to_string() == "hello");
     CHECK(in[2].to_string() == "over ipc");
     CHECK(dealer->connected());
+    CHECK(dealer->connect_attempts() >= 1);
 
     const std::string big(300000, 'z');  // larger than one read
     std::array<zmq::const_buffer, 2> reply{zmq::buffer(std::string_view("d-ipc")),
@@ -552,4 +557,62 @@ TEST_CASE("zmtp: a hostile peer is dropped and counted, and the socket tries aga
     CHECK(dealer->protocol_errors() == 3);
     CHECK(delivered == 0);
     dealer->close();
+}
+
+TEST_CASE("kernel_channels: only shell looks for a late kernel; the rest follow it", "[channels]")
+{
+    char tmpl[] = "/tmp/kg-channels-XXXXXX";
+    const std::filesystem::path dir = ::mkdtemp(tmpl);
+    zp::connection_info info;
+    info.transport = "ipc";
+    info.ip = (dir / "kernel-late-ipc").string();
+    info.shell_port = 1;
+    info.iopub_port = 2;
+    info.stdin_port = 3;
+    info.control_port = 4;
+    info.hb_port = 5;
+    info.key = "0123456789abcdef";
+
+    zmq::context_t ctx(1);
+    boost::asio::io_context ioc;
+    auto channels = std::make_shared<zp::kernel_channels>(ioc, info, "session-late");
+    channels->start([](zp::channel, zp::message&&) {}, [](zp::channel, std::error_code) {});
+    bool iopub_ready = false;
+    channels->on_iopub_ready([&] { iopub_ready = true; });
+    // Sent before anything is bound: it waits in control's queue.
+    channels->request(zp::channel::control, "kernel_info_request", "{}");
+
+    // The kernel binds control and iopub first. Shell is not there yet, so nobody connects
+    // to them: the control request is still queued, and no subscription was made.
+    auto bind = [&](zmq::socket_type type, int port) {
+        zmq::socket_t s(ctx, type);
+        s.set(zmq::sockopt::linger, 0);
+        s.bind("ipc://" + info.ip + "-" + std::to_string(port));
+        return s;
+    };
+    zmq::socket_t control = bind(zmq::socket_type::router, info.control_port);
+    zmq::socket_t iopub = bind(zmq::socket_type::xpub, info.iopub_port);
+    run_until(ioc, [] { return false; }, 100ms);
+    std::vector<zmq::message_t> got;
+    CHECK_FALSE(zmq::recv_multipart(control, std::back_inserter(got), zmq::recv_flags::dontwait)
+                    .has_value());
+    CHECK_FALSE(iopub_ready);
+    CHECK_FALSE(channels->shell_connected());
+
+    // Shell binds: shell connects, then control gets its queued request and iopub subscribes.
+    zmq::socket_t shell = bind(zmq::socket_type::router, info.shell_port);
+    zmq::socket_t stdin_sock = bind(zmq::socket_type::router, info.stdin_port);
+    REQUIRE(run_until(ioc, [&] {
+        return zmq::recv_multipart(control, std::back_inserter(got), zmq::recv_flags::dontwait)
+            .has_value();
+    }));
+    CHECK(got.front().to_string() == "session-late");  // the DEALER's identity
+    REQUIRE(run_until(ioc, [&] { return iopub_ready && channels->shell_connected(); }));
+    zmq::message_t sub;
+    REQUIRE(run_until(ioc, [&] { return iopub.recv(sub, zmq::recv_flags::dontwait).has_value(); }));
+    CHECK(sub.size() >= 1);
+    CHECK(static_cast<const char*>(sub.data())[0] == 1);  // subscribe
+
+    channels->close();
+    std::filesystem::remove_all(dir);
 }
