@@ -130,9 +130,9 @@ void zmtp_socket::start_connect()
     boost::system::error_code ignored;
     sock_.close(ignored);
     // A starting kernel binds its ipc sockets late (ipykernel some hundreds of milliseconds
-    // after it was launched). Until its socket file exists a connect cannot succeed, and one
-    // access() costs less than the socket, ioctl, epoll_ctl, connect and close of an attempt:
-    // about 1,500 of those per ipykernel start on five channels.
+    // after it was launched, some 400 tries at 2 ms). Until its socket file exists a connect
+    // cannot succeed, and one access() costs less than the socket, ioctl, epoll_ctl, connect
+    // and close of an attempt.
     if (!is_tcp_ && ::access(peer_.c_str(), F_OK) != 0 && errno == ENOENT) {
         schedule_retry();
         backoff_ = std::min(backoff_ * 2, k_backoff_max);
