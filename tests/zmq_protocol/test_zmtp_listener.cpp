@@ -206,11 +206,19 @@ TEST_CASE("zmtp_listener: a PUB on ipc sends by subscription to libzmq SUBs", "[
             recv_into(all, at_all);
             recv_into(some, at_some);
         }));
-        // Drain the probes still in flight.
-        srv.run_until([] { return false; }, [&] {
-            recv_into(all, at_all);
-            recv_into(some, at_some);
-        }, 100ms);
+        // Drain the probes still in flight: a fence sent after the last probe arrives after
+        // it at both (one connection each, in order).
+        const std::vector<std::string> fence{"status", "fence"};
+        pub.send(views(fence));
+        REQUIRE(srv.run_until(
+            [&] {
+                return !at_all.empty() && at_all.back() == fence && !at_some.empty() &&
+                       at_some.back() == fence;
+            },
+            [&] {
+                recv_into(all, at_all);
+                recv_into(some, at_some);
+            }));
         at_all.clear();
         at_some.clear();
 
