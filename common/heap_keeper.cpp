@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cstdlib>
 #include <fstream>
@@ -116,6 +117,13 @@ void exec_with_huge_pages(char** argv)
     const std::string was = current != nullptr ? std::string("=") + current : "-";
     ::setenv(k_was, was.c_str(), 1);
     ::setenv(k_tunables, wanted->c_str(), 1);
+    // The binary's own path, not /proc/self/exe: the process is named after the file it
+    // runs, and "exe" is not what ps, top or pgrep kernelgate should show.
+    std::array<char, 4096> self{};
+    const ssize_t n = ::readlink("/proc/self/exe", self.data(), self.size() - 1);
+    if (n > 0 && static_cast<std::size_t>(n) < self.size() - 1) {
+        ::execv(self.data(), argv);  // fails on a binary deleted since (" (deleted)")
+    }
     ::execv("/proc/self/exe", argv);
     // Still here: no /proc, or the binary is gone. Go on as we are.
     restore_after_huge_pages_exec();

@@ -470,6 +470,9 @@ def test_the_heap_takes_huge_pages_and_kernels_do_not_inherit_the_setting(tmp_pa
     g = FaultGateway(tmp_path, ["--log-level", "info"])
     try:
         env = _environ(g.process.pid)
+        # Started again or not, the process is named after its binary (ps, top, pgrep).
+        comm = Path(f"/proc/{g.process.pid}/comm").read_text().strip()
+        assert comm == Path(kernelgate_binary()).name[:15], comm
         asan = b"__asan_init" in Path(kernelgate_binary()).read_bytes()
         if asan or _thp_mode() not in ("madvise", "always"):
             assert "glibc.malloc.hugetlb" not in env.get("GLIBC_TUNABLES", "")
