@@ -12,6 +12,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "common/inotify_events.hpp"
 #include "gateway/ws_session.hpp"
 
 namespace kernelgate::gateway {
@@ -77,17 +78,11 @@ void server::read_token_events()
             }
             // Any change to the database, its WAL or its journal; or events were lost.
             bool changed = false;
-            for (std::size_t off = 0; off + sizeof(inotify_event) <= n;) {
-                inotify_event ev;
-                std::memcpy(&ev, token_events_.data() + off, sizeof ev);
-                const std::size_t len = std::min<std::size_t>(ev.len, n - off - sizeof ev);
-                const char* name = token_events_.data() + off + sizeof ev;
-                const std::string_view file(name, ::strnlen(name, len));
-                if ((ev.mask & IN_Q_OVERFLOW) != 0 || file.starts_with(token_db_name_)) {
-                    changed = true;
-                }
-                off += sizeof ev + len;
-            }
+            for_each_inotify_event(token_events_.data(), n,
+                                   [&](int, std::uint32_t mask, std::string_view file) {
+                                       changed |= (mask & IN_Q_OVERFLOW) != 0 ||
+                                                  file.starts_with(token_db_name_);
+                                   });
             if (changed) {
                 ++metrics_.token_db_wakeups;
                 check_tokens();

@@ -25,8 +25,14 @@ constexpr std::size_t k_keep_buffer = 1u << 20;  // larger buffers are released 
 constexpr auto k_backoff_max = std::chrono::milliseconds(2);
 // An ipc socket file nobody listens on is a kernel that closed its sockets: one shutting
 // down (ipykernel takes a few hundred milliseconds more to exit) or dead. A restarted kernel
-// binds a new file at that path, so trying again goes on, but less often.
+// binds a new file at that path, so trying again goes on, but less often; with an inotify
+// watch on the file's directory the new file wakes the socket at once, and tries without
+// one can be rarer still.
 constexpr auto k_backoff_max_refused = std::chrono::milliseconds(16);
+constexpr auto k_backoff_max_refused_watched = std::chrono::milliseconds(128);
+// Waiting for a socket file by inotify, the socket still looks this often, should an event
+// be missed (a directory the watch does not see into).
+constexpr auto k_file_wait_fallback = std::chrono::milliseconds(500);
 constexpr std::size_t k_pull_every = 64;          // messages handled between eager reads
 // Unhandled bytes read ahead at most. 1 MiB is 16 messages of 64 KiB: enough to keep the
 // gateway busy while the kernel writes more; 8 MiB made a stream touch (and page-fault) that
@@ -129,14 +135,24 @@ void zmtp_socket::start_connect()
     const auto gen = ++generation_;
     boost::system::error_code ignored;
     sock_.close(ignored);
+    file_wait_.reset();
     // A starting kernel binds its ipc sockets late (ipykernel some hundreds of milliseconds
-    // after it was launched, some 400 tries at 2 ms). Until its socket file exists a connect
-    // cannot succeed, and one access() costs less than the socket, ioctl, epoll_ctl, connect
-    // and close of an attempt.
-    if (!is_tcp_ && ::access(peer_.c_str(), F_OK) != 0 && errno == ENOENT) {
-        schedule_retry();
-        backoff_ = std::min(backoff_ * 2, k_backoff_max);
-        return;
+    // after it was launched). Until its socket file exists a connect cannot succeed: the
+    // socket sleeps until inotify says the file is there (looking once more after the watch
+    // is set, so that a file made in between is not missed). Without a watch it looks every
+    // 2 ms, some 400 times for ipykernel; one access() costs less than the socket, ioctl,
+    // epoll_ctl, connect and close of an attempt.
+    if (!is_tcp_ && !socket_file_exists()) {
+        if (!wait_for_socket_file()) {
+            schedule_retry();
+            backoff_ = std::min(backoff_ * 2, k_backoff_max);
+            return;
+        }
+        if (!socket_file_exists()) {
+            schedule_retry(k_file_wait_fallback);
+            return;
+        }
+        file_wait_.reset();
     }
     ++connect_attempts_;
     sock_ = net::generic::stream_protocol::socket(ioc_);
@@ -148,9 +164,12 @@ void zmtp_socket::start_connect()
         if (ec) {
             // Not bound yet (a starting kernel) or gone: try again soon.
             const bool stale_file = !self->is_tcp_ && ec == net::error::connection_refused;
+            const bool watched = stale_file && self->wait_for_socket_file();
             self->schedule_retry();
-            self->backoff_ =
-                std::min(self->backoff_ * 2, stale_file ? k_backoff_max_refused : k_backoff_max);
+            self->backoff_ = std::min(self->backoff_ * 2,
+                                      watched      ? k_backoff_max_refused_watched
+                                      : stale_file ? k_backoff_max_refused
+                                                   : k_backoff_max);
             return;
         }
         // TCP simultaneous open: a connect to a local port nobody listens on yet can pick that
@@ -211,9 +230,28 @@ void zmtp_socket::disconnected()
     }
 }
 
-void zmtp_socket::schedule_retry()
+bool zmtp_socket::socket_file_exists()
 {
-    retry_.expires_after(backoff_);
+    ++file_checks_;
+    return ::access(peer_.c_str(), F_OK) == 0 || errno != ENOENT;
+}
+
+bool zmtp_socket::wait_for_socket_file()
+{
+    file_wait_ = net::use_service<file_watch>(ioc_).wait_for(
+        peer_, [weak = weak_from_this(), gen = generation_] {
+            auto self = weak.lock();
+            if (self && !self->closed_ && gen == self->generation_) {
+                self->retry_.cancel();
+                self->start_connect();
+            }
+        });
+    return static_cast<bool>(file_wait_);
+}
+
+void zmtp_socket::schedule_retry(std::chrono::milliseconds delay)
+{
+    retry_.expires_after(delay);
     retry_.async_wait([weak = weak_from_this()](boost::system::error_code ec) {
         if (auto s = weak.lock(); s && !ec) {
             s->start_connect();
@@ -525,6 +563,7 @@ void zmtp_socket::close()
     closed_ = true;
     ++generation_;
     retry_.cancel();
+    file_wait_.reset();
     boost::system::error_code ignored;
     sock_.close(ignored);
     on_message_ = nullptr;

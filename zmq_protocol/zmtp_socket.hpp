@@ -13,6 +13,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include "zmq_protocol/file_watch.hpp"
 #include "zmq_protocol/zmtp.hpp"
 
 namespace kernelgate::zmq_protocol {
@@ -25,7 +26,10 @@ namespace kernelgate::zmq_protocol {
 ///
 /// Like a libzmq socket with connect(): messages sent before the connection is up are queued
 /// and go out after the handshake; a refused or lost connection is retried (after 1, then
-/// every 2 ms); a SUB subscribes to everything on every connection; what a peer sends is bounded
+/// every 2 ms); over ipc a socket file that is not there yet is waited for with inotify
+/// (file_watch) rather than looked for every 2 ms, and one that refuses (a kernel that
+/// closed its sockets) is tried less often, and again at once when a new one is made there;
+/// a SUB subscribes to everything on every connection; what a peer sends is bounded
 /// (zmtp::limits) and a violation drops the connection (counted in protocol_errors()).
 /// Messages are delivered whole, as views into the read buffer valid during the callback.
 ///
@@ -87,12 +91,20 @@ public:
     std::uint64_t writes() const noexcept { return writes_; }
     /// connect() calls made so far. Over ipc none is made while the socket file is missing.
     std::uint64_t connect_attempts() const noexcept { return connect_attempts_; }
+    /// Over ipc: times the socket file was looked for (access()) so far.
+    std::uint64_t file_checks() const noexcept { return file_checks_; }
 
 private:
     void start_connect();
     void on_connected();
     void disconnected();
-    void schedule_retry();
+    void schedule_retry() { schedule_retry(backoff_); }
+    void schedule_retry(std::chrono::milliseconds delay);
+    /// Over ipc: is the socket file there? (counted in file_checks_)
+    bool socket_file_exists();
+    /// Over ipc: start_connect() again once the socket file is (re)made at peer_. false: no
+    /// inotify watch could be set (the caller polls).
+    bool wait_for_socket_file();
     void read();
     void on_read(std::size_t n, bool drained);
     /// Reads without waiting until `limit` bytes are unread; *drained: the socket ran dry.
@@ -113,6 +125,7 @@ private:
     bool is_tcp_ = true;
     boost::asio::generic::stream_protocol::socket sock_;
     boost::asio::steady_timer retry_;
+    file_watch::ticket file_wait_;  ///< over ipc: waiting for the socket file
     std::chrono::milliseconds backoff_{1};
     handler on_message_;
     std::function<void()> on_ready_;
@@ -139,6 +152,7 @@ private:
     std::uint64_t protocol_errors_ = 0;
     std::uint64_t writes_ = 0;
     std::uint64_t connect_attempts_ = 0;
+    std::uint64_t file_checks_ = 0;
 };
 
 using zmtp_socket_ptr = std::shared_ptr<zmtp_socket>;

@@ -7,11 +7,16 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -433,13 +438,17 @@ TEST_CASE("zmtp: ipc transport reaches a libzmq peer on a Unix socket named ip-p
     dealer->start([&](std::span<const std::string_view> parts) { got.push_back(copy(parts)); });
     const std::vector<std::string_view> hello{"hello", "over ipc"};
     REQUIRE(dealer->send(hello));  // queued until the handshake
-    // Connecting before the kernel has bound (the socket file does not exist yet) retries,
-    // as with a TCP port nobody listens on yet, but only looks for the file: no socket is
-    // made and no connect() tried until it is there.
+    // Connecting before the kernel has bound (the socket file does not exist yet) waits for
+    // the file: no socket is made and no connect() tried until it is there, and with an
+    // inotify watch on the directory the file is looked for twice (before and after the
+    // watch is set), not every 2 ms.
     dealer->connect("ipc", base, 7);
     run_until(ioc, [] { return false; }, 50ms);
     CHECK_FALSE(dealer->connected());
     CHECK(dealer->connect_attempts() == 0);
+    auto& watch = boost::asio::use_service<zp::file_watch>(ioc);
+    CHECK(watch.waiting() == 1);
+    CHECK(dealer->file_checks() == 2);
 
     zmq::socket_t router(ctx, zmq::socket_type::router);
     router.set(zmq::sockopt::linger, 0);
@@ -456,6 +465,8 @@ TEST_CASE("zmtp: ipc transport reaches a libzmq peer on a Unix socket named ip-p
     CHECK(in[2].to_string() == "over ipc");
     CHECK(dealer->connected());
     CHECK(dealer->connect_attempts() >= 1);
+    CHECK(watch.waiting() == 0);
+    CHECK(watch.directories_watched() == 0);
 
     const std::string big(300000, 'z');  // larger than one read
     std::array<zmq::const_buffer, 2> reply{zmq::buffer(std::string_view("d-ipc")),
@@ -474,6 +485,47 @@ TEST_CASE("zmtp: ipc transport reaches a libzmq peer on a Unix socket named ip-p
     REQUIRE(run_until(ioc, [&] { return dealer->connected(); }));
     dealer->close();
     again.close();
+    std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("zmtp: an ipc file nobody listens on is tried less often, and a new one at once",
+          "[zmtp]")
+{
+    char tmpl[] = "/tmp/kg-zmtp-stale-XXXXXX";
+    const std::filesystem::path dir = ::mkdtemp(tmpl);
+    const std::string path = (dir / "kernel-stale").string() + "-9";
+    zmq::context_t ctx(1);
+    boost::asio::io_context ioc;
+    auto dealer = std::make_shared<zp::zmtp_socket>(ioc, zp::zmtp_socket::kind::dealer, "d");
+    dealer->start([](std::span<const std::string_view>) {});
+
+    // A socket file that is there but refuses: bound, never listened on (what a kernel that
+    // closed its sockets leaves behind, for a moment).
+    const int stale = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(stale >= 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    REQUIRE(::bind(stale, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0);
+
+    dealer->connect("ipc", (dir / "kernel-stale").string(), 9);
+    run_until(ioc, [] { return false; }, 400ms);
+    CHECK_FALSE(dealer->connected());
+    // Backing off to 128 ms (1 + 2 + ... + 128 is 255 ms): at most 10 tries in 400 ms, on
+    // any machine. Every 2 ms would be some 200; backing off to 16 ms some 30.
+    CHECK(dealer->connect_attempts() >= 2);
+    CHECK(dealer->connect_attempts() <= 10);
+    CHECK(boost::asio::use_service<zp::file_watch>(ioc).waiting() == 1);
+
+    // A restarted kernel binds a new socket there (libzmq removes the old file first).
+    zmq::socket_t router(ctx, zmq::socket_type::router);
+    router.set(zmq::sockopt::linger, 0);
+    router.bind("ipc://" + path);
+    REQUIRE(run_until(ioc, [&] { return dealer->connected(); }));
+    CHECK(boost::asio::use_service<zp::file_watch>(ioc).waiting() == 0);
+    dealer->close();
+    router.close();
+    ::close(stale);
     std::filesystem::remove_all(dir);
 }
 
