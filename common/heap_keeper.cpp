@@ -2,11 +2,11 @@
 #include "common/heap_keeper.hpp"
 
 #include <malloc.h>
+#include <sys/auxv.h>
 
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <climits>
 #include <cstdlib>
 #include <fstream>
@@ -117,12 +117,12 @@ void exec_with_huge_pages(char** argv)
     const std::string was = current != nullptr ? std::string("=") + current : "-";
     ::setenv(k_was, was.c_str(), 1);
     ::setenv(k_tunables, wanted->c_str(), 1);
-    // The binary's own path, not /proc/self/exe: the process is named after the file it
-    // runs, and "exe" is not what ps, top or pgrep kernelgate should show.
-    std::array<char, 4096> self{};
-    const ssize_t n = ::readlink("/proc/self/exe", self.data(), self.size() - 1);
-    if (n > 0 && static_cast<std::size_t>(n) < self.size() - 1) {
-        ::execv(self.data(), argv);  // fails on a binary deleted since (" (deleted)")
+    // The path this process was started through, not /proc/self/exe: a process is named
+    // after the file it runs, and "exe" is not what ps, top or pgrep kernelgate should show
+    // (nor the name of a symlink it was started through). Nothing has changed the working
+    // directory yet, so a relative path still holds.
+    if (const auto* started_as = reinterpret_cast<const char*>(::getauxval(AT_EXECFN))) {
+        ::execv(started_as, argv);
     }
     ::execv("/proc/self/exe", argv);
     // Still here: no /proc, or the binary is gone. Go on as we are.
