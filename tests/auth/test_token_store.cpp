@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "auth/token_store.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using namespace kernelgate::auth;
@@ -15,15 +16,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
-struct temp_dir
+struct temp_dir : kernelgate::testing::temp_dir
 {
-    fs::path path;
-    temp_dir()
-    {
-        char tmpl[] = "/tmp/kg-auth-XXXXXX";
-        path = ::mkdtemp(tmpl);
-    }
-    ~temp_dir() { fs::remove_all(path); }
+    temp_dir() : kernelgate::testing::temp_dir("kg-auth") {}
 };
 
 std::string slurp(const fs::path& p)

@@ -7,21 +7,16 @@
 
 #include "sessions/kernelspec.hpp"
 #include "sessions/local_host.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace fs = std::filesystem;
 using namespace kernelgate::sessions;
 
 namespace {
 
-struct temp_dir
+struct temp_dir : kernelgate::testing::temp_dir
 {
-    fs::path path;
-    temp_dir()
-    {
-        char tmpl[] = "/tmp/kg-spec-XXXXXX";
-        path = ::mkdtemp(tmpl);
-    }
-    ~temp_dir() { fs::remove_all(path); }
+    temp_dir() : kernelgate::testing::temp_dir("kg-spec") {}
 };
 
 void write_spec(const fs::path& dir, const std::string& json)

@@ -13,6 +13,7 @@
 #include <boost/asio/io_context.hpp>
 
 #include "zmq_protocol/file_watch.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace zp = kernelgate::zmq_protocol;
 namespace fs = std::filesystem;
@@ -20,19 +21,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
-struct temp_dir
+struct temp_dir : kernelgate::testing::temp_dir
 {
-    fs::path path;
-    temp_dir()
-    {
-        char tmpl[] = "/tmp/kg-file-watch-XXXXXX";
-        path = ::mkdtemp(tmpl);
-    }
-    ~temp_dir()
-    {
-        std::error_code ignored;
-        fs::remove_all(path, ignored);
-    }
+    temp_dir() : kernelgate::testing::temp_dir("kg-file-watch") {}
 };
 
 void touch(const fs::path& p)
