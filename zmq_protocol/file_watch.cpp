@@ -32,9 +32,9 @@ constexpr std::uint32_t k_watch_mask =
 constexpr std::uint32_t k_dir_gone = IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT;
 } // namespace
 
-struct file_watch::ticket::impl : std::enable_shared_from_this<file_watch::ticket::impl>
+struct file_watch::state : std::enable_shared_from_this<file_watch::state>
 {
-    explicit impl(net::io_context& c) : ioc(c), desc(c) {}
+    explicit state(net::io_context& c) : ioc(c), desc(c) {}
 
     struct waiter
     {
@@ -159,7 +159,7 @@ struct file_watch::ticket::impl : std::enable_shared_from_this<file_watch::ticke
 };
 
 file_watch::file_watch(net::io_context& ioc)
-    : net::execution_context::service(ioc), impl_(std::make_shared<ticket::impl>(ioc))
+    : net::execution_context::service(ioc), state_(std::make_shared<state>(ioc))
 {
     const int fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (fd < 0) {
@@ -167,7 +167,7 @@ file_watch::file_watch(net::io_context& ioc)
                      std::strerror(errno));
         return;
     }
-    impl_->desc.assign(fd);
+    state_->desc.assign(fd);
 }
 
 file_watch::~file_watch() = default;
@@ -175,32 +175,32 @@ file_watch::~file_watch() = default;
 void file_watch::shutdown()
 {
     boost::system::error_code ignored;
-    impl_->desc.close(ignored);
-    impl_->waiters.clear();
-    impl_->watches.clear();
+    state_->desc.close(ignored);
+    state_->waiters.clear();
+    state_->watches.clear();
 }
 
 file_watch::ticket file_watch::wait_for(const std::string& path, std::function<void()> f)
 {
-    const auto wait = impl_->add(path, std::move(f));
+    const auto wait = state_->add(path, std::move(f));
     if (wait == 0) {
         return {};
     }
-    return ticket(impl_, wait);
+    return ticket(state_, wait);
 }
 
 std::size_t file_watch::directories_watched() const noexcept
 {
-    return impl_->watches.size();
+    return state_->watches.size();
 }
 
 std::size_t file_watch::waiting() const noexcept
 {
-    return impl_->waiters.size();
+    return state_->waiters.size();
 }
 
 file_watch::ticket::ticket(ticket&& o) noexcept
-    : impl_(std::move(o.impl_)), id_(std::exchange(o.id_, 0))
+    : state_(std::move(o.state_)), id_(std::exchange(o.id_, 0))
 {
 }
 
@@ -208,7 +208,7 @@ file_watch::ticket& file_watch::ticket::operator=(ticket&& o) noexcept
 {
     if (this != &o) {
         reset();
-        impl_ = std::move(o.impl_);
+        state_ = std::move(o.state_);
         id_ = std::exchange(o.id_, 0);
     }
     return *this;
@@ -217,12 +217,12 @@ file_watch::ticket& file_watch::ticket::operator=(ticket&& o) noexcept
 void file_watch::ticket::reset() noexcept
 {
     if (id_ != 0) {
-        if (const auto i = impl_.lock()) {
-            i->cancel(id_);
+        if (const auto st = state_.lock()) {
+            st->cancel(id_);
         }
         id_ = 0;
     }
-    impl_.reset();
+    state_.reset();
 }
 
 } // namespace kernelgate::zmq_protocol

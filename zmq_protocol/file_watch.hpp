@@ -24,6 +24,8 @@ namespace kernelgate::zmq_protocol {
 /// Thread safety: all calls on the io_context's thread, as the sockets that use it.
 class file_watch final : public boost::asio::execution_context::service
 {
+    struct state;
+
 public:
     using key_type = file_watch;
     static boost::asio::execution_context::id id;
@@ -48,9 +50,8 @@ public:
 
     private:
         friend class file_watch;
-        struct impl;
-        ticket(std::weak_ptr<impl> w, std::uint64_t id) : impl_(std::move(w)), id_(id) {}
-        std::weak_ptr<impl> impl_;
+        ticket(std::weak_ptr<state> w, std::uint64_t id) : state_(std::move(w)), id_(id) {}
+        std::weak_ptr<state> state_;
         std::uint64_t id_ = 0;
     };
 
@@ -68,7 +69,7 @@ public:
 
 private:
     void shutdown() override;
-    std::shared_ptr<ticket::impl> impl_;
+    std::shared_ptr<state> state_;  ///< shared with tickets, which may outlive the service
 };
 
 } // namespace kernelgate::zmq_protocol
