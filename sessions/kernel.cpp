@@ -264,6 +264,13 @@ void kernel::disconnect()
     }
 }
 
+void kernel::expect_exit()
+{
+    if (channels_) {
+        channels_->expect_exit();
+    }
+}
+
 const zp::channel_stats* kernel::stats() const
 {
     return channels_ ? &channels_->stats() : &last_stats_;

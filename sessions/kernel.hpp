@@ -97,6 +97,9 @@ public:
                  std::chrono::milliseconds timeout, std::function<void(bool ready)> on_ready);
     /// Drops the channels of the current process (before a restart or on exit).
     void disconnect();
+    /// The process was asked to shut down: its channels are not reconnected once it closes
+    /// them, and its heartbeat stops (kernel_channels::expect_exit).
+    void expect_exit();
     /// Fails a pending connect() at once (the process died while starting).
     void abort_ready();
     bool connected() const noexcept { return channels_ != nullptr; }

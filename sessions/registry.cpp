@@ -256,6 +256,9 @@ void registry::stop_process(const kernel_ptr& k, bool restart, std::function<voi
     k->exit_waiters.push_back(std::move(on_exited));
     k->request(zp::channel::control, "shutdown_request",
                restart ? R"({"restart":true})" : R"({"restart":false})");
+    // The kernel closes its sockets before it exits; connecting again would only be refused
+    // (about 35 attempts per ipykernel shutdown) until the exit is seen.
+    k->expect_exit();
     k->lifecycle_timer = std::make_unique<boost::asio::steady_timer>(ioc_);
     k->lifecycle_timer->expires_after(cfg_.shutdown_wait / 2);
     std::weak_ptr<kernel> weak = k;

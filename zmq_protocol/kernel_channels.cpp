@@ -226,7 +226,7 @@ void kernel_channels::start_heartbeat(std::chrono::milliseconds interval, int ma
 
 void kernel_channels::heartbeat_tick()
 {
-    if (closed_) {
+    if (closed_ || exiting_) {
         return;
     }
     if (hb_waiting_) {
@@ -251,6 +251,31 @@ void kernel_channels::heartbeat_tick()
             self->heartbeat_tick();
         }
     });
+}
+
+std::uint64_t kernel_channels::connect_attempts() const noexcept
+{
+    std::uint64_t n = 0;
+    for (const auto* s : {&shell_, &control_, &stdin_, &iopub_}) {
+        if (*s) {
+            n += (*s)->connect_attempts();
+        }
+    }
+    return n;
+}
+
+void kernel_channels::expect_exit()
+{
+    exiting_ = true;
+    hb_timer_.cancel();
+    if (hb_) {
+        hb_->close();
+    }
+    for (auto* s : {&shell_, &control_, &stdin_, &iopub_}) {
+        if (*s) {
+            (*s)->stop_reconnecting();
+        }
+    }
 }
 
 void kernel_channels::close()

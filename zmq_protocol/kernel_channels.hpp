@@ -90,7 +90,13 @@ public:
                          int max_misses,
                          heartbeat_handler on_change);
 
+    /// The kernel was asked to shut down: its sockets are not connected again once it closes
+    /// them, and the heartbeat stops (zmtp_socket::stop_reconnecting). What is on its way,
+    /// such as the shutdown_reply and the last status, is still delivered.
+    void expect_exit();
     void close();
+    /// connect() calls made so far by shell, control, stdin and iopub (zmtp_socket).
+    std::uint64_t connect_attempts() const noexcept;
     const channel_stats& stats() const noexcept { return stats_; }
     const std::string& session_id() const noexcept { return session_id_; }
 
@@ -116,6 +122,7 @@ private:
     bool hb_alive_ = true;
     channel_stats stats_;
     bool closed_ = false;
+    bool exiting_ = false;  ///< expect_exit()
     bool others_connecting_ = false;  ///< control, stdin, iopub, hb connect after shell first did
 };
 

@@ -129,7 +129,7 @@ void zmtp_socket::start(handler on_message)
 
 void zmtp_socket::start_connect()
 {
-    if (closed_) {
+    if (closed_ || (ever_connected_ && !reconnect_)) {
         return;
     }
     const auto gen = ++generation_;
@@ -188,6 +188,7 @@ void zmtp_socket::start_connect()
 void zmtp_socket::on_connected()
 {
     backoff_ = std::chrono::milliseconds(1);
+    ever_connected_ = true;
     boost::system::error_code ignored;
     if (is_tcp_) {
         sock_.set_option(net::ip::tcp::no_delay(true), ignored);
@@ -225,8 +226,21 @@ void zmtp_socket::disconnected()
     boost::system::error_code ignored;
     sock_.close(ignored);
     ++generation_;  // completions of this connection are ignored from now on
-    if (!closed_) {
+    if (!closed_ && reconnect_) {
         schedule_retry();
+    }
+}
+
+void zmtp_socket::stop_reconnecting()
+{
+    reconnect_ = false;
+    if (!closed_ && ever_connected_ && !stream_up_) {
+        // Between a lost connection and its next attempt.
+        ++generation_;
+        retry_.cancel();
+        file_wait_.reset();
+        boost::system::error_code ignored;
+        sock_.close(ignored);
     }
 }
 

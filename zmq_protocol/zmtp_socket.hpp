@@ -81,6 +81,10 @@ public:
     void set_paused(bool paused);
     bool paused() const noexcept { return paused_; }
     void close();
+    /// The peer is about to go away for good (a kernel asked to shut down): a connection that
+    /// drops from now on is not made again, and one already lost is no longer retried. A
+    /// socket that never connected still does, so that what it queued reaches the peer.
+    void stop_reconnecting();
     bool connected() const noexcept { return ready_; }
 
     std::uint64_t received() const noexcept { return received_; }
@@ -127,6 +131,8 @@ private:
     boost::asio::steady_timer retry_;
     file_watch::ticket file_wait_;  ///< over ipc: waiting for the socket file
     std::chrono::milliseconds backoff_{1};
+    bool ever_connected_ = false;
+    bool reconnect_ = true;
     handler on_message_;
     std::function<void()> on_ready_;
     std::function<void()> on_stream_up_;

@@ -670,3 +670,117 @@ TEST_CASE("kernel_channels: only shell looks for a late kernel; the rest follow 
     channels->close();
     std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("zmtp: after stop_reconnecting a lost peer is not tried again; a new socket still "
+          "connects",
+          "[zmtp]")
+{
+    zmq::context_t ctx(1);
+    boost::asio::io_context ioc;
+    std::uint16_t port = 0;
+    auto dealer = std::make_shared<zp::zmtp_socket>(ioc, zp::zmtp_socket::kind::dealer, "d");
+    int got = 0;
+    dealer->start([&](std::span<const std::string_view>) { ++got; });
+    zmq::socket_t router(ctx, zmq::socket_type::router);
+    router.set(zmq::sockopt::linger, 0);
+    port = bound_port(router);
+
+    // Told before its first connection: it still connects, and what it queued goes out.
+    dealer->stop_reconnecting();
+    std::array<std::string_view, 1> hello{"hello"};
+    REQUIRE(dealer->send(hello));
+    dealer->connect("127.0.0.1", port);
+    std::vector<zmq::message_t> in;
+    REQUIRE(run_until(ioc, [&] {
+        return zmq::recv_multipart(router, std::back_inserter(in), zmq::recv_flags::dontwait)
+            .has_value();
+    }));
+    REQUIRE(in.size() == 2);
+    CHECK(in[1].to_string() == "hello");
+    // Messages still arrive on the connection it has.
+    std::array<zmq::const_buffer, 2> m{zmq::buffer(std::string_view("d")),
+                                       zmq::buffer(std::string_view("reply"))};
+    REQUIRE(zmq::send_multipart(router, m));
+    REQUIRE(run_until(ioc, [&] { return got == 1; }));
+
+    // The peer goes away and comes back on the same port: no attempt is made to reach it
+    // (with reconnecting on, one every 2 ms).
+    const auto attempts = dealer->connect_attempts();
+    router.close();
+    REQUIRE(run_until(ioc, [&] { return !dealer->connected(); }));
+    run_until(ioc, [] { return false; }, 300ms);
+    zmq::socket_t again(ctx, zmq::socket_type::router);
+    again.set(zmq::sockopt::linger, 0);
+    again.bind("tcp://127.0.0.1:" + std::to_string(port));
+    run_until(ioc, [] { return false; }, 100ms);
+    CHECK(dealer->connect_attempts() == attempts);
+    CHECK_FALSE(dealer->connected());
+    dealer->close();
+}
+
+TEST_CASE("kernel_channels: after expect_exit a kernel that closes its sockets is not "
+          "reconnected and its heartbeat stops",
+          "[channels]")
+{
+    zmq::context_t ctx(1);
+    auto bind = [&](zmq::socket_type type, std::uint16_t& port) {
+        zmq::socket_t s(ctx, type);
+        s.set(zmq::sockopt::linger, 0);
+        port = bound_port(s);
+        return s;
+    };
+    zp::connection_info info;
+    info.transport = "tcp";
+    info.ip = "127.0.0.1";
+    info.key = "0123456789abcdef";
+    zmq::socket_t shell = bind(zmq::socket_type::router, info.shell_port);
+    zmq::socket_t control = bind(zmq::socket_type::router, info.control_port);
+    zmq::socket_t stdin_sock = bind(zmq::socket_type::router, info.stdin_port);
+    zmq::socket_t iopub = bind(zmq::socket_type::xpub, info.iopub_port);
+    zmq::socket_t hb = bind(zmq::socket_type::router, info.hb_port);
+
+    boost::asio::io_context ioc;
+    auto channels = std::make_shared<zp::kernel_channels>(ioc, info, "session-exit");
+    channels->start([](zp::channel, zp::message&&) {}, [](zp::channel, std::error_code) {});
+    bool iopub_ready = false;
+    channels->on_iopub_ready([&] { iopub_ready = true; });
+    channels->start_heartbeat(20ms, 1000, [](bool) {});
+    int pings = 0;
+    auto echo_pings = [&] {
+        std::vector<zmq::message_t> ping;
+        while (zmq::recv_multipart(hb, std::back_inserter(ping), zmq::recv_flags::dontwait)) {
+            ++pings;
+            zmq::send_multipart(hb, ping);
+            ping.clear();
+        }
+    };
+    REQUIRE(run_until(ioc, [&] {
+        echo_pings();
+        return iopub_ready && channels->shell_connected() && pings >= 2;
+    }));
+
+    channels->request(zp::channel::control, "shutdown_request", R"({"restart":false})");
+    channels->expect_exit();
+    std::vector<zmq::message_t> got;
+    REQUIRE(run_until(ioc, [&] {
+        return zmq::recv_multipart(control, std::back_inserter(got), zmq::recv_flags::dontwait)
+            .has_value();
+    }));
+    // No more pings (at most one already on its way), though the kernel still answers.
+    const int pings_at_exit = pings;
+    run_until(ioc, [&] {
+        echo_pings();
+        return false;
+    }, 200ms);
+    CHECK(pings <= pings_at_exit + 1);  // about 10 more with the heartbeat running
+    const auto attempts = channels->connect_attempts();
+
+    // The kernel closes every socket, as it does on its way out.
+    for (auto* s : {&shell, &control, &stdin_sock, &iopub, &hb}) {
+        s->close();
+    }
+    run_until(ioc, [] { return false; }, 300ms);
+    CHECK(channels->connect_attempts() == attempts);  // was about 4 per 2 ms
+    CHECK_FALSE(channels->shell_connected());
+    channels->close();
+}
