@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "zmq_protocol/zmtp_socket.hpp"
 
+#include "zmq_protocol/listen_probe.hpp"
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -33,6 +35,9 @@ constexpr auto k_backoff_max_refused_watched = std::chrono::milliseconds(128);
 // Waiting for a socket file by inotify, the socket still looks this often, should an event
 // be missed (a directory the watch does not see into).
 constexpr auto k_file_wait_fallback = std::chrono::milliseconds(500);
+// Waiting for a loopback port by asking the kernel whether it listens, a connect is still
+// tried this often, should the answer be wrong (a port reached through a redirect).
+constexpr auto k_probe_fallback = std::chrono::milliseconds(100);
 constexpr std::size_t k_pull_every = 64;          // messages handled between eager reads
 // Unhandled bytes read ahead at most. 1 MiB is 16 messages of 64 KiB: enough to keep the
 // gateway busy while the kernel writes more; 8 MiB made a stream touch (and page-fault) that
@@ -115,6 +120,18 @@ void zmtp_socket::connect(std::string_view transport, const std::string& ip,
             return;
         }
         is_tcp_ = true;
+        loopback_ = address.is_loopback();
+        if (address.is_v4()) {
+            const auto b = address.to_v4().to_bytes();
+            address_size_ = b.size();
+            std::copy(b.begin(), b.end(), address_.begin());
+        } else {
+            const auto b = address.to_v6().to_bytes();
+            address_size_ = b.size();
+            std::copy(b.begin(), b.end(), address_.begin());
+        }
+        port_ = port;
+        last_attempt_ = std::chrono::steady_clock::now();
         const net::ip::tcp::endpoint ep(address, port);
         peer_ = ep.address().to_string() + ":" + std::to_string(port);
         endpoint_ = ep;
@@ -154,7 +171,16 @@ void zmtp_socket::start_connect()
         }
         file_wait_.reset();
     }
+    // Likewise a starting kernel's TCP ports: over loopback the kernel is asked whether the
+    // port listens (some 400 times for ipykernel, every 1-2 ms) instead of a connect being
+    // refused each time.
+    if (is_tcp_ && loopback_ && !port_may_listen()) {
+        schedule_retry();
+        backoff_ = std::min(backoff_ * 2, k_backoff_max);
+        return;
+    }
     ++connect_attempts_;
+    last_attempt_ = std::chrono::steady_clock::now();
     sock_ = net::generic::stream_protocol::socket(ioc_);
     sock_.async_connect(endpoint_, [weak = weak_from_this(), gen](boost::system::error_code ec) {
         auto self = weak.lock();
@@ -248,6 +274,15 @@ bool zmtp_socket::socket_file_exists()
 {
     ++file_checks_;
     return ::access(peer_.c_str(), F_OK) == 0 || errno != ENOENT;
+}
+
+bool zmtp_socket::port_may_listen()
+{
+    if (std::chrono::steady_clock::now() - last_attempt_ >= k_probe_fallback) {
+        return true;
+    }
+    ++listen_probes_;
+    return tcp_listening({address_.data(), address_size_}, port_) != listening::no;
 }
 
 bool zmtp_socket::wait_for_socket_file()

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #pragma once
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -97,6 +98,8 @@ public:
     std::uint64_t connect_attempts() const noexcept { return connect_attempts_; }
     /// Over ipc: times the socket file was looked for (access()) so far.
     std::uint64_t file_checks() const noexcept { return file_checks_; }
+    /// Over loopback TCP: times the kernel was asked whether the port listens (sock_diag).
+    std::uint64_t listen_probes() const noexcept { return listen_probes_; }
 
 private:
     void start_connect();
@@ -106,6 +109,9 @@ private:
     void schedule_retry(std::chrono::milliseconds delay);
     /// Over ipc: is the socket file there? (counted in file_checks_)
     bool socket_file_exists();
+    /// Over loopback TCP: might the port accept a connection? false only when the kernel
+    /// says nothing listens on it, and not for longer than k_probe_fallback in a row.
+    bool port_may_listen();
     /// Over ipc: start_connect() again once the socket file is (re)made at peer_. false: no
     /// inotify watch could be set (the caller polls).
     bool wait_for_socket_file();
@@ -127,6 +133,11 @@ private:
     boost::asio::generic::stream_protocol::endpoint endpoint_;
     std::string peer_;         ///< endpoint_ as text, for logs
     bool is_tcp_ = true;
+    bool loopback_ = false;    ///< over TCP to 127.0.0.0/8 or ::1: the port can be probed
+    std::array<unsigned char, 16> address_{};  ///< over TCP: the address, network order
+    std::size_t address_size_ = 0;             ///< 4 (IPv4) or 16 (IPv6)
+    std::uint16_t port_ = 0;
+    std::chrono::steady_clock::time_point last_attempt_{};  ///< of a connect()
     boost::asio::generic::stream_protocol::socket sock_;
     boost::asio::steady_timer retry_;
     file_watch::ticket file_wait_;  ///< over ipc: waiting for the socket file
@@ -159,6 +170,7 @@ private:
     std::uint64_t writes_ = 0;
     std::uint64_t connect_attempts_ = 0;
     std::uint64_t file_checks_ = 0;
+    std::uint64_t listen_probes_ = 0;
 };
 
 using zmtp_socket_ptr = std::shared_ptr<zmtp_socket>;

@@ -784,3 +784,44 @@ TEST_CASE("kernel_channels: after expect_exit a kernel that closes its sockets i
     CHECK_FALSE(channels->shell_connected());
     channels->close();
 }
+
+TEST_CASE("zmtp: a loopback TCP port nobody listens on is asked about instead of connected to, "
+          "and connected to once it listens",
+          "[zmtp]")
+{
+    std::uint16_t port = 0;
+    {
+        // A free port: bound and let go.
+        zmq::context_t tmp(1);
+        zmq::socket_t s(tmp, zmq::socket_type::router);
+        s.set(zmq::sockopt::linger, 0);
+        port = bound_port(s);
+    }
+    boost::asio::io_context ioc;
+    auto dealer = std::make_shared<zp::zmtp_socket>(ioc, zp::zmtp_socket::kind::dealer, "d");
+    int got = 0;
+    dealer->start([&](std::span<const std::string_view>) { ++got; });
+    dealer->connect("127.0.0.1", port);
+    run_until(ioc, [] { return false; }, 300ms);
+    // Retrying every 1-2 ms by connecting made some 150 attempts here. Now the kernel is
+    // asked, and a connect is only tried every 100 ms should its answer be wrong.
+    CHECK(dealer->connect_attempts() <= 4);
+    CHECK(dealer->listen_probes() >= 50);
+    CHECK_FALSE(dealer->connected());
+
+    zmq::context_t ctx(1);
+    zmq::socket_t router(ctx, zmq::socket_type::router);
+    router.set(zmq::sockopt::linger, 0);
+    router.bind("tcp://127.0.0.1:" + std::to_string(port));
+    REQUIRE(run_until(ioc, [&] { return dealer->connected(); }));
+    std::array<std::string_view, 1> hello{"hello"};
+    REQUIRE(dealer->send(hello));
+    std::vector<zmq::message_t> in;
+    REQUIRE(run_until(ioc, [&] {
+        return zmq::recv_multipart(router, std::back_inserter(in), zmq::recv_flags::dontwait)
+            .has_value();
+    }));
+    REQUIRE(in.size() == 2);
+    CHECK(in[1].to_string() == "hello");
+    dealer->close();
+}
