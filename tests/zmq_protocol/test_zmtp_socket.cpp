@@ -53,6 +53,26 @@ bool run_until(boost::asio::io_context& ioc, Done done, std::chrono::millisecond
     return false;
 }
 
+/// Runs the loop until the libzmq peer has a message and returns its frames (none if nothing
+/// came within the deadline).
+std::vector<zmq::message_t> receive(boost::asio::io_context& ioc, zmq::socket_t& peer)
+{
+    std::vector<zmq::message_t> in;
+    run_until(ioc, [&] {
+        return zmq::recv_multipart(peer, std::back_inserter(in), zmq::recv_flags::dontwait)
+            .has_value();
+    });
+    return in;
+}
+
+/// Our DEALER (identity "d"), counting in `got` the messages it receives.
+std::shared_ptr<zp::zmtp_socket> counting_dealer(boost::asio::io_context& ioc, int& got)
+{
+    auto dealer = std::make_shared<zp::zmtp_socket>(ioc, zp::zmtp_socket::kind::dealer, "d");
+    dealer->start([&got](std::span<const std::string_view>) { ++got; });
+    return dealer;
+}
+
 std::vector<std::string> copy(std::span<const std::string_view> parts)
 {
     return {parts.begin(), parts.end()};
@@ -114,11 +134,7 @@ TEST_CASE("zmtp: DEALER talks to a libzmq ROUTER both ways", "[zmtp]")
     REQUIRE(dealer->send(msg));
     p.connect();
 
-    std::vector<zmq::message_t> in;
-    REQUIRE(run_until(ioc, [&] {
-        return zmq::recv_multipart(router, std::back_inserter(in), zmq::recv_flags::dontwait)
-            .has_value();
-    }));
+    const std::vector<zmq::message_t> in = receive(ioc, router);
     REQUIRE(in.size() == 6);
     CHECK(in[0].to_string() == "me-1");  // our Identity property became the routing id
     CHECK(in[1].to_string() == "<IDS|MSG>");
@@ -405,9 +421,8 @@ TEST_CASE("zmtp: reconnects after the peer goes away and comes back", "[zmtp]")
     zmq::context_t ctx(1);
     std::uint16_t port = 0;
     boost::asio::io_context ioc;
-    auto dealer = std::make_shared<zp::zmtp_socket>(ioc, zp::zmtp_socket::kind::dealer, "d");
     int got = 0;
-    dealer->start([&](std::span<const std::string_view>) { ++got; });
+    auto dealer = counting_dealer(ioc, got);
     {
         zmq::socket_t router(ctx, zmq::socket_type::router);
         router.set(zmq::sockopt::linger, 0);
@@ -454,11 +469,7 @@ TEST_CASE("zmtp: ipc transport reaches a libzmq peer on a Unix socket named ip-p
     router.set(zmq::sockopt::linger, 0);
     router.bind("ipc://" + base + "-7");
     CHECK(std::filesystem::is_socket(base + "-7"));
-    std::vector<zmq::message_t> in;
-    REQUIRE(run_until(ioc, [&] {
-        return zmq::recv_multipart(router, std::back_inserter(in), zmq::recv_flags::dontwait)
-            .has_value();
-    }));
+    const std::vector<zmq::message_t> in = receive(ioc, router);
     REQUIRE(in.size() == 3);
     CHECK(in[0].to_string() == "d-ipc");
     CHECK(in[1].to_string() == "hello");
@@ -678,9 +689,8 @@ TEST_CASE("zmtp: after stop_reconnecting a lost peer is not tried again; a new s
     zmq::context_t ctx(1);
     boost::asio::io_context ioc;
     std::uint16_t port = 0;
-    auto dealer = std::make_shared<zp::zmtp_socket>(ioc, zp::zmtp_socket::kind::dealer, "d");
     int got = 0;
-    dealer->start([&](std::span<const std::string_view>) { ++got; });
+    auto dealer = counting_dealer(ioc, got);
     zmq::socket_t router(ctx, zmq::socket_type::router);
     router.set(zmq::sockopt::linger, 0);
     port = bound_port(router);
@@ -690,11 +700,7 @@ TEST_CASE("zmtp: after stop_reconnecting a lost peer is not tried again; a new s
     std::array<std::string_view, 1> hello{"hello"};
     REQUIRE(dealer->send(hello));
     dealer->connect("127.0.0.1", port);
-    std::vector<zmq::message_t> in;
-    REQUIRE(run_until(ioc, [&] {
-        return zmq::recv_multipart(router, std::back_inserter(in), zmq::recv_flags::dontwait)
-            .has_value();
-    }));
+    const std::vector<zmq::message_t> in = receive(ioc, router);
     REQUIRE(in.size() == 2);
     CHECK(in[1].to_string() == "hello");
     // Messages still arrive on the connection it has.
@@ -798,9 +804,8 @@ TEST_CASE("zmtp: a loopback TCP port nobody listens on is asked about instead of
         port = bound_port(s);
     }
     boost::asio::io_context ioc;
-    auto dealer = std::make_shared<zp::zmtp_socket>(ioc, zp::zmtp_socket::kind::dealer, "d");
     int got = 0;
-    dealer->start([&](std::span<const std::string_view>) { ++got; });
+    auto dealer = counting_dealer(ioc, got);
     dealer->connect("127.0.0.1", port);
     run_until(ioc, [] { return false; }, 300ms);
     // Retrying every 1-2 ms by connecting made some 150 attempts here. Now the kernel is
@@ -816,11 +821,7 @@ TEST_CASE("zmtp: a loopback TCP port nobody listens on is asked about instead of
     REQUIRE(run_until(ioc, [&] { return dealer->connected(); }));
     std::array<std::string_view, 1> hello{"hello"};
     REQUIRE(dealer->send(hello));
-    std::vector<zmq::message_t> in;
-    REQUIRE(run_until(ioc, [&] {
-        return zmq::recv_multipart(router, std::back_inserter(in), zmq::recv_flags::dontwait)
-            .has_value();
-    }));
+    const std::vector<zmq::message_t> in = receive(ioc, router);
     REQUIRE(in.size() == 2);
     CHECK(in[1].to_string() == "hello");
     dealer->close();
