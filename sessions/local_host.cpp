@@ -203,6 +203,7 @@ result<zmq_protocol::connection_info> local_host::launch(const launch_request& r
     } catch (const std::system_error& e) {
         return e.code();
     }
+    info.file = conn_file.string();
 
     // Environment: ours, then the spec's env (with ${VAR} expansion), then the request's.
     std::map<std::string, std::string> env;

@@ -25,6 +25,9 @@ struct connection_info
     std::string key;                              ///< secret: never log
     std::string signature_scheme = "hmac-sha256";
     std::string kernel_name;
+    /// Where the file was written, if it was (not part of the file): a kernel reads it just
+    /// before it binds.
+    std::string file;
 
     /// "tcp://ip:port" (or "ipc://ip-port" for ipc transport, as jupyter_client does).
     std::string endpoint(std::uint16_t port) const;

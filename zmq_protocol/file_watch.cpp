@@ -30,6 +30,9 @@ namespace {
 constexpr std::uint32_t k_watch_mask =
     IN_CREATE | IN_MOVED_TO | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR;
 constexpr std::uint32_t k_dir_gone = IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT;
+// What ends a wait for a file to be opened: the open, or the file deleted, moved or
+// unmounted (the waiter stops waiting for it).
+constexpr std::uint32_t k_open_mask = IN_OPEN | IN_DELETE_SELF | IN_MOVE_SELF;
 } // namespace
 
 struct file_watch::state : std::enable_shared_from_this<file_watch::state>
@@ -51,22 +54,28 @@ struct file_watch::state : std::enable_shared_from_this<file_watch::state>
     std::map<std::uint64_t, waiter> waiters;       ///< by ticket: woken in the order they came
     std::uint64_t next_id = 1;
 
-    std::uint64_t add(const std::string& path, std::function<void()> f)
+    /// A waiter for a file made in its directory (`opened` false: the directory is watched,
+    /// and the waiter has the file's name) or for a file to be opened (the file itself is
+    /// watched; the waiter's name is empty, as are the events on a watched object itself).
+    std::uint64_t add(const std::string& path, bool opened, std::function<void()> f)
     {
         if (!desc.is_open()) {
             return 0;
         }
         const std::filesystem::path p(path);
         const std::string dir = p.has_parent_path() ? p.parent_path().string() : ".";
+        const std::string& target = opened ? path : dir;
         // The same directory (by any path to it) gives the same watch descriptor.
-        const int wd = ::inotify_add_watch(desc.native_handle(), dir.c_str(), k_watch_mask);
+        const int wd = ::inotify_add_watch(desc.native_handle(), target.c_str(),
+                                           opened ? k_open_mask : k_watch_mask);
         if (wd < 0) {
-            spdlog::debug("file watch: cannot watch {} ({})", dir, std::strerror(errno));
+            spdlog::debug("file watch: cannot watch {} ({})", target, std::strerror(errno));
             return 0;
         }
         ++watches[wd];
         const auto wait = next_id++;
-        waiters.emplace(wait, waiter{wd, p.filename().string(), std::move(f)});
+        waiters.emplace(wait, waiter{wd, opened ? std::string() : p.filename().string(),
+                                     std::move(f)});
         read();
         return wait;
     }
@@ -153,6 +162,8 @@ struct file_watch::state : std::enable_shared_from_this<file_watch::state>
                     wake_if([wd](const waiter& w) { return w.wd == wd; });
                 } else if (!name.empty()) {
                     wake_if([wd, name](const waiter& w) { return w.wd == wd && w.name == name; });
+                } else if ((mask & IN_OPEN) != 0) {
+                    wake_if([wd](const waiter& w) { return w.wd == wd && w.name.empty(); });
                 }
             });
     }
@@ -182,14 +193,23 @@ void file_watch::shutdown()
 
 file_watch::ticket file_watch::wait_for(const std::string& path, std::function<void()> f)
 {
-    const auto wait = state_->add(path, std::move(f));
+    const auto wait = state_->add(path, false, std::move(f));
     if (wait == 0) {
         return {};
     }
     return ticket(state_, wait);
 }
 
-std::size_t file_watch::directories_watched() const noexcept
+file_watch::ticket file_watch::wait_for_open(const std::string& path, std::function<void()> f)
+{
+    const auto wait = state_->add(path, true, std::move(f));
+    if (wait == 0) {
+        return {};
+    }
+    return ticket(state_, wait);
+}
+
+std::size_t file_watch::watched() const noexcept
 {
     return state_->watches.size();
 }

@@ -62,8 +62,14 @@ public:
     /// An empty ticket: no watch could be set, and nothing will be posted.
     ticket wait_for(const std::string& path, std::function<void()> f);
 
-    /// Directories watched now (one per directory with a waiter).
-    std::size_t directories_watched() const noexcept;
+    /// Posts `f` once the existing file `path` is opened (by anyone, for reading or
+    /// writing), or deleted or moved away. A kernel reads its connection file just before it
+    /// binds its sockets: until then there is nothing to connect to. An empty ticket: no
+    /// watch could be set (no inotify, no such file), and nothing will be posted.
+    ticket wait_for_open(const std::string& path, std::function<void()> f);
+
+    /// Objects watched now: one per directory with a waiter, one per file waited to be opened.
+    std::size_t watched() const noexcept;
     /// Waits not yet woken or cancelled.
     std::size_t waiting() const noexcept;
 

@@ -90,6 +90,11 @@ void kernel_channels::start(message_handler on_message, reject_handler on_reject
             self->hb_->connect(self->info_.transport, self->info_.ip, self->info_.hb_port);
         }
     });
+    if (!info_.file.empty() && info_.transport == "tcp") {
+        // Over TCP there is no socket file to wait for, but the kernel reads its connection
+        // file just before it binds: shell looks for the port slowly until then.
+        shell_->wait_for_read(info_.file);
+    }
     shell_->connect(info_.transport, info_.ip, info_.shell_port);
 }
 

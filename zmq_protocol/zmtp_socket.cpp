@@ -38,6 +38,11 @@ constexpr auto k_file_wait_fallback = std::chrono::milliseconds(500);
 // Waiting for a loopback port by asking the kernel whether it listens, a connect is still
 // tried this often, should the answer be wrong (a port reached through a redirect).
 constexpr auto k_probe_fallback = std::chrono::milliseconds(100);
+// With wait_for_read(): how long the port is looked at every 1-2 ms before the kernel has
+// opened its connection file (a native kernel may have read it before the watch was set),
+// and how often after that until it does.
+constexpr auto k_unread_fast_window = std::chrono::milliseconds(50);
+constexpr auto k_unread_interval = std::chrono::milliseconds(100);
 constexpr std::size_t k_pull_every = 64;          // messages handled between eager reads
 // Unhandled bytes read ahead at most. 1 MiB is 16 messages of 64 KiB: enough to keep the
 // gateway busy while the kernel writes more; 8 MiB made a stream touch (and page-fault) that
@@ -121,6 +126,7 @@ void zmtp_socket::connect(std::string_view transport, const std::string& ip,
         }
         is_tcp_ = true;
         loopback_ = address.is_loopback();
+        connect_called_ = std::chrono::steady_clock::now();
         if (address.is_v4()) {
             const auto b = address.to_v4().to_bytes();
             address_size_ = b.size();
@@ -175,6 +181,11 @@ void zmtp_socket::start_connect()
     // port listens (some 400 times for ipykernel, every 1-2 ms) instead of a connect being
     // refused each time.
     if (is_tcp_ && loopback_ && !port_may_listen()) {
+        if (read_wait_ &&
+            std::chrono::steady_clock::now() - connect_called_ >= k_unread_fast_window) {
+            schedule_retry(k_unread_interval);  // the kernel has not read its file yet
+            return;
+        }
         schedule_retry();
         backoff_ = std::min(backoff_ * 2, k_backoff_max);
         return;
@@ -215,6 +226,7 @@ void zmtp_socket::on_connected()
 {
     backoff_ = std::chrono::milliseconds(1);
     ever_connected_ = true;
+    read_wait_.reset();
     boost::system::error_code ignored;
     if (is_tcp_) {
         sock_.set_option(net::ip::tcp::no_delay(true), ignored);
@@ -274,6 +286,24 @@ bool zmtp_socket::socket_file_exists()
 {
     ++file_checks_;
     return ::access(peer_.c_str(), F_OK) == 0 || errno != ENOENT;
+}
+
+void zmtp_socket::wait_for_read(const std::string& file)
+{
+    read_wait_ = net::use_service<file_watch>(ioc_).wait_for_open(file, [weak = weak_from_this()] {
+        auto self = weak.lock();
+        if (!self) {
+            return;
+        }
+        self->read_wait_.reset();
+        if (!self->closed_ && !self->ever_connected_ && !self->stream_up_ && self->is_tcp_ &&
+            self->loopback_) {
+            // Look now and every 1-2 ms from here: the kernel is about to bind.
+            self->retry_.cancel();
+            self->backoff_ = std::chrono::milliseconds(1);
+            self->start_connect();
+        }
+    });
 }
 
 bool zmtp_socket::port_may_listen()
@@ -613,6 +643,7 @@ void zmtp_socket::close()
     ++generation_;
     retry_.cancel();
     file_wait_.reset();
+    read_wait_.reset();
     boost::system::error_code ignored;
     sock_.close(ignored);
     on_message_ = nullptr;

@@ -57,6 +57,11 @@ public:
     /// An unusable address is logged and never connects.
     void connect(std::string_view transport, const std::string& ip, std::uint16_t port);
     void connect(const std::string& ip, std::uint16_t port) { connect("tcp", ip, port); }
+    /// Over loopback TCP, before connect(): the peer is a kernel that reads `file` (its
+    /// connection file) before it binds. After the first 50 ms the port is looked at only
+    /// every 100 ms until something opens the file, then every 1-2 ms again. Without inotify
+    /// (or without the file) nothing changes.
+    void wait_for_read(const std::string& file);
     /// Starts delivering messages.
     void start(handler on_message);
     /// Called each time a connection's handshake completes (for a SUB: its subscription is
@@ -138,6 +143,8 @@ private:
     std::size_t address_size_ = 0;             ///< 4 (IPv4) or 16 (IPv6)
     std::uint16_t port_ = 0;
     std::chrono::steady_clock::time_point last_attempt_{};  ///< of a connect()
+    std::chrono::steady_clock::time_point connect_called_{};
+    file_watch::ticket read_wait_;  ///< wait_for_read(): until the kernel opens the file
     boost::asio::generic::stream_protocol::socket sock_;
     boost::asio::steady_timer retry_;
     file_watch::ticket file_wait_;  ///< over ipc: waiting for the socket file

@@ -53,7 +53,7 @@ TEST_CASE("file_watch: a waiter wakes once, when its own file is made", "[file_w
     int woke = 0;
     auto t = watch.wait_for((d.path / "a").string(), [&] { ++woke; });
     REQUIRE(t);
-    CHECK(watch.directories_watched() == 1);
+    CHECK(watch.watched() == 1);
     CHECK(watch.waiting() == 1);
 
     touch(d.path / "b");  // another file in the same directory
@@ -63,7 +63,7 @@ TEST_CASE("file_watch: a waiter wakes once, when its own file is made", "[file_w
     touch(d.path / "a");
     REQUIRE(run_until(ioc, [&] { return woke > 0; }));
     CHECK(watch.waiting() == 0);
-    CHECK(watch.directories_watched() == 0);  // the last waiter left: unwatched
+    CHECK(watch.watched() == 0);  // the last waiter left: unwatched
 
     fs::remove(d.path / "a");
     touch(d.path / "a");
@@ -83,7 +83,7 @@ TEST_CASE("file_watch: waiters share one watch per directory; a cancelled wait n
     auto tx = watch.wait_for((d.path / "x").string(), [&] { x = true; });
     auto ty = watch.wait_for((d.path / "y").string(), [&] { y = true; });
     auto tm = watch.wait_for((d.path / "m").string(), [&] { moved = true; });
-    CHECK(watch.directories_watched() == 1);
+    CHECK(watch.watched() == 1);
     CHECK(watch.waiting() == 3);
 
     tx.reset();
@@ -98,7 +98,7 @@ TEST_CASE("file_watch: waiters share one watch per directory; a cancelled wait n
     fs::rename(d.path / "m.tmp", d.path / "m");
     REQUIRE(run_until(ioc, [&] { return moved; }));
     CHECK(watch.waiting() == 0);
-    CHECK(watch.directories_watched() == 0);
+    CHECK(watch.watched() == 0);
 
     // Moving a ticket moves the wait; the moved-from ticket cancels nothing.
     bool z = false;
@@ -152,4 +152,55 @@ TEST_CASE("file_watch: with no waiter left the loop has no work; a ticket may ou
     }
     survivor.reset();  // the service is gone: nothing to cancel, nothing touched
     CHECK_FALSE(survivor);
+}
+
+TEST_CASE("file_watch: wait_for_open wakes when the file is opened, not when others are; a "
+          "cancelled wait never wakes",
+          "[file_watch]")
+{
+    temp_dir d;
+    touch(d.path / "conn.json");
+    touch(d.path / "other.json");
+    boost::asio::io_context ioc;
+    auto& watch = boost::asio::use_service<zp::file_watch>(ioc);
+
+    int woke = 0;
+    auto t = watch.wait_for_open((d.path / "conn.json").string(), [&] { ++woke; });
+    REQUIRE(t);
+    int cancelled_woke = 0;
+    auto c = watch.wait_for_open((d.path / "other.json").string(), [&] { ++cancelled_woke; });
+    REQUIRE(c);
+    CHECK(watch.watched() == 2);
+
+    touch(d.path / "new.json");           // another file made in the directory
+    (void)fs::exists(d.path / "conn.json");  // looked at, not opened
+    run_until(ioc, [] { return false; }, 50ms);
+    CHECK(woke == 0);
+
+    c.reset();
+    { std::ifstream in(d.path / "other.json"); }
+    { std::ifstream in(d.path / "conn.json"); }  // read, as a kernel reads its connection file
+    REQUIRE(run_until(ioc, [&] { return woke > 0; }));
+    run_until(ioc, [] { return false; }, 50ms);
+    CHECK(woke == 1);
+    CHECK(cancelled_woke == 0);
+    CHECK(watch.waiting() == 0);
+    CHECK(watch.watched() == 0);
+
+    // A file that is not there cannot be waited on: the caller goes on without.
+    CHECK_FALSE(watch.wait_for_open((d.path / "missing.json").string(), [] {}));
+}
+
+TEST_CASE("file_watch: wait_for_open also ends when the file is deleted", "[file_watch]")
+{
+    temp_dir d;
+    touch(d.path / "conn.json");
+    boost::asio::io_context ioc;
+    auto& watch = boost::asio::use_service<zp::file_watch>(ioc);
+    int woke = 0;
+    auto t = watch.wait_for_open((d.path / "conn.json").string(), [&] { ++woke; });
+    REQUIRE(t);
+    fs::remove(d.path / "conn.json");
+    REQUIRE(run_until(ioc, [&] { return woke > 0; }));
+    CHECK(watch.watched() == 0);
 }

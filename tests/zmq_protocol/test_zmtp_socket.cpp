@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <string>
 #include <thread>
@@ -35,6 +36,15 @@ std::uint16_t bound_port(zmq::socket_t& s)
     s.bind("tcp://127.0.0.1:*");
     const std::string ep = s.get(zmq::sockopt::last_endpoint);
     return static_cast<std::uint16_t>(std::stoi(ep.substr(ep.rfind(':') + 1)));
+}
+
+/// A loopback port nobody listens on: bound once and let go.
+std::uint16_t free_port()
+{
+    zmq::context_t tmp(1);
+    zmq::socket_t s(tmp, zmq::socket_type::router);
+    s.set(zmq::sockopt::linger, 0);
+    return bound_port(s);
 }
 
 /// Runs the loop and polls the libzmq peer until done() or the deadline.
@@ -477,7 +487,7 @@ TEST_CASE("zmtp: ipc transport reaches a libzmq peer on a Unix socket named ip-p
     CHECK(dealer->connected());
     CHECK(dealer->connect_attempts() >= 1);
     CHECK(watch.waiting() == 0);
-    CHECK(watch.directories_watched() == 0);
+    CHECK(watch.watched() == 0);
 
     const std::string big(300000, 'z');  // larger than one read
     std::array<zmq::const_buffer, 2> reply{zmq::buffer(std::string_view("d-ipc")),
@@ -795,14 +805,7 @@ TEST_CASE("zmtp: a loopback TCP port nobody listens on is asked about instead of
           "and connected to once it listens",
           "[zmtp]")
 {
-    std::uint16_t port = 0;
-    {
-        // A free port: bound and let go.
-        zmq::context_t tmp(1);
-        zmq::socket_t s(tmp, zmq::socket_type::router);
-        s.set(zmq::sockopt::linger, 0);
-        port = bound_port(s);
-    }
+    const std::uint16_t port = free_port();
     boost::asio::io_context ioc;
     int got = 0;
     auto dealer = counting_dealer(ioc, got);
@@ -825,4 +828,47 @@ TEST_CASE("zmtp: a loopback TCP port nobody listens on is asked about instead of
     REQUIRE(in.size() == 2);
     CHECK(in[1].to_string() == "hello");
     dealer->close();
+}
+
+TEST_CASE("zmtp: with wait_for_read a port is looked at slowly until the kernel opens its "
+          "connection file, and connected to once it listens",
+          "[zmtp]")
+{
+    char tmpl[] = "/tmp/kg-zmtp-read-XXXXXX";
+    const std::filesystem::path dir = ::mkdtemp(tmpl);
+    const auto conn = dir / "kernel-1.json";
+    std::ofstream(conn) << "{}";
+    const std::uint16_t port = free_port();
+    const std::uint16_t other_port = free_port();
+    boost::asio::io_context ioc;
+    int got = 0;
+    auto dealer = counting_dealer(ioc, got);
+    dealer->wait_for_read(conn.string());
+    dealer->connect("127.0.0.1", port);
+    // The same without a connection file to wait on: looked at every 1-2 ms.
+    int other_got = 0;
+    auto other = counting_dealer(ioc, other_got);
+    other->connect("127.0.0.1", other_port);
+    run_until(ioc, [] { return false; }, 400ms);
+    const auto looks = dealer->listen_probes() + dealer->connect_attempts();
+    const auto other_looks = other->listen_probes() + other->connect_attempts();
+    // 50 ms at 1-2 ms, then every 100 ms: about 30, against some 200.
+    CHECK(looks <= 60);
+    CHECK(other_looks >= 3 * looks);
+    CHECK_FALSE(dealer->connected());
+
+    zmq::context_t ctx(1);
+    zmq::socket_t router(ctx, zmq::socket_type::router);
+    router.set(zmq::sockopt::linger, 0);
+    router.bind("tcp://127.0.0.1:" + std::to_string(port));
+    { std::ifstream in(conn); }  // the kernel reads its file, and binds
+    REQUIRE(run_until(ioc, [&] { return dealer->connected(); }));
+    std::array<std::string_view, 1> hello{"hello"};
+    REQUIRE(dealer->send(hello));
+    const std::vector<zmq::message_t> in = receive(ioc, router);
+    REQUIRE(in.size() == 2);
+    CHECK(in[1].to_string() == "hello");
+    dealer->close();
+    other->close();
+    std::filesystem::remove_all(dir);
 }
