@@ -75,6 +75,17 @@ std::vector<zmq::message_t> receive(boost::asio::io_context& ioc, zmq::socket_t&
     return in;
 }
 
+/// "hello" sent by our DEALER reaches the libzmq ROUTER.
+void check_hello_arrives(boost::asio::io_context& ioc, zp::zmtp_socket& dealer,
+                         zmq::socket_t& router)
+{
+    std::array<std::string_view, 1> hello{"hello"};
+    REQUIRE(dealer.send(hello));
+    const std::vector<zmq::message_t> in = receive(ioc, router);
+    REQUIRE(in.size() == 2);
+    CHECK(in[1].to_string() == "hello");
+}
+
 /// Our DEALER (identity "d"), counting in `got` the messages it receives.
 std::shared_ptr<zp::zmtp_socket> counting_dealer(boost::asio::io_context& ioc, int& got)
 {
@@ -822,11 +833,7 @@ TEST_CASE("zmtp: a loopback TCP port nobody listens on is asked about instead of
     router.set(zmq::sockopt::linger, 0);
     router.bind("tcp://127.0.0.1:" + std::to_string(port));
     REQUIRE(run_until(ioc, [&] { return dealer->connected(); }));
-    std::array<std::string_view, 1> hello{"hello"};
-    REQUIRE(dealer->send(hello));
-    const std::vector<zmq::message_t> in = receive(ioc, router);
-    REQUIRE(in.size() == 2);
-    CHECK(in[1].to_string() == "hello");
+    check_hello_arrives(ioc, *dealer, router);
     dealer->close();
 }
 
@@ -863,11 +870,7 @@ TEST_CASE("zmtp: with wait_for_read a port is looked at slowly until the kernel 
     router.bind("tcp://127.0.0.1:" + std::to_string(port));
     { std::ifstream in(conn); }  // the kernel reads its file, and binds
     REQUIRE(run_until(ioc, [&] { return dealer->connected(); }));
-    std::array<std::string_view, 1> hello{"hello"};
-    REQUIRE(dealer->send(hello));
-    const std::vector<zmq::message_t> in = receive(ioc, router);
-    REQUIRE(in.size() == 2);
-    CHECK(in[1].to_string() == "hello");
+    check_hello_arrives(ioc, *dealer, router);
     dealer->close();
     other->close();
     std::filesystem::remove_all(dir);
