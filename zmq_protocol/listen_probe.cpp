@@ -38,7 +38,7 @@ public:
                 unusable_ = true;
                 return -1;
             }
-            // The kernel answers a dump at once; the timeout only bounds a surprise.
+            // The kernel answers within the send; the timeout only bounds a surprise.
             timeval tv{0, 200 * 1000};
             ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
         }

@@ -127,17 +127,17 @@ void zmtp_socket::connect(std::string_view transport, const std::string& ip,
         is_tcp_ = true;
         loopback_ = address.is_loopback();
         connect_called_ = std::chrono::steady_clock::now();
+        const auto keep = [this](const auto& bytes) {
+            address_size_ = bytes.size();
+            std::copy(bytes.begin(), bytes.end(), address_.begin());
+        };
         if (address.is_v4()) {
-            const auto b = address.to_v4().to_bytes();
-            address_size_ = b.size();
-            std::copy(b.begin(), b.end(), address_.begin());
+            keep(address.to_v4().to_bytes());
         } else {
-            const auto b = address.to_v6().to_bytes();
-            address_size_ = b.size();
-            std::copy(b.begin(), b.end(), address_.begin());
+            keep(address.to_v6().to_bytes());
         }
         port_ = port;
-        last_attempt_ = std::chrono::steady_clock::now();
+        last_attempt_ = connect_called_;
         const net::ip::tcp::endpoint ep(address, port);
         peer_ = ep.address().to_string() + ":" + std::to_string(port);
         endpoint_ = ep;
@@ -178,8 +178,8 @@ void zmtp_socket::start_connect()
         file_wait_.reset();
     }
     // Likewise a starting kernel's TCP ports: over loopback the kernel is asked whether the
-    // port listens (some 400 times for ipykernel, every 1-2 ms) instead of a connect being
-    // refused each time.
+    // port listens instead of a connect being refused each time; every 1-2 ms, or every
+    // 100 ms while the kernel has yet to read its connection file (wait_for_read).
     if (is_tcp_ && loopback_ && !port_may_listen()) {
         if (read_wait_ &&
             std::chrono::steady_clock::now() - connect_called_ >= k_unread_fast_window) {
