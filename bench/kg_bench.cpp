@@ -13,7 +13,10 @@
 //   start        kernel start: to kernel_info_reply in the client's hands, and to "ready"
 //                (a reply and an iopub message seen); for gateways also the POST itself.
 //                With --pair-kernelspec, direct starts take turns with the gateway's and
-//                pair_diff_ms is the median of (gateway - direct) within each pair
+//                pair_diff_ms is the median of (gateway - direct) within each pair,
+//                pair_post_diff_ms the same for the POST alone; after_post_ms is what the
+//                client spends between the POST's answer and the first kernel_info_reply
+//                (opening the WebSocket, one round trip)
 //   kernel_info  sequential kernel_info round trips (p50/p99/mean)
 //   execute      sequential execute round trips (execute_reply and iopub idle)
 //   flood        pipelined kernel_info requests, --window in flight (requests/s, msgs/s)
@@ -2099,6 +2102,8 @@ private:
         std::vector<double> ready_ms;
         std::vector<double> pair_ki_ms;
         std::vector<double> diff_ms;
+        std::vector<double> post_diff_ms;
+        std::vector<double> after_post_ms;
         for (int i = 0; i < std::max(1, opts_.start_n); ++i) {
             if (i > 0 && opts_.start_gap_ms > 0) {
                 co_await sleep_for(std::chrono::milliseconds(opts_.start_gap_ms));
@@ -2114,18 +2119,22 @@ private:
             post_ms.push_back(st.post_ms);
             ki_ms.push_back(st.ki_ms);
             ready_ms.push_back(st.ready_ms);
+            after_post_ms.push_back(st.ki_ms - st.post_ms);
             if (direct) {
                 pair_ki_ms.push_back(direct->ki_ms);
                 diff_ms.push_back(st.ki_ms - direct->ki_ms);
+                post_diff_ms.push_back(st.post_ms - direct->ki_ms);
             }
         }
         metrics m{{"kernel_info_ms", percentile(ki_ms, 50)}, {"ready_ms", percentile(ready_ms, 50)}};
         if (target_.is_gateway()) {
             m.emplace_back("post_ms", percentile(post_ms, 50));
+            m.emplace_back("after_post_ms", percentile(after_post_ms, 50));
         }
         if (!diff_ms.empty()) {
             m.emplace_back("pair_direct_kernel_info_ms", percentile(pair_ki_ms, 50));
             m.emplace_back("pair_diff_ms", percentile(diff_ms, 50));
+            m.emplace_back("pair_post_diff_ms", percentile(post_diff_ms, 50));
         }
         m.emplace_back("n", static_cast<double>(ki_ms.size()));
         co_return m;
