@@ -339,6 +339,16 @@ std::string metrics_text(server& srv)
             reg.kernels_died_total());
     counter("kernelgate_kernels_culled_total", "Idle kernels culled",
             reg.kernels_culled_total());
+    o << "# HELP kernelgate_kernel_start_seconds Kernel launches by kernelspec, from launching "
+         "the process to its first kernel_info_reply and iopub message (starts, restarts, "
+         "warm-pool kernels)\n# TYPE kernelgate_kernel_start_seconds histogram\n";
+    for (const auto& [spec, h] : reg.start_seconds()) {  // names are [A-Za-z0-9._-]
+        h.write(o, "kernelgate_kernel_start_seconds", "kernelspec=\"" + spec + "\"");
+    }
+    counter("kernelgate_kernel_start_failures_total",
+            "Kernel launches that never became ready (the program could not run, it exited, "
+            "or it did not answer within --launch-timeout)",
+            reg.start_failures_total());
     if (const auto pools = reg.warm_pools(); !pools.empty()) {
         o << "# HELP kernelgate_warm_pool_kernels Warm-pool kernels by kernelspec and state "
              "(target: --warm-pool)\n# TYPE kernelgate_warm_pool_kernels gauge\n";

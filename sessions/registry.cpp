@@ -185,18 +185,20 @@ void registry::launch_into(const kernel_ptr& k, std::function<void(std::optional
             req.working_dir = it->second;
         }
     }
+    const auto t0 = std::chrono::steady_clock::now();
     auto info = host_.launch(req);
     if (!info) {
+        ++start_failures_total_;
         spdlog::error("kernel {}: launch failed: {}", k->id(), info.error().message());
         cb(failure{500, "Kernel failed to start: " + info.error().message()});
         return;
     }
     k->set_execution_state(k->restarting ? "restarting" : "starting");
     k->started_at = kernel::clock::now();
-    const auto t0 = std::chrono::steady_clock::now();
     k->connect(info.value(), cfg_.launch_timeout,
                [this, k, t0, cb = std::move(cb)](bool ready) {
                    if (!ready) {
+                       ++start_failures_total_;
                        host_.signal(k->id(), SIGKILL);
                        const auto secs = std::chrono::duration_cast<std::chrono::seconds>(
                                              cfg_.launch_timeout)
@@ -207,10 +209,11 @@ void registry::launch_into(const kernel_ptr& k, std::function<void(std::optional
                                            : "Kernel process exited while starting"});
                        return;
                    }
-                   spdlog::info("kernel {} ready in {} ms", k->id(),
-                                std::chrono::duration_cast<std::chrono::milliseconds>(
-                                    std::chrono::steady_clock::now() - t0)
-                                    .count());
+                   const auto took = std::chrono::steady_clock::now() - t0;
+                   start_seconds_[k->spec_name()].observe(took);
+                   spdlog::info(
+                       "kernel {} ready in {} ms", k->id(),
+                       std::chrono::duration_cast<std::chrono::milliseconds>(took).count());
                    cb(std::nullopt);
                });
 }

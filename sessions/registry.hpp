@@ -14,6 +14,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <nlohmann/json.hpp>
 
+#include "common/histogram.hpp"
 #include "common/poll_hint.hpp"
 #include "sessions/kernel.hpp"
 #include "sessions/kernel_host.hpp"
@@ -126,6 +127,15 @@ public:
     std::uint64_t kernels_restarted_total() const noexcept { return restarted_total_; }
     std::uint64_t kernels_died_total() const noexcept { return died_total_; }
     std::uint64_t kernels_culled_total() const noexcept { return culled_total_; }
+    /// Launch to ready (the first kernel_info_reply and iopub message), per kernelspec: every
+    /// launch that got there (starts, restarts, warm-pool kernels).
+    const std::map<std::string, common::duration_histogram>& start_seconds() const noexcept
+    {
+        return start_seconds_;
+    }
+    /// Launches that never got there: the program could not be run, it exited, or it did
+    /// not answer within the launch timeout.
+    std::uint64_t start_failures_total() const noexcept { return start_failures_total_; }
     std::map<std::string, pool_status> warm_pools() const;
     /// The kernels in the warm pools, starting or ready (list() leaves them out: they belong
     /// to no one yet).
@@ -171,6 +181,8 @@ private:
     std::uint64_t restarted_total_ = 0;
     std::uint64_t died_total_ = 0;
     std::uint64_t culled_total_ = 0;
+    std::map<std::string, common::duration_histogram> start_seconds_;
+    std::uint64_t start_failures_total_ = 0;
 
     struct pool_kernel
     {

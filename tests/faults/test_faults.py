@@ -560,6 +560,43 @@ def test_kernel_that_exits_at_start_fails_fast_with_500(fgw):
     assert all(k["name"] != "dies" for k in fgw.get("/api/kernels").json())
 
 
+def start_histogram(fgw, spec: str) -> dict:
+    """kernelgate_kernel_start_seconds for one kernelspec: {"le": {bound: n}, "sum", "count"}
+    (zeros when the gateway has not started that kernelspec yet)."""
+    text = expect(fgw.get("/metrics"), 200).text
+    assert "# TYPE kernelgate_kernel_start_seconds histogram" in text
+    h = {"le": {}, "sum": 0.0, "count": 0}
+    for m in re.finditer(rf'^kernelgate_kernel_start_seconds_bucket\{{kernelspec="{spec}",'
+                         r'le="([^"]+)"\} (\d+)$', text, re.M):
+        h["le"][m.group(1)] = int(m.group(2))
+    for part in ("sum", "count"):
+        m = re.search(rf'^kernelgate_kernel_start_seconds_{part}\{{kernelspec="{spec}"\}} '
+                      r"([0-9.e+-]+)$", text, re.M)
+        if m:
+            h[part] = float(m.group(1))
+    return h
+
+
+def test_kernel_start_times_and_failed_starts_are_on_metrics(fgw):
+    """/metrics has a histogram of launch-to-ready times per kernelspec and a count of the
+    launches that never got there. A kernel that takes 700 ms to serve lands past 0.5 s."""
+    before = start_histogram(fgw, "slowstart")
+    failed = fgw.metric("kernelgate_kernel_start_failures_total")
+    kid = fgw.start("slowstart")
+    after = start_histogram(fgw, "slowstart")
+    assert after["count"] == before["count"] + 1, after
+    assert after["sum"] - before["sum"] >= 0.7, (before, after)
+    assert after["le"]["0.5"] == before["le"].get("0.5", 0), after
+    assert after["le"]["+Inf"] == after["count"], after
+    counts = list(after["le"].values())  # in the order of the bounds: cumulative
+    assert len(counts) == 14 and counts == sorted(counts), after
+    expect(fgw.delete(f"/api/kernels/{kid}"), 204)
+
+    assert fgw.post("/api/kernels", {"name": "dies"}).status_code == 500
+    assert fgw.metric("kernelgate_kernel_start_failures_total") == failed + 1
+    assert start_histogram(fgw, "dies")["count"] == 0  # a failed launch has no start time
+
+
 def test_kernel_that_never_answers_times_out_with_500(fgw):
     r = fgw.post("/api/kernels", {"name": "hangs"})
     assert r.status_code == 500

@@ -156,8 +156,18 @@ constexpr const char* k_missing_program =
 TEST_CASE("real kernel: start, execute, stream, error")
 {
     fixture fx;
+    CHECK(fx.reg->start_seconds().empty());
+    const auto t0 = std::chrono::steady_clock::now();
     auto k = fx.start();
+    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     CHECK(k->execution_state() == "idle");
+    // The start is counted once, under its kernelspec, and took no longer than the wait for it.
+    REQUIRE(fx.reg->start_seconds().count("python3") == 1);
+    const auto& h = fx.reg->start_seconds().at("python3");
+    CHECK(h.count() == 1);
+    CHECK(h.sum() > 0);
+    CHECK(h.sum() <= waited);
+    CHECK(fx.reg->start_failures_total() == 0);
     CHECK(fx.host->alive(k->id()));
     CHECK(fx.db->kernels().size() == 1);
     auto s = std::make_shared<sink>();
@@ -310,6 +320,7 @@ TEST_CASE("real kernel: restart clears state, interrupt stops a sleep, shutdown 
     REQUIRE(fx.run_until([&] { return restarted; }, 40s));
     CHECK_FALSE(rf);
     CHECK(fx.run_until([&] { return s->saw("status", "restarting"); }, 5s));
+    CHECK(fx.reg->start_seconds().at("python3").count() == 2);  // the restart's launch too
     s->events.clear();
     id = fx.execute(*k, *s, "x");
     REQUIRE(fx.wait_reply(*s, id));
@@ -402,6 +413,8 @@ TEST_CASE("a spec whose program does not exist fails with a clear error")
     CHECK(f->status == 500);
     CHECK_THAT(f->message, Catch::Contains("No such file"));
     CHECK(fx.reg->size() == 0);
+    CHECK(fx.reg->start_failures_total() == 1);
+    CHECK(fx.reg->start_seconds().empty());  // a failed launch has no start time
     fs::remove_all(d);
 }
 
