@@ -25,10 +25,12 @@ from pathlib import Path
 SCENARIOS = ["start", "kernel_info", "execute", "flood", "iopub_flood", "stream", "fanout",
              "idle_ws", "broadcast"]
 TARGETS = ["direct", "kernelgate", "kernelgate-legacy", "kernelgate-sleep", "kernelgate-busy-poll",
-           "kernelgate-warm", "jupyter-server", "jupyter-server-nodelay"]
+           "kernelgate-warm", "jupyter-server", "jupyter-server-nodelay", "front-kernelgate",
+           "front-jupyter-server"]
 SHORT = {"direct": "direct", "kernelgate": "kg", "kernelgate-legacy": "kg-legacy",
          "kernelgate-sleep": "kg-sleep", "kernelgate-busy-poll": "kg-poll",
-         "kernelgate-warm": "kg-warm", "jupyter-server": "JS", "jupyter-server-nodelay": "JS-nodelay"}
+         "kernelgate-warm": "kg-warm", "jupyter-server": "JS", "jupyter-server-nodelay": "JS-nodelay",
+         "front-kernelgate": "JS>kg", "front-jupyter-server": "JS>JS"}
 # kernelgate in another configuration than its default, beside it for the latency and fan-out
 # scenarios: (target, how the targets list names its flags).
 VARIANTS = [("kernelgate-sleep", "--predictive-poll 0"), ("kernelgate-busy-poll", "--busy-poll")]
@@ -116,6 +118,26 @@ def medians(pooled):
     return out
 
 
+def expand(wanted, found):
+    """A metric name, or a pattern (with "\\d") as every fan-out level found, lowest first."""
+    if "\\" not in wanted:
+        return [wanted]
+    return sorted((m for m in found if re.fullmatch(wanted, m)),
+                  key=lambda m: int(re.match(r"k(\d+)", m).group(1)))
+
+
+def render(lines):
+    """Rows of cells as aligned text, the first row a heading."""
+    widths = [max(len(r[i]) for r in lines) for i in range(len(lines[0]))]
+    text = []
+    for i, r in enumerate(lines):
+        text.append("  ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j])
+                              for j, c in enumerate(r)))
+        if i == 0:
+            text.append("  ".join("-" * w for w in widths))
+    return text
+
+
 def get(med, kernel, label, scenario, metric):
     return med.get(kernel, {}).get(label, {}).get(scenario, {}).get(metric)
 
@@ -128,14 +150,7 @@ def table(med, pooled, kernel, docs_by):
         found = set()
         for lab in labels:
             found |= set(med[kernel].get(lab, {}).get(scenario, {}))
-        metrics = []
-        for w in wanted:
-            if "\\" in w:
-                metrics += sorted((m for m in found if re.fullmatch(w, m)),
-                                  key=lambda m: int(re.match(r"k(\d+)", m).group(1)))
-            else:
-                metrics.append(w)
-        for m in metrics:
+        for m in (m for w in wanted for m in expand(w, found)):
             vals = {lab: get(med, kernel, lab, scenario, m) for lab in labels}
             if all(v is None for v in vals.values()):
                 continue
@@ -151,13 +166,7 @@ def table(med, pooled, kernel, docs_by):
             [fmt(ratio(vals.get(v), vals.get("direct"))) for v in variants] + [
             fmt(ratio(vals.get("jupyter-server"), kg)),
             fmt(ratio(vals.get("jupyter-server-nodelay"), kg))])
-    widths = [max(len(r[i]) for r in lines) for i in range(len(head))]
-    text = []
-    for i, r in enumerate(lines):
-        text.append("  ".join(c.ljust(widths[j]) if j == 0 else c.rjust(widths[j])
-                              for j, c in enumerate(r)))
-        if i == 0:
-            text.append("  ".join("-" * w for w in widths))
+    text = render(lines)
     loads = []
     for lab in labels:
         la = [x for d in docs_by.get((kernel, lab), []) for x in
@@ -172,6 +181,44 @@ def table(med, pooled, kernel, docs_by):
             for e in slot["errors"]:
                 problems.append(f"  {SHORT.get(lab, lab)} {name}: ERROR {e}")
     return "\n".join(text), rows, problems
+
+
+# Jupyter Server (nodelay) in front of a gateway, against the same server with its own local
+# kernels: (scenario, metric). No kernel start: Jupyter Server 1.23's gateway mode loses a
+# message a client sends right after its WebSocket opens (it queues it on a future that its
+# connection to the gateway then replaces), so the first kernel_info is answered only when
+# kg-bench resends it after 1 s, whichever gateway is behind the front.
+FRONT_ROWS = [("kernel_info", "p50_us"), ("kernel_info", "p99_us"),
+              ("execute", "p50_us"), ("execute", "p99_us"), ("flood", "msgs_per_s"),
+              ("iopub_flood", "msgs_per_s"), ("stream", "mb_per_s"), ("fanout", r"k\d+_rt_per_s"),
+              ("broadcast", "delivered_per_s")]
+FRONT_LOCAL, FRONT_KG, FRONT_JS = "jupyter-server-nodelay", "front-kernelgate", "front-jupyter-server"
+
+
+def times_better(a, b, metric):
+    """How many times a is better than b (above 1: a is better)."""
+    return ratio(b, a) if lower_is_better(metric) else ratio(a, b)
+
+
+def front_table(med, kernel):
+    """The fronts' section: (text, rows), rows as (scenario, metric, local, via kg, via JS)."""
+    labs = med.get(kernel, {})
+    if FRONT_KG not in labs and FRONT_JS not in labs:
+        return "", []
+    rows = []
+    for scenario, want in FRONT_ROWS:
+        found = set()
+        for lab in (FRONT_LOCAL, FRONT_KG, FRONT_JS):
+            found |= set(labs.get(lab, {}).get(scenario, {}))
+        for m in expand(want, found):
+            v = [get(med, kernel, lab, scenario, m) for lab in (FRONT_LOCAL, FRONT_KG, FRONT_JS)]
+            if any(x is not None for x in v[1:]):
+                rows.append((scenario, m, *v))
+    head = ["scenario.metric", "JS local kernels", "JS>kernelgate", "JS>Jupyter Server",
+            "kg over JS as gateway", "JS>kg over local"]
+    lines = [head] + [[f"{s}.{m}", fmt(loc), fmt(kg), fmt(js), fmt(times_better(kg, js, m)),
+                       fmt(times_better(kg, loc, m))] for s, m, loc, kg, js in rows]
+    return "\n".join(render(lines)), rows
 
 
 def per_repeat(pooled, kernel, num, den, scenario, metric):
@@ -372,6 +419,20 @@ def main() -> int:
                 "JS/kg": ratio(vals.get("jupyter-server"), kg),
                 "JS-nodelay/kg": ratio(vals.get("jupyter-server-nodelay"), kg),
                 "lower_is_better": lower_is_better(m)}
+    fronts: dict = {}
+    for kernel in sorted(pooled, key=lambda k: (k != "echo", k)):
+        text, rows = front_table(med, kernel)
+        if not rows:
+            continue
+        print(f"\n== kernel {kernel}: Jupyter Server 1.23 (TCP_NODELAY, legacy frames) in front of "
+              "a gateway (--gateway-url), against its own local kernels; the last two columns: "
+              "how many times better (above 1: the first is better)")
+        print(text)
+        fronts[kernel] = {f"{s}.{m}": {"local": loc, "front-kernelgate": kg,
+                                       "front-jupyter-server": js,
+                                       "kg_over_js_gateway": times_better(kg, js, m),
+                                       "kg_front_over_local": times_better(kg, loc, m)}
+                          for s, m, loc, kg, js in rows}
     targets = check_targets(med, pooled)
     print("\n== targets of issue 4 (from the medians above; kg/direct ratios also per repeat, "
           "each kernelgate run against the direct run beside it)")
@@ -399,6 +460,7 @@ def main() -> int:
             "busy_poll_us": args.busy_poll,
             "medians": med,
             "ratios": summary_ratios,
+            "fronts": fronts,
             "targets": targets,
             "errors": all_problems,
             "missing": missing,

@@ -17,6 +17,12 @@
 #   jupyter-server          Debian's Jupyter Server 1.23, default configuration
 #   jupyter-server-nodelay  the same with bench/jupyter_server_nodelay.py (TCP_NODELAY on the
 #                           kernel WebSockets, iopub rate limit off)
+#   front-kernelgate        Jupyter Server 1.23 (nodelay) in front of kernelgate: started with
+#                           --gateway-url, as the README tells users to connect; its kernels
+#                           run on kernelgate
+#   front-jupyter-server    the same front in front of a second Jupyter Server 1.23 (nodelay)
+#                           acting as the gateway (Jupyter Kernel Gateway is a Jupyter Server
+#                           application and is not packaged in Debian 12)
 # Each kg-bench scenario is repeated, the medians and the ratios kernelgate/direct and
 # JupyterServer/kernelgate are printed (bench/report.py) and written as JSON.
 set -euo pipefail
@@ -36,7 +42,7 @@ usage: bench/run.sh [--quick | --full] [options]
   --out DIR           raw kg-bench JSON and logs (default: a new temp dir, kept)
   --json FILE         combined results (default: OUT/results.json)
   --repeat N          repeats per measurement (default: 1 quick, 3 full)
-  --targets LIST      comma list of targets (default: all eight, see the header of this file)
+  --targets LIST      comma list of targets (default: all ten, see the header of this file)
   --kernels LIST      comma list of kernels: echo, python3 (default: both), and
                       echo-libzmq: the echo kernel on libzmq sockets (kg-echo-kernel
                       --libzmq), to see what the kernel's own transport costs
@@ -59,7 +65,7 @@ KG_BIN=""
 OUT=""
 JSON=""
 REPEAT=""
-TARGETS="direct,kernelgate,kernelgate-legacy,kernelgate-sleep,kernelgate-busy-poll,kernelgate-warm,jupyter-server,jupyter-server-nodelay"
+TARGETS="direct,kernelgate,kernelgate-legacy,kernelgate-sleep,kernelgate-busy-poll,kernelgate-warm,jupyter-server,jupyter-server-nodelay,front-kernelgate,front-jupyter-server"
 BUSY_POLL=200
 KERNELS="echo,python3"
 TRANSPORT=ipc
@@ -105,7 +111,8 @@ command -v curl >/dev/null || { echo "run.sh: curl is needed" >&2; exit 2; }
 has() { [[ ",$1," == *",$2,"* ]]; }
 if ! "$PY" -c 'import jupyter_server' 2>/dev/null; then
     echo "run.sh: WARNING: $PY has no jupyter_server; Jupyter Server targets skipped" >&2
-    TARGETS="$(echo ",$TARGETS," | sed -e 's/,jupyter-server-nodelay,/,/; s/,jupyter-server,/,/; s/^,//; s/,$//')"
+    TARGETS="$(echo ",$TARGETS," | sed -e 's/,jupyter-server-nodelay,/,/; s/,jupyter-server,/,/;
+        s/,front-kernelgate,/,/; s/,front-jupyter-server,/,/; s/^,//; s/,$//')"
 fi
 if has "$KERNELS" python3 && ! "$PY" -c 'import ipykernel' 2>/dev/null; then
     echo "run.sh: WARNING: $PY has no ipykernel; python3 kernel skipped" >&2
@@ -232,7 +239,7 @@ free_port() {
 
 # Starts a gateway; sets GW_PID and GW_URL.
 # $1: kernelgate | kernelgate-sleep | kernelgate-busy-poll | kernelgate-warm | jupyter-server |
-#     jupyter-server-nodelay
+#     jupyter-server-nodelay | jupyter-server-front (nodelay, --gateway-url $2)
 start_gateway() {
     local kind="$1" log="$OUT/logs/$1-$(date +%s%N).log" deadline port line
     deadline=$((SECONDS + 60))
@@ -260,10 +267,13 @@ start_gateway() {
             done
             GW_URL="${line%/}"
             ;;
-        jupyter-server|jupyter-server-nodelay)
+        jupyter-server|jupyter-server-nodelay|jupyter-server-front)
             port="$(free_port)"
             local extra=()
-            [ "$kind" = jupyter-server-nodelay ] && extra=(--config="$SRC_DIR/jupyter_server_nodelay.py")
+            [ "$kind" != jupyter-server ] && extra=(--config="$SRC_DIR/jupyter_server_nodelay.py")
+            # A front runs no kernel itself: its REST calls and WebSockets go to the gateway.
+            [ "$kind" = jupyter-server-front ] &&
+                extra+=(--gateway-url="$2" --GatewayClient.auth_token="$TOKEN")
             "$PY" -m jupyter_server --ServerApp.token="$TOKEN" --no-browser --ServerApp.port="$port" \
                 --ServerApp.ip=127.0.0.1 --ServerApp.root_dir="$WORK/jupyter/root" \
                 --ServerApp.port_retries=0 --KernelManager.transport="$TRANSPORT" --allow-root \
@@ -442,6 +452,29 @@ for t in jupyter-server jupyter-server-nodelay; do
         fi
         stop_gateway
     done
+done
+
+# ---- 3b. Jupyter Server in front of a gateway (--gateway-url) -------------------------------
+# What users of Jupyter Server or JupyterLab with --gateway-url see: the same front (nodelay)
+# in front of kernelgate, then of a second Jupyter Server acting as the gateway. Only the
+# gateway behind the front differs; report.py sets both beside the front's own local kernels
+# (jupyter-server-nodelay).
+for t in front-kernelgate front-jupyter-server; do
+    has "$TARGETS" "$t" || continue
+    if [ "$t" = front-kernelgate ]; then
+        start_gateway kernelgate
+    else
+        start_gateway jupyter-server-nodelay
+    fi
+    BACK_PID="$GW_PID" BACK_URL="$GW_URL"
+    start_gateway jupyter-server-front "$BACK_URL"
+    for kernel in echo echo-libzmq python3; do
+        has "$KERNELS" "$kernel" || continue
+        # shellcheck disable=SC2046
+        bench "$t" "$kernel" "$DATA_SCENARIOS" $(gateway_args v1) || FAILED=1
+    done
+    stop_gateway
+    stop_gateway "$BACK_PID"
 done
 
 # ---- 4. one table, one JSON ----------------------------------------------------------------
