@@ -470,8 +470,11 @@ for t in front-kernelgate front-jupyter-server; do
     start_gateway jupyter-server-front "$BACK_URL"
     for kernel in echo echo-libzmq python3; do
         has "$KERNELS" "$kernel" || continue
+        # The gateway behind the front runs the kernels: its pid gives gw_cpu_* (the CPU the
+        # gateway spends serving the front) and kernel_cpu_*. The front's own CPU is in no
+        # column, so total_cpu_* leaves it out.
         # shellcheck disable=SC2046
-        bench "$t" "$kernel" "$DATA_SCENARIOS" $(gateway_args v1) || FAILED=1
+        bench "$t" "$kernel" "$DATA_SCENARIOS" $(gateway_args v1 "$GW_URL" "$BACK_PID") || FAILED=1
     done
     stop_gateway
     stop_gateway "$BACK_PID"
