@@ -128,3 +128,52 @@ def test_a_throughput_target_shows_the_machines_cpu_per_unit_beside_it(tmp_path)
            bench_file(tmp_path, "kernelgate", "k", {"stream": [{"mb_per_s": 640}]}, 1)]
     plain = targets_of(old)["[k] stream mb_per_s kg/direct"]
     assert "work" not in plain and "machine CPU" not in report.target_line(plain)
+
+
+def front_files(tmp_path):
+    """Jupyter Server with its local kernels, and the same front over kernelgate and over
+    another Jupyter Server: round trips (lower is better) and rates (higher is better)."""
+    def scen(p50, flood, fan):
+        return {"kernel_info": [{"p50_us": p50, "p99_us": p50 * 2}],
+                "flood": [{"msgs_per_s": flood}],
+                "fanout": [{"k32_rt_per_s": fan[1], "k4_rt_per_s": fan[0]}]}
+    return [bench_file(tmp_path, "jupyter-server-nodelay", "k", scen(1300, 6000, (700, 800))),
+            bench_file(tmp_path, "front-kernelgate", "k", scen(650, 12000, (2100, 3200))),
+            bench_file(tmp_path, "front-jupyter-server", "k", scen(2600, 3000, (600, 640)))]
+
+
+def test_the_fronts_table_says_how_many_times_better_the_front_over_kernelgate_is(tmp_path):
+    _, pooled = report.load(front_files(tmp_path))
+    text, rows = report.front_table(report.medians(pooled), "k")
+    by = {(s, m): (loc, kg, js) for s, m, loc, kg, js in rows}
+    # Fan-out levels in order, however the run listed them.
+    assert [m for s, m, *_ in rows if s == "fanout"] == ["k4_rt_per_s", "k32_rt_per_s"]
+    assert by[("kernel_info", "p50_us")] == (1300, 650, 2600)
+    # A latency: half the time is twice as good; a rate: twice the rate is twice as good.
+    assert report.times_better(650, 2600, "p50_us") == 4
+    assert report.times_better(650, 1300, "p50_us") == 2
+    assert report.times_better(12000, 3000, "msgs_per_s") == 4
+    assert report.times_better(3200, 800, "k32_rt_per_s") == 4
+    line = next(ln for ln in text.splitlines() if ln.startswith("kernel_info.p50_us"))
+    assert line.split()[1:] == ["1,300", "650", "2,600", "4", "2"]
+    flood = next(ln for ln in text.splitlines() if ln.startswith("flood.msgs_per_s"))
+    assert flood.split()[-2:] == ["4", "2"]
+    # Metrics no front measured are left out; without a front there is no table.
+    assert ("stream", "mb_per_s") not in by
+    _, local_only = report.load(front_files(tmp_path)[:1])
+    assert report.front_table(report.medians(local_only), "k") == ("", [])
+
+
+def test_the_command_prints_the_fronts_table_and_writes_it_to_json(tmp_path):
+    out_json = tmp_path / "results.json"
+    run = subprocess.run([sys.executable, str(REPORT), "--json", str(out_json),
+                          *map(str, front_files(tmp_path))],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    assert "== kernel k: Jupyter Server 1.23 (TCP_NODELAY, legacy frames) in front of a gateway" \
+        in run.stdout
+    fronts = json.loads(out_json.read_text())["fronts"]["k"]
+    ki = fronts["kernel_info.p50_us"]
+    assert (ki["local"], ki["front-kernelgate"], ki["front-jupyter-server"]) == (1300, 650, 2600)
+    assert ki["kg_over_js_gateway"] == 4 and ki["kg_front_over_local"] == 2
+    assert fronts["fanout.k32_rt_per_s"]["kg_over_js_gateway"] == 5
