@@ -24,6 +24,12 @@ namespace {
 
 constexpr std::size_t k_read_chunk = 64 * 1024;
 constexpr std::size_t k_keep_buffer = 1u << 20;  // larger buffers are released when empty
+// A socket whose last read was smaller than this reads into a buffer of this size while it
+// has nothing unread, and gives a larger one back. Most of a kernel's five sockets are quiet
+// most of the time (heartbeat, control, stdin; shell between requests): 64 KiB each made an
+// idle kernel cost the gateway 320 KiB. A read that fills the small buffer reads on at once
+// into a grown one (pull), so a burst after a quiet spell costs one more read.
+constexpr std::size_t k_quiet_buffer = 4096;
 constexpr auto k_backoff_max = std::chrono::milliseconds(2);
 // An ipc socket file nobody listens on is a kernel that closed its sockets: one shutting
 // down (ipykernel takes a few hundred milliseconds more to exit) or dead. A restarted kernel
@@ -340,8 +346,8 @@ void zmtp_socket::schedule_retry(std::chrono::milliseconds delay)
 
 void zmtp_socket::read()
 {
-    rbuf_.rewind(k_keep_buffer);
-    const auto free = rbuf_.room(k_read_chunk);
+    rbuf_.rewind(quiet_ ? k_quiet_buffer : k_keep_buffer);
+    const auto free = rbuf_.room(quiet_ ? k_quiet_buffer : k_read_chunk);
     const std::size_t room = free.size();
     reading_ = true;
     sock_.async_read_some(
@@ -383,6 +389,7 @@ bool zmtp_socket::pull(std::size_t limit, bool* drained)
             return false;
         }
         rbuf_.filled(n);
+        quiet_ = false;
     }
     return true;
 }
@@ -392,6 +399,9 @@ void zmtp_socket::on_read(std::size_t n, bool drained)
     auto keep = shared_from_this();  // a handler may drop the last owner
     const auto gen = generation_;
     rbuf_.filled(n);
+    if (n > 0) {
+        quiet_ = n < k_quiet_buffer;
+    }
     for (std::size_t handled = 0;; ++handled) {
         if (paused_ && ready_) {
             // Nothing is delivered; what the peer sends is still read ahead, up to the limit,

@@ -96,6 +96,8 @@ public:
     std::uint64_t received() const noexcept { return received_; }
     /// Bytes read from the peer and not yet handled.
     std::size_t read_ahead() const noexcept { return rbuf_.unread_size(); }
+    /// Bytes the read buffer holds room for: small while the peer sends little.
+    std::size_t read_buffer_size() const noexcept { return rbuf_.capacity(); }
     std::uint64_t protocol_errors() const noexcept { return protocol_errors_; }
     /// Writes to the kernel's socket so far (each carries one or more messages).
     std::uint64_t writes() const noexcept { return writes_; }
@@ -157,6 +159,7 @@ private:
     zmtp::decoder decoder_;
 
     zmtp::read_buffer rbuf_;   ///< received bytes not yet decoded
+    bool quiet_ = true;        ///< the last read was small: an empty rbuf_ shrinks back
     zmtp::frame_scan held_scan_;  ///< messages read ahead while paused (paused_limit)
 
     std::string handshake_;    ///< greeting + READY (+ subscription) of the current connection

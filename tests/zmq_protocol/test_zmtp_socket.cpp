@@ -181,6 +181,46 @@ TEST_CASE("zmtp: DEALER talks to a libzmq ROUTER both ways", "[zmtp]")
     dealer->close();
 }
 
+TEST_CASE("zmtp: a quiet socket keeps a small read buffer, a burst grows it for a while",
+          "[zmtp]")
+{
+    peer_pair p(zmq::socket_type::router, zp::zmtp_socket::kind::dealer, "q");
+    auto& ioc = p.ioc;
+    auto& got = p.got;
+    p.connect();
+    check_hello_arrives(ioc, *p.sock, p.peer);
+    auto send_to_us = [&](const std::string& body) {
+        std::array<zmq::const_buffer, 2> out{zmq::buffer(std::string_view("q")),
+                                             zmq::buffer(body)};
+        REQUIRE(zmq::send_multipart(p.peer, out));
+    };
+    // Replies of a few hundred bytes, one at a time: a kernel's shell between requests.
+    for (int i = 0; i < 20; ++i) {
+        send_to_us(std::string(300, 'r'));
+        REQUIRE(run_until(ioc, [&] { return got.size() == static_cast<std::size_t>(i) + 1; }));
+    }
+    CHECK(p.sock->read_buffer_size() <= 4096);
+    // A burst of big messages: read in large chunks, every byte delivered.
+    const std::string big(200 * 1024, 'b');
+    for (int i = 0; i < 10; ++i) {
+        send_to_us(big);
+    }
+    REQUIRE(run_until(ioc, [&] { return got.size() == 30; }));
+    for (std::size_t i = 20; i < 30; ++i) {
+        REQUIRE(got[i] == std::vector<std::string>{big});
+    }
+    CHECK(p.sock->read_buffer_size() >= 64 * 1024);
+    // Quiet again: the next small message's read gives the big buffer back.
+    send_to_us("small");
+    REQUIRE(run_until(ioc, [&] { return got.size() == 31; }));
+    send_to_us("small again");
+    REQUIRE(run_until(ioc, [&] { return got.size() == 32; }));
+    CHECK(got.back() == std::vector<std::string>{"small again"});
+    CHECK(p.sock->read_buffer_size() <= 4096);
+    CHECK(p.sock->protocol_errors() == 0);
+    p.sock->close();
+}
+
 TEST_CASE("zmtp: held messages wait for release() and then leave in one write", "[zmtp]")
 {
     peer_pair p(zmq::socket_type::router, zp::zmtp_socket::kind::dealer, "me-h");
