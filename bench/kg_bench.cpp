@@ -29,6 +29,9 @@
 //                best on a fresh gateway: memory freed by earlier work is reused and hides
 //                the cost.
 //   broadcast    --broadcast-clients clients on one kernel all receiving the same iopub
+//   idle_kernels --idle-kernels kernels started and left idle, no client connected; gateway
+//                RSS per kernel (needs --gateway-pid). Run once per invocation, best on a
+//                fresh gateway, as idle_ws
 //
 // With --gateway-pid, the data-path scenarios also report the gateway's own CPU time per
 // round trip / message / MB (gw_cpu_*, from /proc/PID/task/*/schedstat): unlike latency and
@@ -1844,6 +1847,7 @@ struct options
     double fanout_budget = 0;  ///< seconds per fan-out level; 0: --budget
     int idle = 10000;
     int idle_concurrency = 64;
+    int idle_kernels = 50;
     int broadcast_clients = 16;
     int broadcast_msgs = 2000;
     double budget = 10;
@@ -1854,9 +1858,10 @@ using metrics = std::vector<std::pair<std::string, double>>;
 
 const std::vector<std::string>& all_scenarios()
 {
-    static const std::vector<std::string> names{"start",  "kernel_info", "execute",
-                                                "flood",  "iopub_flood", "stream",
-                                                "fanout", "idle_ws",     "broadcast"};
+    static const std::vector<std::string> names{"start",     "kernel_info", "execute",
+                                                "flood",     "iopub_flood", "stream",
+                                                "fanout",    "idle_ws",     "broadcast",
+                                                "idle_kernels"};
     return names;
 }
 
@@ -2041,6 +2046,9 @@ public:
         }
         if (name == "broadcast") {
             co_return co_await broadcast();
+        }
+        if (name == "idle_kernels") {
+            co_return co_await idle_kernels();
         }
         throw std::invalid_argument("unknown scenario " + name);
     }
@@ -2393,6 +2401,34 @@ private:
                           {"rt_after_us", rt_us}};
     }
 
+    /// The gateway's memory for kernels nobody uses: started, then left alone.
+    net::awaitable<metrics> idle_kernels()
+    {
+        if (!target_.is_gateway()) {
+            throw not_applicable("not applicable to a direct ZeroMQ client");
+        }
+        if (opts_.gateway_pid <= 0) {
+            throw std::invalid_argument("needs --gateway-pid (the gateway's RSS is measured)");
+        }
+        const auto n = static_cast<std::size_t>(std::max(1, opts_.idle_kernels));
+        co_await sleep_for(300ms);
+        const long rss0 = read_rss_kib(opts_.gateway_pid);
+        std::vector<kernel_ptr> kernels(n);
+        co_await parallel_for(n, 4, [&](std::size_t i) -> net::awaitable<void> {
+            kernels[i] = co_await target_.start_kernel(deadline());
+        });
+        co_await sleep_for(1s);  // every kernel's channels connected, its first replies read
+        const long rss1 = read_rss_kib(opts_.gateway_pid);
+        for (auto& k : kernels) {
+            co_await target_.stop_kernel(*k, deadline());
+        }
+        co_return metrics{
+            {"kib_per_kernel", static_cast<double>(rss1 - rss0) / static_cast<double>(n)},
+            {"kernels", static_cast<double>(n)},
+            {"rss_before_kib", static_cast<double>(rss0)},
+            {"rss_after_kib", static_cast<double>(rss1)}};
+    }
+
     net::awaitable<metrics> broadcast()
     {
         const kernel_ptr kp = co_await main_kernel();
@@ -2637,9 +2673,11 @@ int run_main(options& o)
     std::map<std::string, scenario_result> results;
     for (const auto& name : wanted) {
         auto& res = results[name];
-        // Memory the gateway freed after one idle_ws run is reused by the next, so that one
-        // is measured once per gateway process (bench/run.sh restarts the gateway per repeat).
-        const int runs = name == "idle_ws" ? 1 : std::max(1, o.repeat);
+        // Memory the gateway freed after one idle_ws (or idle_kernels) run is reused by the
+        // next, so that one is measured once per gateway process (bench/run.sh restarts the
+        // gateway per repeat).
+        const bool once = name == "idle_ws" || name == "idle_kernels";
+        const int runs = once ? 1 : std::max(1, o.repeat);
         for (int r = 0; r < runs; ++r) {
             try {
                 const auto t0 = clock_type::now();
@@ -2783,7 +2821,7 @@ int main(int argc, char** argv)
     kernelgate::bench::options o;
     CLI::App app{"kg-bench: benchmark a Jupyter gateway against direct ZeroMQ to the kernel.\n"
                  "Scenarios: start, kernel_info, execute, flood, iopub_flood, stream, fanout, "
-                 "idle_ws, broadcast (see the comment at the top of bench/kg_bench.cpp)."};
+                 "idle_ws, broadcast, idle_kernels (see the comment at the top of bench/kg_bench.cpp)."};
     app.add_option("--target", o.target_kind, "direct (ZeroMQ to a kernel kg-bench launches) or gateway (WebSocket)")
         ->check(CLI::IsMember({"direct", "gateway"}));
     app.add_option("--label", o.label, "name of this target in the output");
@@ -2834,6 +2872,7 @@ int main(int argc, char** argv)
         ->capture_default_str();
     app.add_option("--idle", o.idle, "idle_ws: WebSockets to hold open")->capture_default_str();
     app.add_option("--idle-concurrency", o.idle_concurrency, "idle_ws: handshakes in flight")->capture_default_str();
+    app.add_option("--idle-kernels", o.idle_kernels, "idle_kernels: kernels to start and leave idle")->capture_default_str();
     app.add_option("--broadcast-clients", o.broadcast_clients, "broadcast: clients on one kernel")->capture_default_str();
     app.add_option("--broadcast-msgs", o.broadcast_msgs, "broadcast: stream messages")->capture_default_str();
     app.add_option("--budget", o.budget, "seconds a measuring loop may run before it stops early")->capture_default_str();

@@ -8,7 +8,7 @@ The runs of one (kernel, target, scenario) found in several files are pooled and
 of every metric is taken over all of them. Ratios: kernelgate/direct and
 JupyterServer/kernelgate, for every metric both sides have. Then the targets of issue 4 are
 checked against the medians (a report, not a test). --check (the smoke test) exits non-zero
-when a scenario failed or one of the nine scenarios is missing for kernelgate; it asserts
+when a scenario failed or one of the ten scenarios is missing for kernelgate; it asserts
 nothing about time.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 SCENARIOS = ["start", "kernel_info", "execute", "flood", "iopub_flood", "stream", "fanout",
-             "idle_ws", "broadcast"]
+             "idle_ws", "broadcast", "idle_kernels"]
 TARGETS = ["direct", "kernelgate", "kernelgate-legacy", "kernelgate-sleep", "kernelgate-busy-poll",
            "kernelgate-warm", "jupyter-server", "jupyter-server-nodelay", "front-kernelgate",
            "front-jupyter-server"]
@@ -55,11 +55,12 @@ ROWS = [
     ("fanout", [r"k\d+_rt_per_s", r"k\d+_gw_cpu_us_per_rt", "start_failures"]),
     ("idle_ws", ["kib_per_conn", "connections", "rt_after_us"]),
     ("broadcast", ["delivered_per_s", "complete", "gw_cpu_us_per_msg"]),
+    ("idle_kernels", ["kib_per_kernel", "kernels"]),
 ]
 
 
 def lower_is_better(metric: str) -> bool:
-    if "_cpu_" in metric or "runq" in metric or metric == "kib_per_conn":
+    if "_cpu_" in metric or "runq" in metric or metric in ("kib_per_conn", "kib_per_kernel"):
         return True
     return metric.endswith(("_ms", "_us", "_s")) and not metric.endswith("_per_s")
 
@@ -404,7 +405,7 @@ def main() -> int:
         poll = ", kg-sleep = --predictive-poll 0" if "kernelgate-sleep" in pooled[kernel] else ""
         poll += f", kg-poll = --busy-poll {args.busy_poll}" if args.busy_poll else ""
         print(f"\n== kernel {kernel}: medians ({args.mode}, {args.transport or 'tcp'} to the kernels{poll}); lower is better for *_ms, *_us, gw_cpu_*, "
-              "kib_per_conn; higher for the rest")
+              "kib_per_conn, kib_per_kernel; higher for the rest")
         print(text)
         if problems:
             print("\n".join(problems))

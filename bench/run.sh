@@ -130,7 +130,7 @@ if [ "$MODE" = quick ]; then
     PY_ARGS=(--start-n 1 --rt 10 --flood 50 --window 8 --iopub-flood 50 --iopub-size 64
              --stream-bytes 262144 --fanout 1,2 --fanout-rt 5 --broadcast-clients 2
              --broadcast-msgs 20 --budget 2 --timeout 30)
-    IDLE_KG=200; IDLE_JS=20
+    IDLE_KG=200; IDLE_JS=20; IDLE_KERNELS=5
 else
     REPEAT="${REPEAT:-3}"
     ECHO_ARGS=(--start-n 5 --rt 2000 --flood 20000 --window 64 --iopub-flood 100000 --iopub-size 64
@@ -141,7 +141,7 @@ else
     PY_ARGS=(--start-n 6 --rt 500 --flood 2000 --window 64 --iopub-flood 2000 --iopub-size 64
              --stream-bytes 8388608 --stream-n 3 --fanout 1,4,16 --fanout-rt 100 --fanout-budget 1.5
              --broadcast-clients 8 --broadcast-msgs 2000 --budget 3 --timeout 90)
-    IDLE_KG=10000; IDLE_JS=500
+    IDLE_KG=10000; IDLE_JS=500; IDLE_KERNELS=50
 fi
 DATA_SCENARIOS=start,kernel_info,execute,flood,iopub_flood,stream,fanout,broadcast
 LEGACY_SCENARIOS=kernel_info,execute,flood,iopub_flood,stream,broadcast
@@ -328,15 +328,22 @@ T0=$SECONDS
 echo "run.sh: mode $MODE, $REPEAT repeat(s), targets $TARGETS, kernels $KERNELS, transport $TRANSPORT, busy poll $BUSY_POLL us; output $OUT" >&2
 FAILED=0
 
-# ---- 1. idle WebSockets on kernelgate ---------------------------------------------------
-# A fresh gateway for each repeat: memory freed by one run is reused by the next and would
+# ---- 1. idle WebSockets and idle kernels on kernelgate ---------------------------------
+# A fresh gateway for each run: memory freed by one run is reused by the next and would
 # hide the cost.
+idle_kernels() {  # $1: gateway kind (start_gateway); memory per idle echo kernel
+    start_gateway "$1"
+    # shellcheck disable=SC2046
+    bench "$1" echo idle_kernels $(gateway_args v1) --idle-kernels "$IDLE_KERNELS" || FAILED=1
+    stop_gateway
+}
 if has "$TARGETS" kernelgate && has "$KERNELS" echo; then
     for r in $(seq 1 "$REPEAT"); do
         start_gateway kernelgate
         # shellcheck disable=SC2046
         bench kernelgate echo idle_ws $(gateway_args v1) --idle "$IDLE_KG" || FAILED=1
         stop_gateway
+        idle_kernels kernelgate
     done
 fi
 
@@ -434,7 +441,8 @@ if has "$TARGETS" kernelgate-warm && has "$KERNELS" python3; then
 fi
 
 # ---- 3. Jupyter Server, default and nodelay ------------------------------------------------
-# idle_ws needs a fresh server for each repeat; the data-path scenarios then run on the last.
+# idle_ws and idle_kernels need a fresh server for each repeat; the data-path scenarios then
+# run on the last.
 for t in jupyter-server jupyter-server-nodelay; do
     has "$TARGETS" "$t" || continue
     for r in $(seq 1 "$REPEAT"); do
@@ -451,6 +459,7 @@ for t in jupyter-server jupyter-server-nodelay; do
             done
         fi
         stop_gateway
+        has "$KERNELS" echo && idle_kernels "$t"
     done
 done
 
