@@ -5,6 +5,8 @@
 //   --target gateway   a WebSocket client through a gateway (kernelgate, Jupyter Server):
 //                      POST /api/kernels, then /api/kernels/{id}/channels with the
 //                      v1.kernel.websocket.jupyter.org subprotocol or legacy JSON frames;
+//                      an https:// --url speaks TLS (https and wss), the certificate checked
+//                      against --ca-file and the URL's host;
 //   --target direct    a ZeroMQ client talking to a kernel it launches itself (connection file
 //                      with fresh ports and key, DEALER + SUB sockets, HMAC-signed): the
 //                      physical limit any gateway is measured against.
@@ -82,7 +84,9 @@
 #include <zmq.hpp>
 #include <zmq_addon.hpp>
 
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core/detail/base64.hpp>
+#include <boost/beast/ssl.hpp>
 #include <openssl/evp.h>
 
 #include "common/asio_fwd.hpp"
@@ -495,15 +499,21 @@ struct gateway_url
     std::string host = "127.0.0.1";
     std::uint16_t port = 8888;
     std::string base;  ///< "" or "/prefix" (no trailing slash)
+    bool tls = false;  ///< https://: TLS to the gateway (wss:// for the WebSockets)
 
     static gateway_url parse(std::string_view url)
     {
         gateway_url out;
-        constexpr std::string_view scheme = "http://";
-        if (url.substr(0, scheme.size()) != scheme) {
-            throw std::invalid_argument("only http:// gateway URLs are supported");
+        constexpr std::string_view http_scheme = "http://";
+        constexpr std::string_view https_scheme = "https://";
+        if (url.substr(0, https_scheme.size()) == https_scheme) {
+            out.tls = true;
+            url.remove_prefix(https_scheme.size());
+        } else if (url.substr(0, http_scheme.size()) == http_scheme) {
+            url.remove_prefix(http_scheme.size());
+        } else {
+            throw std::invalid_argument("the gateway URL must start with http:// or https://");
         }
-        url.remove_prefix(scheme.size());
         const auto slash = url.find('/');
         const auto authority = url.substr(0, slash);
         std::string_view path = slash == npos ? std::string_view{} : url.substr(slash);
@@ -516,7 +526,7 @@ struct gateway_url
         if (colon != npos) {
             out.port = static_cast<std::uint16_t>(std::stoul(std::string(authority.substr(colon + 1))));
         } else {
-            out.port = 80;
+            out.port = out.tls ? 443 : 80;
         }
         return out;
     }
@@ -524,6 +534,44 @@ struct gateway_url
     tcp::endpoint endpoint() const { return {net::ip::make_address(host), port}; }
     std::string host_header() const { return host + ":" + std::to_string(port); }
 };
+
+using tls_layer = beast::ssl_stream<beast::tcp_stream>;
+
+/// The client side of TLS to a gateway: the certificate is checked against --ca-file (or the
+/// system's CAs) and must name the URL's host (an IP address or a DNS name).
+std::unique_ptr<net::ssl::context> make_client_tls(const std::string& ca_file)
+{
+    auto ctx = std::make_unique<net::ssl::context>(net::ssl::context::tls_client);
+    ctx->set_options(net::ssl::context::default_workarounds | net::ssl::context::no_sslv2 |
+                     net::ssl::context::no_sslv3 | net::ssl::context::no_tlsv1 |
+                     net::ssl::context::no_tlsv1_1);
+    if (ca_file.empty()) {
+        ctx->set_default_verify_paths();
+    } else {
+        ctx->load_verify_file(ca_file);
+    }
+    ctx->set_verify_mode(net::ssl::verify_peer);
+    return ctx;
+}
+
+/// Connects stream's TCP layer and, over TLS, does the client's handshake (SNI for a host
+/// name, the certificate checked against the host).
+template <class Stream>
+net::awaitable<void> connect_layer(Stream& stream, const gateway_url& gw)
+{
+    auto& tcp_layer = beast::get_lowest_layer(stream);
+    co_await tcp_layer.async_connect(gw.endpoint(), net::use_awaitable);
+    tcp_layer.socket().set_option(tcp::no_delay(true));
+    if constexpr (std::is_same_v<Stream, tls_layer>) {
+        beast::error_code ec;
+        net::ip::make_address(gw.host, ec);
+        if (ec && !SSL_set_tlsext_host_name(stream.native_handle(), gw.host.c_str())) {
+            throw bench_error("TLS: cannot set the server name");
+        }
+        stream.set_verify_callback(net::ssl::host_name_verification(gw.host));
+        co_await stream.async_handshake(net::ssl::stream_base::client, net::use_awaitable);
+    }
+}
 
 /// WebSocket client through a gateway, v1 or legacy frames.
 ///
@@ -538,8 +586,11 @@ struct gateway_url
 class ws_client final : public client
 {
 public:
-    ws_client(net::io_context& ioc, bool v1)
-        : client(ioc), stream_(ioc), close_timer_(ioc), v1_(v1), mask_state_(mask_seed())
+    /// tls: the context of a wss:// connection (the gateway_target's), or null.
+    ws_client(net::io_context& ioc, bool v1, net::ssl::context* tls)
+        : client(ioc),
+          stream_(tls ? layers(std::in_place_index<1>, ioc, *tls) : layers(std::in_place_index<0>, ioc)),
+          close_timer_(ioc), v1_(v1), mask_state_(mask_seed())
     {
     }
 
@@ -548,50 +599,19 @@ public:
                               const std::string& kernel_id,
                               time_point deadline)
     {
-        auto& tcp_layer = stream_.next_layer();
+        auto& tcp_layer = lowest();
         tcp_layer.expires_at(deadline);
-        co_await tcp_layer.async_connect(gw.endpoint(), net::use_awaitable);
-        tcp_layer.socket().set_option(tcp::no_delay(true));
-
-        std::array<unsigned char, 16> nonce{};
-        for (auto& b : nonce) {
-            b = static_cast<unsigned char>(next_mask());
+        if (auto* tls = std::get_if<1>(&stream_)) {
+            co_await connect_layer(tls->next_layer(), gw);
+            co_await upgrade(tls->next_layer(), gw, token, kernel_id);
+        } else {
+            co_await connect_layer(tcp_layer, gw);
+            co_await upgrade(tcp_layer, gw, token, kernel_id);
         }
-        const std::string key = base64(nonce.data(), nonce.size());
-        http::request<http::empty_body> req{
-            http::verb::get,
-            gw.base + "/api/kernels/" + kernel_id + "/channels?session_id=" + session(), 11};
-        req.set(http::field::host, gw.host_header());
-        req.set(http::field::upgrade, "websocket");
-        req.set(http::field::connection, "Upgrade");
-        req.set(http::field::sec_websocket_key, key);
-        req.set(http::field::sec_websocket_version, "13");
-        req.set(http::field::authorization, "token " + token);
-        if (v1_) {
-            req.set(http::field::sec_websocket_protocol, std::string(gateway::v1_subprotocol));
-        }
-        co_await http::async_write(tcp_layer, req, net::use_awaitable);
-        beast::flat_buffer hs_buf;
-        http::response_parser<http::empty_body> parser;
-        parser.skip(true);  // a 101 has no body
-        co_await http::async_read_header(tcp_layer, hs_buf, parser, net::use_awaitable);
         tcp_layer.expires_never();
-        const auto& res = parser.get();
-        if (res.result() != http::status::switching_protocols) {
-            throw bench_error("WebSocket upgrade refused: HTTP " +
-                              std::to_string(res.result_int()));
-        }
-        if (to_sv(res[http::field::sec_websocket_accept]) != accept_for(key)) {
-            throw bench_error("WebSocket upgrade: wrong Sec-WebSocket-Accept");
-        }
-        // A server that does not take the subprotocol speaks legacy JSON.
-        v1_ = v1_ && to_sv(res[http::field::sec_websocket_protocol]) == gateway::v1_subprotocol;
-        // Frames that came in with the response.
-        const auto rest = hs_buf.data();
-        in_.assign(static_cast<const char*>(rest.data()), rest.size());
         open_ = true;
         auto self = std::static_pointer_cast<ws_client>(shared_from_this());
-        net::co_spawn(stream_.get_executor(), self->pump(self), report_exception("WebSocket reader"));
+        net::co_spawn(get_executor(), self->pump(self), report_exception("WebSocket reader"));
     }
 
     bool v1() const noexcept { return v1_; }
@@ -635,6 +655,62 @@ public:
 
 private:
     static constexpr std::uint64_t k_max_frame = 1ULL << 30;
+    /// TLS hands out at most one record (16 KiB of plaintext) per read.
+    static constexpr std::size_t k_tls_read = 16 * 1024;
+    using layers = std::variant<gateway::batching_stream<beast::tcp_stream>,
+                                gateway::batching_stream<tls_layer>>;
+
+    beast::tcp_stream& lowest()
+    {
+        return std::visit([](auto& s) -> beast::tcp_stream& { return beast::get_lowest_layer(s); },
+                          stream_);
+    }
+    net::any_io_executor get_executor()
+    {
+        return std::visit([](auto& s) -> net::any_io_executor { return s.get_executor(); }, stream_);
+    }
+
+    /// The HTTP upgrade over layer (TCP, or TLS once its handshake is done).
+    template <class Layer>
+    net::awaitable<void> upgrade(Layer& layer, const gateway_url& gw, const std::string& token,
+                                 const std::string& kernel_id)
+    {
+        std::array<unsigned char, 16> nonce{};
+        for (auto& b : nonce) {
+            b = static_cast<unsigned char>(next_mask());
+        }
+        const std::string key = base64(nonce.data(), nonce.size());
+        http::request<http::empty_body> req{
+            http::verb::get,
+            gw.base + "/api/kernels/" + kernel_id + "/channels?session_id=" + session(), 11};
+        req.set(http::field::host, gw.host_header());
+        req.set(http::field::upgrade, "websocket");
+        req.set(http::field::connection, "Upgrade");
+        req.set(http::field::sec_websocket_key, key);
+        req.set(http::field::sec_websocket_version, "13");
+        req.set(http::field::authorization, "token " + token);
+        if (v1_) {
+            req.set(http::field::sec_websocket_protocol, std::string(gateway::v1_subprotocol));
+        }
+        co_await http::async_write(layer, req, net::use_awaitable);
+        beast::flat_buffer hs_buf;
+        http::response_parser<http::empty_body> parser;
+        parser.skip(true);  // a 101 has no body
+        co_await http::async_read_header(layer, hs_buf, parser, net::use_awaitable);
+        const auto& res = parser.get();
+        if (res.result() != http::status::switching_protocols) {
+            throw bench_error("WebSocket upgrade refused: HTTP " +
+                              std::to_string(res.result_int()));
+        }
+        if (to_sv(res[http::field::sec_websocket_accept]) != accept_for(key)) {
+            throw bench_error("WebSocket upgrade: wrong Sec-WebSocket-Accept");
+        }
+        // A server that does not take the subprotocol speaks legacy JSON.
+        v1_ = v1_ && to_sv(res[http::field::sec_websocket_protocol]) == gateway::v1_subprotocol;
+        // Frames that came in with the response.
+        const auto rest = hs_buf.data();
+        in_.assign(static_cast<const char*>(rest.data()), rest.size());
+    }
 
     static std::uint64_t mask_seed()
     {
@@ -698,7 +774,7 @@ private:
             f[at + i] = static_cast<char>(static_cast<unsigned char>(f[at + i]) ^ key[i & 3]);
         }
         beast::error_code ec;
-        stream_.write_some(net::buffer(f), ec);  // appends; never blocks
+        std::visit([&](auto& s) { s.write_some(net::buffer(f), ec); }, stream_);  // appends
         if (ec) {
             open_ = false;
             fail("WebSocket write: " + ec.message());
@@ -709,7 +785,7 @@ private:
     {
         close_timer_.cancel();
         beast::error_code ignored;
-        auto& sock = stream_.next_layer().socket();
+        auto& sock = lowest().socket();
         sock.shutdown(tcp::socket::shutdown_both, ignored);
         sock.close(ignored);
     }
@@ -723,7 +799,11 @@ private:
         if (!feed(nullptr, 0)) {  // frames that came in with the handshake's response
             co_return;
         }
-        auto& sock = stream_.next_layer().socket();
+        if (auto* tls = std::get_if<1>(&stream_)) {
+            co_await pump_tls(tls->next_layer());
+            co_return;
+        }
+        auto& sock = lowest().socket();
         for (;;) {
             beast::error_code ec;
             co_await sock.async_wait(tcp::socket::wait_read,
@@ -757,6 +837,29 @@ private:
                      : n == 0 ? "WebSocket read: the gateway closed the connection"
                               : std::string("WebSocket read: ") + std::strerror(errno));
                 co_return;
+            }
+        }
+    }
+
+    /// Over TLS: one record at a time through the TLS layer, into this client's own buffer
+    /// (a read in flight writes into it when it completes, so it cannot be shared).
+    net::awaitable<void> pump_tls(tls_layer& tls)
+    {
+        const auto buf = std::make_unique<char[]>(k_tls_read);
+        for (;;) {
+            beast::error_code ec;
+            const std::size_t n = co_await tls.async_read_some(
+                net::buffer(buf.get(), k_tls_read), net::redirect_error(net::use_awaitable, ec));
+            if (ec) {
+                open_ = false;
+                fail(closed_ ? "closed by kg-bench"
+                     : ec == net::error::eof || ec == net::ssl::error::stream_truncated
+                         ? "WebSocket read: the gateway closed the connection"
+                         : "WebSocket read: " + ec.message());
+                co_return;
+            }
+            if (!feed(buf.get(), n)) {
+                co_return;  // closed
             }
         }
     }
@@ -975,7 +1078,7 @@ private:
         deliver(summarize(channel, header, parent, content));
     }
 
-    gateway::batching_stream<beast::tcp_stream> stream_;  ///< batched writes, reads ahead
+    layers stream_;  ///< batched writes (over TCP also reads ahead)
     net::steady_timer close_timer_;
     bool v1_;
     bool open_ = false;
@@ -1449,10 +1552,12 @@ struct http_reply
 class gateway_target final : public target
 {
 public:
+    /// ca_file: for an https:// URL, the certificate(s) to check the gateway's against
+    /// (default: the system's CAs).
     gateway_target(net::io_context& ioc, gateway_url url, std::string token, std::string kernel,
-                   bool v1)
+                   bool v1, const std::string& ca_file)
         : ioc_(ioc), url_(std::move(url)), token_(std::move(token)), kernel_(std::move(kernel)),
-          v1_(v1)
+          v1_(v1), tls_(url_.tls ? make_client_tls(ca_file) : nullptr)
     {
     }
 
@@ -1461,10 +1566,20 @@ public:
     net::awaitable<http_reply> call(http::verb verb, std::string path, std::string body,
                                     time_point deadline)
     {
+        if (tls_) {
+            tls_layer stream(ioc_, *tls_);
+            co_return co_await call_over(stream, verb, std::move(path), std::move(body), deadline);
+        }
         beast::tcp_stream stream(ioc_);
-        stream.expires_at(deadline);
-        co_await stream.async_connect(url_.endpoint(), net::use_awaitable);
-        stream.socket().set_option(tcp::no_delay(true));
+        co_return co_await call_over(stream, verb, std::move(path), std::move(body), deadline);
+    }
+
+    template <class Stream>
+    net::awaitable<http_reply> call_over(Stream& stream, http::verb verb, std::string path,
+                                         std::string body, time_point deadline)
+    {
+        beast::get_lowest_layer(stream).expires_at(deadline);
+        co_await connect_layer(stream, url_);
         http::request<http::string_body> req{verb, url_.base + path, 11};
         req.set(http::field::host, url_.host_header());
         req.set(http::field::authorization, "token " + token_);
@@ -1479,7 +1594,7 @@ public:
         http::response<http::string_body> res;
         co_await http::async_read(stream, buf, res, net::use_awaitable);
         beast::error_code ignored;
-        stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+        beast::get_lowest_layer(stream).socket().shutdown(tcp::socket::shutdown_both, ignored);
         co_return http_reply{res.result_int(), std::move(res.body())};
     }
 
@@ -1500,7 +1615,7 @@ public:
 
     net::awaitable<client_ptr> connect(const kernel_ref& k, time_point deadline) override
     {
-        auto c = std::make_shared<ws_client>(ioc_, v1_);
+        auto c = std::make_shared<ws_client>(ioc_, v1_, tls_.get());
         co_await c->open(url_, token_, k.id, deadline);
         if (v1_ && !c->v1()) {
             v1_refused_ = true;
@@ -1529,6 +1644,7 @@ private:
     std::string kernel_;
     bool v1_;
     bool v1_refused_ = false;
+    std::unique_ptr<net::ssl::context> tls_;  ///< https:// only
 };
 
 // ---------------------------------------------------------------------------------------
@@ -1821,6 +1937,7 @@ struct options
     std::string label;
     std::string kernelspec_path;
     std::string url = "http://127.0.0.1:8888";
+    std::string ca_file;  ///< https://: the CA (or self-signed certificate) to trust
     std::string token;
     std::string kernel_name = "echo";
     std::string kernel_id;
@@ -2657,7 +2774,7 @@ int run_main(options& o)
             }
         }
         tgt = std::make_unique<gateway_target>(ioc, gateway_url::parse(o.url), o.token,
-                                               o.kernel_name, o.protocol == "v1");
+                                               o.kernel_name, o.protocol == "v1", o.ca_file);
         protocol = o.protocol;
         if (!o.pair_kernelspec.empty()) {
             pair = make_direct(o.pair_kernelspec);
@@ -2833,7 +2950,11 @@ int main(int argc, char** argv)
         ->check(CLI::IsMember({"tcp", "ipc"}))
         ->capture_default_str();
     app.add_option("--runtime-dir", o.runtime_dir, "direct: where connection files and kernel logs go (default: a temp dir)");
-    app.add_option("--url", o.url, "gateway: base URL")->capture_default_str();
+    app.add_option("--url", o.url, "gateway: base URL (http:// or https://)")->capture_default_str();
+    app.add_option("--ca-file", o.ca_file,
+                   "gateway over https://: PEM file of the CA (or the self-signed certificate) "
+                   "to check the gateway's certificate against (default: the system's CAs)")
+        ->check(CLI::ExistingFile);
     app.add_option("--token", o.token, "gateway: token (default: $KG_BENCH_TOKEN)");
     app.add_option("--kernel", o.kernel_name, "gateway: kernelspec name to start (direct: its name in the output)")
         ->capture_default_str();

@@ -25,11 +25,12 @@ from pathlib import Path
 SCENARIOS = ["start", "kernel_info", "execute", "flood", "iopub_flood", "stream", "fanout",
              "idle_ws", "broadcast", "idle_kernels"]
 TARGETS = ["direct", "kernelgate", "kernelgate-legacy", "kernelgate-sleep", "kernelgate-busy-poll",
-           "kernelgate-warm", "jupyter-server", "jupyter-server-nodelay", "front-kernelgate",
-           "front-jupyter-server"]
+           "kernelgate-warm", "kernelgate-tls", "jupyter-server", "jupyter-server-nodelay",
+           "jupyter-server-tls", "front-kernelgate", "front-jupyter-server"]
 SHORT = {"direct": "direct", "kernelgate": "kg", "kernelgate-legacy": "kg-legacy",
          "kernelgate-sleep": "kg-sleep", "kernelgate-busy-poll": "kg-poll",
-         "kernelgate-warm": "kg-warm", "jupyter-server": "JS", "jupyter-server-nodelay": "JS-nodelay",
+         "kernelgate-warm": "kg-warm", "kernelgate-tls": "kg-tls", "jupyter-server": "JS",
+         "jupyter-server-nodelay": "JS-nodelay", "jupyter-server-tls": "JS-tls",
          "front-kernelgate": "JS>kg", "front-jupyter-server": "JS>JS"}
 # kernelgate in another configuration than its default, beside it for the latency and fan-out
 # scenarios: (target, how the targets list names its flags).
@@ -219,6 +220,38 @@ def front_table(med, kernel):
             "kg over JS as gateway", "JS>kg over local"]
     lines = [head] + [[f"{s}.{m}", fmt(loc), fmt(kg), fmt(js), fmt(times_better(kg, js, m)),
                        fmt(times_better(kg, loc, m))] for s, m, loc, kg, js in rows]
+    return "\n".join(render(lines)), rows
+
+
+# kernelgate and Jupyter Server (nodelay) serving https/wss, beside the same servers in plain
+# TCP: (scenario, metric). The gateway's CPU per unit of work shows what TLS costs it.
+TLS_ROWS = [("start", "kernel_info_ms"), ("kernel_info", "p50_us"), ("kernel_info", "p99_us"),
+            ("kernel_info", "gw_cpu_us_per_rt"), ("execute", "p50_us"), ("execute", "p99_us"),
+            ("flood", "msgs_per_s"), ("flood", "gw_cpu_us_per_msg"), ("iopub_flood", "msgs_per_s"),
+            ("stream", "mb_per_s"), ("stream", "gw_cpu_us_per_mb"), ("fanout", r"k\d+_rt_per_s"),
+            ("broadcast", "delivered_per_s")]
+TLS_LABELS = ("kernelgate", "kernelgate-tls", "jupyter-server-nodelay", "jupyter-server-tls")
+
+
+def tls_table(med, kernel):
+    """The TLS section: (text, rows), rows as (scenario, metric, kg, kg-tls, JS, JS-tls)."""
+    labs = med.get(kernel, {})
+    if "kernelgate-tls" not in labs and "jupyter-server-tls" not in labs:
+        return "", []
+    rows = []
+    for scenario, want in TLS_ROWS:
+        found = set()
+        for lab in TLS_LABELS:
+            found |= set(labs.get(lab, {}).get(scenario, {}))
+        for m in expand(want, found):
+            v = [get(med, kernel, lab, scenario, m) for lab in TLS_LABELS]
+            if v[1] is not None or v[3] is not None:
+                rows.append((scenario, m, *v))
+    head = ["scenario.metric", "kg", "kg-tls", "JS-nodelay", "JS-tls", "kg-tls over kg",
+            "JS-tls over JS", "kg-tls over JS-tls"]
+    lines = [head] + [[f"{s}.{m}", fmt(kg), fmt(kgt), fmt(js), fmt(jst),
+                       fmt(times_better(kgt, kg, m)), fmt(times_better(jst, js, m)),
+                       fmt(times_better(kgt, jst, m))] for s, m, kg, kgt, js, jst in rows]
     return "\n".join(render(lines)), rows
 
 
@@ -434,6 +467,22 @@ def main() -> int:
                                        "kg_over_js_gateway": times_better(kg, js, m),
                                        "kg_front_over_local": times_better(kg, loc, m)}
                           for s, m, loc, kg, js in rows}
+    tls: dict = {}
+    for kernel in sorted(pooled, key=lambda k: (k != "echo", k)):
+        text, rows = tls_table(med, kernel)
+        if not rows:
+            continue
+        print(f"\n== kernel {kernel}: TLS (https/wss, a self-signed P-256 certificate) against "
+              "plain TCP (kernelgate with v1 frames, Jupyter Server 1.23 with legacy JSON: it refuses "
+              "v1); the last three columns: how many times better (above 1: "
+              "the first is better; \"kg-tls over kg\" under 1 is what TLS costs)")
+        print(text)
+        tls[kernel] = {f"{s}.{m}": {"kernelgate": kg, "kernelgate-tls": kgt,
+                                    "jupyter-server-nodelay": js, "jupyter-server-tls": jst,
+                                    "kg_tls_over_kg": times_better(kgt, kg, m),
+                                    "js_tls_over_js": times_better(jst, js, m),
+                                    "kg_tls_over_js_tls": times_better(kgt, jst, m)}
+                       for s, m, kg, kgt, js, jst in rows}
     targets = check_targets(med, pooled)
     print("\n== targets of issue 4 (from the medians above; kg/direct ratios also per repeat, "
           "each kernelgate run against the direct run beside it)")
@@ -462,6 +511,7 @@ def main() -> int:
             "medians": med,
             "ratios": summary_ratios,
             "fronts": fronts,
+            "tls": tls,
             "targets": targets,
             "errors": all_problems,
             "missing": missing,

@@ -14,9 +14,13 @@
 #                           pressure), v1 frames, the latency and fan-out scenarios
 #   kernelgate-warm         kernelgate --warm-pool python3=1: kernel start only, python3 only
 #                           (starts 1.5 s apart, so the pool refills between them)
+#   kernelgate-tls          kernelgate --certfile/--keyfile: https and wss (a self-signed
+#                           certificate made for the run), v1 frames, the data-path scenarios
 #   jupyter-server          Debian's Jupyter Server 1.23, default configuration
 #   jupyter-server-nodelay  the same with bench/jupyter_server_nodelay.py (TCP_NODELAY on the
 #                           kernel WebSockets, iopub rate limit off)
+#   jupyter-server-tls      jupyter-server-nodelay with --certfile/--keyfile (the same
+#                           certificate), the data-path scenarios
 #   front-kernelgate        Jupyter Server 1.23 (nodelay) in front of kernelgate: started with
 #                           --gateway-url, as the README tells users to connect; its kernels
 #                           run on kernelgate
@@ -42,7 +46,7 @@ usage: bench/run.sh [--quick | --full] [options]
   --out DIR           raw kg-bench JSON and logs (default: a new temp dir, kept)
   --json FILE         combined results (default: OUT/results.json)
   --repeat N          repeats per measurement (default: 1 quick, 3 full)
-  --targets LIST      comma list of targets (default: all ten, see the header of this file)
+  --targets LIST      comma list of targets (default: all twelve, see the header of this file)
   --kernels LIST      comma list of kernels: echo, python3 (default: both), and
                       echo-libzmq: the echo kernel on libzmq sockets (kg-echo-kernel
                       --libzmq), to see what the kernel's own transport costs
@@ -55,7 +59,7 @@ usage: bench/run.sh [--quick | --full] [options]
 
 Needs: a build of kernelgate, kg-bench, kg-echo-kernel; /usr/bin/python3 with jupyter_server
 and ipykernel (Debian: python3-jupyter-server python3-ipykernel) for those targets/kernels;
-curl. Without Jupyter Server or ipykernel those parts are skipped with a warning.
+curl; openssl (the TLS targets' certificate). Without Jupyter Server or ipykernel those parts are skipped with a warning.
 EOF
 }
 
@@ -65,7 +69,7 @@ KG_BIN=""
 OUT=""
 JSON=""
 REPEAT=""
-TARGETS="direct,kernelgate,kernelgate-legacy,kernelgate-sleep,kernelgate-busy-poll,kernelgate-warm,jupyter-server,jupyter-server-nodelay,front-kernelgate,front-jupyter-server"
+TARGETS="direct,kernelgate,kernelgate-legacy,kernelgate-sleep,kernelgate-busy-poll,kernelgate-warm,kernelgate-tls,jupyter-server,jupyter-server-nodelay,jupyter-server-tls,front-kernelgate,front-jupyter-server"
 BUSY_POLL=200
 KERNELS="echo,python3"
 TRANSPORT=ipc
@@ -107,12 +111,17 @@ for f in "$KG_BIN" "$BENCH" "$ECHO_KERNEL"; do
     fi
 done
 command -v curl >/dev/null || { echo "run.sh: curl is needed" >&2; exit 2; }
+if [[ ",$TARGETS," == *"-tls,"* ]] && ! command -v openssl >/dev/null; then
+    echo "run.sh: openssl is needed for the TLS targets (or leave them out of --targets)" >&2
+    exit 2
+fi
 
 has() { [[ ",$1," == *",$2,"* ]]; }
 if ! "$PY" -c 'import jupyter_server' 2>/dev/null; then
     echo "run.sh: WARNING: $PY has no jupyter_server; Jupyter Server targets skipped" >&2
     TARGETS="$(echo ",$TARGETS," | sed -e 's/,jupyter-server-nodelay,/,/; s/,jupyter-server,/,/;
-        s/,front-kernelgate,/,/; s/,front-jupyter-server,/,/; s/^,//; s/,$//')"
+        s/,jupyter-server-tls,/,/; s/,front-kernelgate,/,/; s/,front-jupyter-server,/,/;
+        s/^,//; s/,$//')"
 fi
 if has "$KERNELS" python3 && ! "$PY" -c 'import ipykernel' 2>/dev/null; then
     echo "run.sh: WARNING: $PY has no ipykernel; python3 kernel skipped" >&2
@@ -190,7 +199,8 @@ cleanup() {
         kill -KILL "$pid" 2>/dev/null || true
     done
     if [[ "$OUT/" == "$WORK/"* ]]; then  # results live in the work dir: keep only them
-        rm -rf "$WORK/jupyter" "$WORK/kg-data" "$WORK/kg-data-poll" "$WORK/direct" "$WORK/share" "$WORK/bin"
+        rm -rf "$WORK/jupyter" "$WORK/kg-data" "$WORK/kg-data-poll" "$WORK/kg-data-tls" \
+            "$WORK/direct" "$WORK/share" "$WORK/bin" "$WORK/tls"
     else
         rm -rf "$WORK"
     fi
@@ -233,23 +243,36 @@ export PATH="/usr/bin:/bin:$PATH"
 mkdir -p "$WORK/bin"
 ln -sf "$KG_BIN" "$WORK/bin/kg-bench-gateway"
 
+# The TLS targets' certificate: self-signed for 127.0.0.1, made for this run; kg-bench and curl
+# check the servers' certificates against it.
+TLS_CERT="$WORK/tls/cert.pem" TLS_KEY="$WORK/tls/key.pem"
+if [[ ",$TARGETS," == *"-tls,"* ]]; then
+    mkdir -p "$WORK/tls"
+    (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -days 2 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+        -keyout "$TLS_KEY" -out "$TLS_CERT" 2> "$OUT/logs/openssl.log") ||
+        { echo "run.sh: openssl could not make a certificate:" >&2; cat "$OUT/logs/openssl.log" >&2; exit 1; }
+fi
+
 free_port() {
     "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
 # Starts a gateway; sets GW_PID and GW_URL.
-# $1: kernelgate | kernelgate-sleep | kernelgate-busy-poll | kernelgate-warm | jupyter-server |
-#     jupyter-server-nodelay | jupyter-server-front (nodelay, --gateway-url $2)
+# $1: kernelgate | kernelgate-sleep | kernelgate-busy-poll | kernelgate-warm | kernelgate-tls |
+#     jupyter-server | jupyter-server-nodelay | jupyter-server-tls |
+#     jupyter-server-front (nodelay, --gateway-url $2)
 start_gateway() {
     local kind="$1" log="$OUT/logs/$1-$(date +%s%N).log" deadline port line
     deadline=$((SECONDS + 60))
     case "$kind" in
-        kernelgate|kernelgate-sleep|kernelgate-busy-poll|kernelgate-warm)
+        kernelgate|kernelgate-sleep|kernelgate-busy-poll|kernelgate-warm|kernelgate-tls)
             local data="$WORK/kg-data" mode=()
             case "$kind" in
                 kernelgate-sleep) data="$WORK/kg-data-sleep"; mode=(--predictive-poll 0) ;;
                 kernelgate-busy-poll) data="$WORK/kg-data-poll"; mode=(--busy-poll "$BUSY_POLL") ;;
                 kernelgate-warm) data="$WORK/kg-data-warm"; mode=(--warm-pool python3=1) ;;
+                kernelgate-tls) data="$WORK/kg-data-tls"; mode=(--certfile "$TLS_CERT" --keyfile "$TLS_KEY") ;;
             esac
             rm -rf "$data"
             "$WORK/bin/kg-bench-gateway" serve --ip 127.0.0.1 --port 0 --data-dir "$data" \
@@ -258,7 +281,7 @@ start_gateway() {
                 > "$log" 2>&1 &
             GW_PID=$!
             while :; do
-                line="$(grep -o 'http://127\.0\.0\.1:[0-9]*/' "$log" | head -1 || true)"
+                line="$(grep -o 'https\?://127\.0\.0\.1:[0-9]*/' "$log" | head -1 || true)"
                 [ -n "$line" ] && break
                 if ! kill -0 "$GW_PID" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
                     echo "run.sh: kernelgate did not start; log $log:" >&2; tail -20 "$log" >&2; exit 1
@@ -267,10 +290,14 @@ start_gateway() {
             done
             GW_URL="${line%/}"
             ;;
-        jupyter-server|jupyter-server-nodelay|jupyter-server-front)
+        jupyter-server|jupyter-server-nodelay|jupyter-server-tls|jupyter-server-front)
             port="$(free_port)"
-            local extra=()
+            local extra=() scheme=http
             [ "$kind" != jupyter-server ] && extra=(--config="$SRC_DIR/jupyter_server_nodelay.py")
+            if [ "$kind" = jupyter-server-tls ]; then
+                extra+=(--ServerApp.certfile="$TLS_CERT" --ServerApp.keyfile="$TLS_KEY")
+                scheme=https
+            fi
             # A front runs no kernel itself: its REST calls and WebSockets go to the gateway.
             [ "$kind" = jupyter-server-front ] &&
                 extra+=(--gateway-url="$2" --GatewayClient.auth_token="$TOKEN")
@@ -279,11 +306,13 @@ start_gateway() {
                 --ServerApp.port_retries=0 --KernelManager.transport="$TRANSPORT" --allow-root \
                 "${extra[@]}" > "$log" 2>&1 &
             GW_PID=$!
-            GW_URL="http://127.0.0.1:$port"
+            GW_URL="$scheme://127.0.0.1:$port"
             ;;
     esac
     STARTED_PIDS+=("$GW_PID")
-    until curl -sf -o /dev/null -H "Authorization: token $TOKEN" "$GW_URL/api/kernelspecs"; do
+    local ca=()
+    [[ "$GW_URL" == https://* ]] && ca=(--cacert "$TLS_CERT")
+    until curl -sf -o /dev/null "${ca[@]}" -H "Authorization: token $TOKEN" "$GW_URL/api/kernelspecs"; do
         if ! kill -0 "$GW_PID" 2>/dev/null || [ $SECONDS -ge $deadline ]; then
             echo "run.sh: $kind did not answer; log $log:" >&2; tail -20 "$log" >&2; exit 1
         fi
@@ -320,8 +349,11 @@ bench() {
 }
 
 gateway_args() {  # $1 protocol [$2 url $3 pid: another gateway than GW_*]
-    echo --target gateway --url "${2:-$GW_URL}" --token "$TOKEN" --protocol "$1" \
+    local url="${2:-$GW_URL}"
+    echo --target gateway --url "$url" --token "$TOKEN" --protocol "$1" \
         --gateway-pid "${3:-$GW_PID}"
+    [[ "$url" == https://* ]] && echo --ca-file "$TLS_CERT"
+    return 0
 }
 
 T0=$SECONDS
@@ -385,13 +417,18 @@ run_kernelgate() {  # $1 kernel
         BENCH_REPEAT=1 bench kernelgate-busy-poll "$1" "$BUSY_POLL_SCENARIOS" \
             $(gateway_args v1 "$POLL_URL" "$POLL_PID") || FAILED=1
     fi
+    if has "$TARGETS" kernelgate-tls; then
+        # shellcheck disable=SC2046
+        BENCH_REPEAT=1 bench kernelgate-tls "$1" "$DATA_SCENARIOS" \
+            $(gateway_args v1 "$TLS_URL" "$TLS_PID") || FAILED=1
+    fi
 }
 KG_DATA=0
-{ has "$TARGETS" kernelgate || has "$TARGETS" kernelgate-legacy ||
+{ has "$TARGETS" kernelgate || has "$TARGETS" kernelgate-legacy || has "$TARGETS" kernelgate-tls ||
   has "$TARGETS" kernelgate-sleep || has "$TARGETS" kernelgate-busy-poll; } && KG_DATA=1
 if has "$TARGETS" direct || [ "$KG_DATA" = 1 ]; then
-    # Up to three kernelgates side by side (default, --predictive-poll 0, --busy-poll); each
-    # idles (sleeps) while another is measured.
+    # Up to four kernelgates side by side (default, --predictive-poll 0, --busy-poll, TLS);
+    # each idles (sleeps) while another is measured.
     if has "$TARGETS" kernelgate-sleep; then
         start_gateway kernelgate-sleep
         SLEEP_URL="$GW_URL" SLEEP_PID="$GW_PID"
@@ -399,6 +436,10 @@ if has "$TARGETS" direct || [ "$KG_DATA" = 1 ]; then
     if has "$TARGETS" kernelgate-busy-poll; then
         start_gateway kernelgate-busy-poll
         POLL_URL="$GW_URL" POLL_PID="$GW_PID"
+    fi
+    if has "$TARGETS" kernelgate-tls; then
+        start_gateway kernelgate-tls
+        TLS_URL="$GW_URL" TLS_PID="$GW_PID"
     fi
     [ "$KG_DATA" = 1 ] && start_gateway kernelgate
     for r in $(seq 1 "$REPEAT"); do
@@ -416,6 +457,7 @@ if has "$TARGETS" direct || [ "$KG_DATA" = 1 ]; then
     [ "$KG_DATA" = 1 ] && stop_gateway
     has "$TARGETS" kernelgate-sleep && stop_gateway "$SLEEP_PID"
     has "$TARGETS" kernelgate-busy-poll && stop_gateway "$POLL_PID"
+    has "$TARGETS" kernelgate-tls && stop_gateway "$TLS_PID"
 fi
 
 # ---- 2b. kernelgate with a warm pool: kernel start (python3) --------------------------------
@@ -462,6 +504,17 @@ for t in jupyter-server jupyter-server-nodelay; do
         has "$KERNELS" echo && idle_kernels "$t"
     done
 done
+
+# ---- 3a. Jupyter Server (nodelay) over TLS: the data-path scenarios --------------------------
+if has "$TARGETS" jupyter-server-tls; then
+    start_gateway jupyter-server-tls
+    for kernel in echo echo-libzmq python3; do
+        has "$KERNELS" "$kernel" || continue
+        # shellcheck disable=SC2046
+        bench jupyter-server-tls "$kernel" "$DATA_SCENARIOS" $(gateway_args v1) || FAILED=1
+    done
+    stop_gateway
+fi
 
 # ---- 3b. Jupyter Server in front of a gateway (--gateway-url) -------------------------------
 # What users of Jupyter Server or JupyterLab with --gateway-url see: the same front (nodelay)

@@ -177,3 +177,47 @@ def test_the_command_prints_the_fronts_table_and_writes_it_to_json(tmp_path):
     assert (ki["local"], ki["front-kernelgate"], ki["front-jupyter-server"]) == (1300, 650, 2600)
     assert ki["kg_over_js_gateway"] == 4 and ki["kg_front_over_local"] == 2
     assert fronts["fanout.k32_rt_per_s"]["kg_over_js_gateway"] == 5
+
+
+def tls_files(tmp_path):
+    """kernelgate and Jupyter Server (nodelay), each in plain TCP and over TLS."""
+    def scen(p50, mb, cpu_mb):
+        return {"kernel_info": [{"p50_us": p50}],
+                "stream": [{"mb_per_s": mb, "gw_cpu_us_per_mb": cpu_mb}]}
+    return [bench_file(tmp_path, "kernelgate", "k", scen(100, 800, 1000)),
+            bench_file(tmp_path, "kernelgate-tls", "k", scen(125, 400, 2000)),
+            bench_file(tmp_path, "jupyter-server-nodelay", "k", scen(1000, 100, 12000)),
+            bench_file(tmp_path, "jupyter-server-tls", "k", scen(1250, 80, 16000))]
+
+
+def test_the_tls_table_sets_each_server_over_tls_beside_itself_and_the_other(tmp_path):
+    _, pooled = report.load(tls_files(tmp_path))
+    text, rows = report.tls_table(report.medians(pooled), "k")
+    by = {(s, m): v for s, m, *v in rows}
+    assert by[("kernel_info", "p50_us")] == [100, 125, 1000, 1250]
+    # Columns: what TLS costs kernelgate, what it costs Jupyter Server (under 1: slower over
+    # TLS), and kernelgate over TLS against Jupyter Server over TLS (above 1: kernelgate better).
+    ki = next(ln for ln in text.splitlines() if ln.startswith("kernel_info.p50_us"))
+    assert ki.split()[-3:] == ["0.8", "0.8", "10"]
+    mb = next(ln for ln in text.splitlines() if ln.startswith("stream.mb_per_s"))
+    assert mb.split()[-3:] == ["0.5", "0.8", "5"]
+    cpu = next(ln for ln in text.splitlines() if ln.startswith("stream.gw_cpu_us_per_mb"))
+    assert cpu.split()[-3:] == ["0.5", "0.75", "8"]
+    # Rows neither TLS target measured are left out; without a TLS target there is no table.
+    assert ("execute", "p50_us") not in by
+    _, plain_only = report.load([tls_files(tmp_path)[i] for i in (0, 2)])
+    assert report.tls_table(report.medians(plain_only), "k") == ("", [])
+
+
+def test_the_command_prints_the_tls_table_and_writes_it_to_json(tmp_path):
+    out_json = tmp_path / "results.json"
+    run = subprocess.run([sys.executable, str(REPORT), "--json", str(out_json),
+                          *map(str, tls_files(tmp_path))],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    assert "== kernel k: TLS (https/wss" in run.stdout
+    tls = json.loads(out_json.read_text())["tls"]["k"]
+    st = tls["stream.mb_per_s"]
+    assert (st["kernelgate"], st["kernelgate-tls"]) == (800, 400)
+    assert st["kg_tls_over_kg"] == 0.5 and st["kg_tls_over_js_tls"] == 5
+    assert tls["kernel_info.p50_us"]["js_tls_over_js"] == 0.8
