@@ -229,7 +229,7 @@ TLS_ROWS = [("start", "kernel_info_ms"), ("kernel_info", "p50_us"), ("kernel_inf
             ("kernel_info", "gw_cpu_us_per_rt"), ("execute", "p50_us"), ("execute", "p99_us"),
             ("flood", "msgs_per_s"), ("flood", "gw_cpu_us_per_msg"), ("iopub_flood", "msgs_per_s"),
             ("stream", "mb_per_s"), ("stream", "gw_cpu_us_per_mb"), ("fanout", r"k\d+_rt_per_s"),
-            ("broadcast", "delivered_per_s")]
+            ("broadcast", "delivered_per_s"), ("idle_ws", "kib_per_conn")]
 TLS_LABELS = ("kernelgate", "kernelgate-tls", "jupyter-server-nodelay", "jupyter-server-tls")
 
 

@@ -378,6 +378,15 @@ if has "$TARGETS" kernelgate && has "$KERNELS" echo; then
         idle_kernels kernelgate
     done
 fi
+# The same idle WebSockets over TLS (wss): what each costs with its TLS state.
+if has "$TARGETS" kernelgate-tls && has "$KERNELS" echo; then
+    for r in $(seq 1 "$REPEAT"); do
+        start_gateway kernelgate-tls
+        # shellcheck disable=SC2046
+        bench kernelgate-tls echo idle_ws $(gateway_args v1) --idle "$IDLE_KG" || FAILED=1
+        stop_gateway
+    done
+fi
 
 # ---- 2. direct ZeroMQ (the physical limit) and kernelgate, taking turns --------------------
 # The ratios kernelgate/direct compare runs made minutes apart on a machine whose speed
@@ -508,6 +517,10 @@ done
 # ---- 3a. Jupyter Server (nodelay) over TLS: the data-path scenarios --------------------------
 if has "$TARGETS" jupyter-server-tls; then
     start_gateway jupyter-server-tls
+    if has "$KERNELS" echo; then
+        # shellcheck disable=SC2046
+        bench jupyter-server-tls echo idle_ws $(gateway_args v1) --idle "$IDLE_JS" || FAILED=1
+    fi
     for kernel in echo echo-libzmq python3; do
         has "$KERNELS" "$kernel" || continue
         # shellcheck disable=SC2046

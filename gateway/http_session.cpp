@@ -260,10 +260,9 @@ net::awaitable<void> run_http_session(server& srv, net::ip::tcp::socket socket)
         co_await serve_requests(srv, std::move(tcp), source);
         co_return;
     }
-    beast::ssl_stream<beast::tcp_stream> tls(std::move(tcp), *srv.tls());
+    tls_stream tls(std::move(tcp), *srv.tls());
     beast::get_lowest_layer(tls).expires_after(srv.config().http_read_timeout);
-    co_await tls.async_handshake(net::ssl::stream_base::server,
-                                 net::redirect_error(net::use_awaitable, ec));
+    co_await tls.async_handshake(net::redirect_error(net::use_awaitable, ec));
     if (ec) {
         // Includes clients without a certificate when one is required (mutual TLS).
         spdlog::info("TLS handshake from {} failed: {}", source, ec.message());

@@ -20,7 +20,7 @@ ws_session::ws_session(server& srv, beast::tcp_stream&& stream, sessions::kernel
                        std::string session_id, ws_format fmt, auth::identity who)
     : srv_(srv),
       timer_(stream.get_executor()),
-      ws_(std::in_place_type<plain_stream>, std::move(stream)),
+      ws_(std::in_place_type<plain_ws>, std::move(stream)),
       kernel_(std::move(k)),
       session_id_(std::move(session_id)),
       format_(fmt),
@@ -28,12 +28,12 @@ ws_session::ws_session(server& srv, beast::tcp_stream&& stream, sessions::kernel
 {
 }
 
-ws_session::ws_session(server& srv, beast::ssl_stream<beast::tcp_stream>&& stream,
+ws_session::ws_session(server& srv, tls_stream&& stream,
                        sessions::kernel_ptr k, std::string session_id, ws_format fmt,
                        auth::identity who)
     : srv_(srv),
       timer_(stream.get_executor()),
-      ws_(std::in_place_type<tls_stream>, std::move(stream)),
+      ws_(std::in_place_type<tls_ws>, std::move(stream)),
       kernel_(std::move(k)),
       session_id_(std::move(session_id)),
       format_(fmt),

@@ -6,11 +6,10 @@
 #include <string>
 #include <variant>
 
-#include <boost/beast/ssl.hpp>
-
 #include "common/asio_fwd.hpp"
 #include "auth/token_store.hpp"
 #include "gateway/batching_stream.hpp"
+#include "gateway/tls_stream.hpp"
 #include "gateway/routes.hpp"
 #include "gateway/ws_frames.hpp"
 #include "sessions/kernel.hpp"
@@ -37,13 +36,12 @@ class ws_session final : public sessions::client_sink,
                          public std::enable_shared_from_this<ws_session>
 {
 public:
-    using plain_stream = websocket::stream<batching_stream<beast::tcp_stream>>;
-    using tls_stream =
-        websocket::stream<batching_stream<beast::ssl_stream<beast::tcp_stream>>>;
+    using plain_ws = websocket::stream<batching_stream<beast::tcp_stream>>;
+    using tls_ws = websocket::stream<batching_stream<tls_stream>>;
 
     ws_session(server& srv, beast::tcp_stream&& stream, sessions::kernel_ptr k,
                std::string session_id, ws_format fmt, auth::identity who);
-    ws_session(server& srv, beast::ssl_stream<beast::tcp_stream>&& stream, sessions::kernel_ptr k,
+    ws_session(server& srv, tls_stream&& stream, sessions::kernel_ptr k,
                std::string session_id, ws_format fmt, auth::identity who);
     ~ws_session() override;
 
@@ -95,7 +93,7 @@ private:
         return std::visit(std::forward<F>(f), ws_);
     }
 
-    std::variant<plain_stream, tls_stream> ws_;
+    std::variant<plain_ws, tls_ws> ws_;
     sessions::kernel_ptr kernel_;
     std::string session_id_;
     ws_format format_;

@@ -180,3 +180,66 @@ def test_keepalive_and_close_deadlines_over_tls(tmp_path, pki):
     finally:
         rc = g.process.stop()
     assert rc == 0, f"exit code {rc}:\n{g.log_tail()}"
+
+
+def test_jupyter_server_with_an_https_gateway_url(tmp_path, pki):
+    # The client most users put in front: Jupyter Server 1.23 with --gateway-url=https://…,
+    # its REST calls and its WebSocket (tornado's TLS client) through the gateway's TLS
+    # layer, a stream of output of several records per burst included. Jupyter Server 1.23
+    # passes --GatewayClient.ca_certs to its REST calls only with a client certificate, so
+    # the CA is given through SSL_CERT_FILE as well (the README says so).
+    import secrets
+    from conftest import SYSTEM_PYTHON, ManagedProcess, clean_child_env, free_port
+    from kg_client import RestClient, expect
+
+    g = TlsGateway.__new__(TlsGateway)
+    g.pki, g.client_cert = pki, None
+    _start_tls(g, tmp_path / "gw", [])
+    front = None
+    try:
+        port = free_port()
+        front = RestClient(f"http://127.0.0.1:{port}", secrets.token_hex(16))
+        marker = uuid.uuid4().hex
+        fe_tmp = tmp_path / "front"
+        (fe_tmp / "root").mkdir(parents=True)
+        env = clean_child_env(fe_tmp, marker)
+        env["SSL_CERT_FILE"] = str(pki / "ca.pem")
+        argv = [SYSTEM_PYTHON, "-m", "jupyter_server", "--no-browser", "--allow-root",
+                f"--ServerApp.token={front.token}", f"--ServerApp.port={port}",
+                "--ServerApp.port_retries=0", "--ServerApp.ip=127.0.0.1",
+                f"--ServerApp.root_dir={fe_tmp / 'root'}",
+                f"--gateway-url=https://127.0.0.1:{g.port}", f"--GatewayClient.auth_token={g.token}",
+                f"--GatewayClient.ca_certs={pki / 'ca.pem'}",
+                "--GatewayClient.request_timeout=60", "--GatewayClient.connect_timeout=20"]
+        proc = ManagedProcess("jupyter_server --gateway-url https", argv, env, fe_tmp,
+                              fe_tmp / "front.log", marker)
+
+        def probe():
+            r = front.get("/api/kernelspecs", timeout=5)
+            return r.status_code == 200, f"GET /api/kernelspecs -> {r.status_code}"
+        try:
+            proc.wait_ready(probe, 60)
+            specs = expect(front.get("/api/kernelspecs"), 200).json()
+            assert "echo" in specs["kernelspecs"], specs
+            kid = expect(front.post("/api/kernels", {"name": "echo"}), 201).json()["id"]
+            assert kid in [k["id"] for k in expect(g.get("/api/kernels"), 200).json()]
+            sid = uuid.uuid4().hex
+            ch = ChannelClient(front.ws_url(f"/api/kernels/{kid}/channels?session_id={sid}"),
+                               [f"Authorization: token {front.token}"], LEGACY, sid)
+            try:
+                ch.nudge(timeout=45)
+                res = ch.run("stream:1048576", timeout=60)  # 16 messages of 64 KiB
+                assert res.status == "ok", res
+                assert len(res.stdout()) == 1048576, len(res.stdout())
+                res = ch.run("over https", timeout=30)
+                assert res.status == "ok", res
+            finally:
+                ch.close()
+            expect(front.delete(f"/api/kernels/{kid}"), 204)
+            assert kid not in [k["id"] for k in expect(g.get("/api/kernels"), 200).json()]
+        finally:
+            proc.stop()
+        assert g.process.proc.poll() is None
+    finally:
+        rc = g.process.stop()
+    assert rc == 0, f"exit code {rc}:\n{g.log_tail()}"
