@@ -202,25 +202,45 @@ def times_better(a, b, metric):
     return ratio(b, a) if lower_is_better(metric) else ratio(a, b)
 
 
-def front_table(med, kernel):
-    """The fronts' section: (text, rows), rows as (scenario, metric, local, via kg, via JS)."""
+def side_rows(med, kernel, spec, labels, measured):
+    """Targets side by side: (scenario, metric, *medians in the order of labels) for each
+    (scenario, metric or pattern) of spec that one of the targets in measured has."""
     labs = med.get(kernel, {})
-    if FRONT_KG not in labs and FRONT_JS not in labs:
-        return "", []
     rows = []
-    for scenario, want in FRONT_ROWS:
+    for scenario, want in spec:
         found = set()
-        for lab in (FRONT_LOCAL, FRONT_KG, FRONT_JS):
+        for lab in labels:
             found |= set(labs.get(lab, {}).get(scenario, {}))
         for m in expand(want, found):
-            v = [get(med, kernel, lab, scenario, m) for lab in (FRONT_LOCAL, FRONT_KG, FRONT_JS)]
-            if any(x is not None for x in v[1:]):
-                rows.append((scenario, m, *v))
+            v = {lab: get(med, kernel, lab, scenario, m) for lab in labels}
+            if any(v[lab] is not None for lab in measured):
+                rows.append((scenario, m, *(v[lab] for lab in labels)))
+    return rows
+
+
+def print_sections(pooled, med, table_fn, heading, to_json):
+    """Prints table_fn's table for each kernel that has one; {kernel: {"scenario.metric":
+    to_json(metric, *medians)}} for the JSON."""
+    out: dict = {}
+    for kernel in sorted(pooled, key=lambda k: (k != "echo", k)):
+        text, rows = table_fn(med, kernel)
+        if not rows:
+            continue
+        print(f"\n== kernel {kernel}: {heading}")
+        print(text)
+        out[kernel] = {f"{r[0]}.{r[1]}": to_json(r[1], *r[2:]) for r in rows}
+    return out
+
+
+def front_table(med, kernel):
+    """The fronts' section: (text, rows), rows as (scenario, metric, local, via kg, via JS)."""
+    rows = side_rows(med, kernel, FRONT_ROWS, (FRONT_LOCAL, FRONT_KG, FRONT_JS),
+                     (FRONT_KG, FRONT_JS))
     head = ["scenario.metric", "JS local kernels", "JS>kernelgate", "JS>Jupyter Server",
             "kg over JS as gateway", "JS>kg over local"]
     lines = [head] + [[f"{s}.{m}", fmt(loc), fmt(kg), fmt(js), fmt(times_better(kg, js, m)),
                        fmt(times_better(kg, loc, m))] for s, m, loc, kg, js in rows]
-    return "\n".join(render(lines)), rows
+    return ("\n".join(render(lines)) if rows else ""), rows
 
 
 # kernelgate and Jupyter Server (nodelay) serving https/wss, beside the same servers in plain
@@ -235,24 +255,13 @@ TLS_LABELS = ("kernelgate", "kernelgate-tls", "jupyter-server-nodelay", "jupyter
 
 def tls_table(med, kernel):
     """The TLS section: (text, rows), rows as (scenario, metric, kg, kg-tls, JS, JS-tls)."""
-    labs = med.get(kernel, {})
-    if "kernelgate-tls" not in labs and "jupyter-server-tls" not in labs:
-        return "", []
-    rows = []
-    for scenario, want in TLS_ROWS:
-        found = set()
-        for lab in TLS_LABELS:
-            found |= set(labs.get(lab, {}).get(scenario, {}))
-        for m in expand(want, found):
-            v = [get(med, kernel, lab, scenario, m) for lab in TLS_LABELS]
-            if v[1] is not None or v[3] is not None:
-                rows.append((scenario, m, *v))
+    rows = side_rows(med, kernel, TLS_ROWS, TLS_LABELS, ("kernelgate-tls", "jupyter-server-tls"))
     head = ["scenario.metric", "kg", "kg-tls", "JS-nodelay", "JS-tls", "kg-tls over kg",
             "JS-tls over JS", "kg-tls over JS-tls"]
     lines = [head] + [[f"{s}.{m}", fmt(kg), fmt(kgt), fmt(js), fmt(jst),
                        fmt(times_better(kgt, kg, m)), fmt(times_better(jst, js, m)),
                        fmt(times_better(kgt, jst, m))] for s, m, kg, kgt, js, jst in rows]
-    return "\n".join(render(lines)), rows
+    return ("\n".join(render(lines)) if rows else ""), rows
 
 
 def per_repeat(pooled, kernel, num, den, scenario, metric):
@@ -453,36 +462,25 @@ def main() -> int:
                 "JS/kg": ratio(vals.get("jupyter-server"), kg),
                 "JS-nodelay/kg": ratio(vals.get("jupyter-server-nodelay"), kg),
                 "lower_is_better": lower_is_better(m)}
-    fronts: dict = {}
-    for kernel in sorted(pooled, key=lambda k: (k != "echo", k)):
-        text, rows = front_table(med, kernel)
-        if not rows:
-            continue
-        print(f"\n== kernel {kernel}: Jupyter Server 1.23 (TCP_NODELAY, legacy frames) in front of "
-              "a gateway (--gateway-url), against its own local kernels; the last two columns: "
-              "how many times better (above 1: the first is better)")
-        print(text)
-        fronts[kernel] = {f"{s}.{m}": {"local": loc, "front-kernelgate": kg,
-                                       "front-jupyter-server": js,
-                                       "kg_over_js_gateway": times_better(kg, js, m),
-                                       "kg_front_over_local": times_better(kg, loc, m)}
-                          for s, m, loc, kg, js in rows}
-    tls: dict = {}
-    for kernel in sorted(pooled, key=lambda k: (k != "echo", k)):
-        text, rows = tls_table(med, kernel)
-        if not rows:
-            continue
-        print(f"\n== kernel {kernel}: TLS (https/wss, a self-signed P-256 certificate) against "
-              "plain TCP (kernelgate with v1 frames, Jupyter Server 1.23 with legacy JSON: it refuses "
-              "v1); the last three columns: how many times better (above 1: "
-              "the first is better; \"kg-tls over kg\" under 1 is what TLS costs)")
-        print(text)
-        tls[kernel] = {f"{s}.{m}": {"kernelgate": kg, "kernelgate-tls": kgt,
-                                    "jupyter-server-nodelay": js, "jupyter-server-tls": jst,
-                                    "kg_tls_over_kg": times_better(kgt, kg, m),
-                                    "js_tls_over_js": times_better(jst, js, m),
-                                    "kg_tls_over_js_tls": times_better(kgt, jst, m)}
-                       for s, m, kg, kgt, js, jst in rows}
+    fronts = print_sections(
+        pooled, med, front_table,
+        "Jupyter Server 1.23 (TCP_NODELAY, legacy frames) in front of a gateway (--gateway-url), "
+        "against its own local kernels; the last two columns: how many times better (above 1: "
+        "the first is better)",
+        lambda m, loc, kg, js: {"local": loc, "front-kernelgate": kg, "front-jupyter-server": js,
+                                "kg_over_js_gateway": times_better(kg, js, m),
+                                "kg_front_over_local": times_better(kg, loc, m)})
+    tls = print_sections(
+        pooled, med, tls_table,
+        "TLS (https/wss, a self-signed P-256 certificate) against plain TCP (kernelgate with v1 "
+        "frames, Jupyter Server 1.23 with legacy JSON: it refuses v1); the last three columns: "
+        "how many times better (above 1: the first is better; \"kg-tls over kg\" under 1 is "
+        "what TLS costs)",
+        lambda m, kg, kgt, js, jst: {"kernelgate": kg, "kernelgate-tls": kgt,
+                                     "jupyter-server-nodelay": js, "jupyter-server-tls": jst,
+                                     "kg_tls_over_kg": times_better(kgt, kg, m),
+                                     "js_tls_over_js": times_better(jst, js, m),
+                                     "kg_tls_over_js_tls": times_better(kgt, jst, m)})
     targets = check_targets(med, pooled)
     print("\n== targets of issue 4 (from the medians above; kg/direct ratios also per repeat, "
           "each kernelgate run against the direct run beside it)")

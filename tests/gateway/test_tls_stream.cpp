@@ -148,6 +148,32 @@ struct tls_pair
         REQUIRE_FALSE(*ec);
     }
 
+    /// The client reads exactly n bytes (and the loop runs until `also` holds too).
+    std::string client_read(std::size_t n, const std::function<bool()>& also = [] { return true; })
+    {
+        std::string got(n, '\0');
+        std::optional<beast::error_code> ec;
+        net::async_read(client, net::buffer(got), [&](beast::error_code e, std::size_t) { ec = e; });
+        REQUIRE(run_until([&] { return ec && also(); }));
+        REQUIRE_FALSE(*ec);
+        return got;
+    }
+
+    /// The server writes data in one write_some while the client reads it: what it got.
+    std::string server_to_client(const std::string& data)
+    {
+        std::optional<beast::error_code> ec;
+        std::size_t written = 0;
+        server->async_write_some(net::buffer(data), [&](beast::error_code e, std::size_t n) {
+            ec = e;
+            written = n;
+        });
+        auto got = client_read(data.size(), [&] { return ec.has_value(); });
+        REQUIRE_FALSE(*ec);
+        CHECK(written == data.size());  // all of it, once written to the socket
+        return got;
+    }
+
     /// The server's next read_some: its error (data, if any, discarded).
     beast::error_code server_read_error()
     {
@@ -186,20 +212,7 @@ TEST_CASE("tls_stream: a handshake, then data both ways, intact")
 
     // 1 MiB out in one write: it completes once all of it is written to the socket.
     const auto big_out = pattern(1 << 20, 9);
-    std::optional<beast::error_code> w_ec;
-    std::size_t w_n = 0;
-    p.server->async_write_some(net::buffer(big_out), [&](beast::error_code e, std::size_t n) {
-        w_ec = e;
-        w_n = n;
-    });
-    std::string got(big_out.size(), '\0');
-    std::optional<beast::error_code> r_ec;
-    net::async_read(p.client, net::buffer(got), [&](beast::error_code e, std::size_t) { r_ec = e; });
-    REQUIRE(p.run_until([&] { return w_ec && r_ec; }));
-    CHECK_FALSE(*w_ec);
-    CHECK(w_n == big_out.size());
-    CHECK_FALSE(*r_ec);
-    CHECK(got == big_out);
+    CHECK(p.server_to_client(big_out) == big_out);
     CHECK(p.server->unsent() == 0);
 }
 
@@ -213,12 +226,8 @@ TEST_CASE("tls_stream: a write waits for a peer that does not read, and ends whe
     CHECK_FALSE(p.run_until([&] { return w_ec.has_value(); }, 300ms));
     CHECK(p.server->unsent() > 0);
 
-    std::string got(data.size(), '\0');
-    std::optional<beast::error_code> r_ec;
-    net::async_read(p.client, net::buffer(got), [&](beast::error_code e, std::size_t) { r_ec = e; });
-    REQUIRE(p.run_until([&] { return w_ec && r_ec; }));
+    CHECK(p.client_read(data.size(), [&] { return w_ec.has_value(); }) == data);
     CHECK_FALSE(*w_ec);
-    CHECK(got == data);
     CHECK(p.server->unsent() == 0);
 }
 
@@ -246,16 +255,7 @@ TEST_CASE("tls_stream: a key update from the peer, and a TLS 1.2 peer")
         p.client_write("after the update");  // the key update goes out first
         CHECK(p.server_read(16) == "after the update");
         const auto reply = pattern(50000, 2);
-        std::optional<beast::error_code> w_ec;
-        net::async_write(*p.server, net::buffer(reply),
-                         [&](beast::error_code e, std::size_t) { w_ec = e; });
-        std::string got(reply.size(), '\0');
-        std::optional<beast::error_code> r_ec;
-        net::async_read(p.client, net::buffer(got), [&](beast::error_code e, std::size_t) { r_ec = e; });
-        REQUIRE(p.run_until([&] { return w_ec && r_ec; }));
-        CHECK_FALSE(*w_ec);
-        CHECK_FALSE(*r_ec);
-        CHECK(got == reply);
+        CHECK(p.server_to_client(reply) == reply);
     }
     SECTION("TLS 1.2")
     {
@@ -266,13 +266,7 @@ TEST_CASE("tls_stream: a key update from the peer, and a TLS 1.2 peer")
         const auto msg = pattern(70000, 8);
         p.client_write(msg);
         CHECK(p.server_read(msg.size()) == msg);
-        std::optional<beast::error_code> w_ec;
-        net::async_write(*p.server, net::buffer(msg), [&](beast::error_code e, std::size_t) { w_ec = e; });
-        std::string got(msg.size(), '\0');
-        std::optional<beast::error_code> r_ec;
-        net::async_read(p.client, net::buffer(got), [&](beast::error_code e, std::size_t) { r_ec = e; });
-        REQUIRE(p.run_until([&] { return w_ec && r_ec; }));
-        CHECK(got == msg);
+        CHECK(p.server_to_client(msg) == msg);
     }
 }
 
