@@ -22,7 +22,8 @@ namespace kernelgate::gateway {
 /// A stream layer under a WebSocket stream that batches writes: every write (synchronous or
 /// asynchronous) appends the bytes to a buffer and returns at once, and one write to the
 /// next layer sends everything buffered since the last one. A burst of kernel messages to a
-/// client then costs one send() instead of one per message, and over TLS one record.
+/// client then costs one send() instead of one per message (over TLS, one write to the TLS
+/// layer, which encrypts the burst into records that leave in one send() too).
 /// Over plain TCP that send() is tried at once, without waiting for the socket: only what
 /// it does not take (a client that is behind) waits for the socket to become writable.
 ///

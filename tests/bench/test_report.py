@@ -33,6 +33,15 @@ def files(tmp_path, direct_us, kg_us, js_nodelay_us, js_us):
             bench_file(tmp_path, "jupyter-server", "k", rt(js_us))]
 
 
+def run_report(tmp_path, paths):
+    """report.py as run.sh runs it: (its stdout, the JSON it wrote)."""
+    out_json = tmp_path / "results.json"
+    run = subprocess.run([sys.executable, str(REPORT), "--json", str(out_json), *map(str, paths)],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    return run.stdout, json.loads(out_json.read_text())
+
+
 def targets_of(paths):
     _, pooled = report.load(paths)
     return {t["target"]: t for t in report.check_targets(report.medians(pooled), pooled)}
@@ -94,20 +103,16 @@ def test_fan_out_against_jupyter_server_has_direct_zeromq_as_its_ceiling(tmp_pat
 
 
 def test_the_command_prints_the_ceiling_and_the_summary_and_writes_them_to_json(tmp_path):
-    paths = files(tmp_path, 2000, 2100, 2600, 44000)
-    out_json = tmp_path / "results.json"
-    run = subprocess.run([sys.executable, str(REPORT), "--json", str(out_json), *map(str, paths)],
-                         capture_output=True, text=True, timeout=30)
-    assert run.returncode == 0, run.stderr
-    assert "[MISS] [k] kernel_info p50 JS-nodelay/kg: 1.24" in run.stdout
-    assert "beyond any gateway's reach here" in run.stdout
-    saved = {t["target"]: t for t in json.loads(out_json.read_text())["targets"]}
+    stdout, doc = run_report(tmp_path, files(tmp_path, 2000, 2100, 2600, 44000))
+    assert "[MISS] [k] kernel_info p50 JS-nodelay/kg: 1.24" in stdout
+    assert "beyond any gateway's reach here" in stdout
+    saved = {t["target"]: t for t in doc["targets"]}
     assert saved["[k] kernel_info p50 JS-nodelay/kg"]["direct_met"] is False
     # Only kernel_info was measured: execute, floods, fan-out, start and the rest are n/a.
     unmeasured = sum(1 for t in saved.values() if t["met"] is None)
     assert unmeasured > 0
     assert (f"targets: 2 met, 2 missed (2 of them missed by direct ZeroMQ too), "
-            f"{unmeasured} not measured") in run.stdout
+            f"{unmeasured} not measured") in stdout
 
 
 def test_a_throughput_target_shows_the_machines_cpu_per_unit_beside_it(tmp_path):
@@ -165,14 +170,10 @@ def test_the_fronts_table_says_how_many_times_better_the_front_over_kernelgate_i
 
 
 def test_the_command_prints_the_fronts_table_and_writes_it_to_json(tmp_path):
-    out_json = tmp_path / "results.json"
-    run = subprocess.run([sys.executable, str(REPORT), "--json", str(out_json),
-                          *map(str, front_files(tmp_path))],
-                         capture_output=True, text=True, timeout=30)
-    assert run.returncode == 0, run.stderr
+    stdout, doc = run_report(tmp_path, front_files(tmp_path))
     assert "== kernel k: Jupyter Server 1.23 (TCP_NODELAY, legacy frames) in front of a gateway" \
-        in run.stdout
-    fronts = json.loads(out_json.read_text())["fronts"]["k"]
+        in stdout
+    fronts = doc["fronts"]["k"]
     ki = fronts["kernel_info.p50_us"]
     assert (ki["local"], ki["front-kernelgate"], ki["front-jupyter-server"]) == (1300, 650, 2600)
     assert ki["kg_over_js_gateway"] == 4 and ki["kg_front_over_local"] == 2
@@ -210,13 +211,9 @@ def test_the_tls_table_sets_each_server_over_tls_beside_itself_and_the_other(tmp
 
 
 def test_the_command_prints_the_tls_table_and_writes_it_to_json(tmp_path):
-    out_json = tmp_path / "results.json"
-    run = subprocess.run([sys.executable, str(REPORT), "--json", str(out_json),
-                          *map(str, tls_files(tmp_path))],
-                         capture_output=True, text=True, timeout=30)
-    assert run.returncode == 0, run.stderr
-    assert "== kernel k: TLS (https/wss" in run.stdout
-    tls = json.loads(out_json.read_text())["tls"]["k"]
+    stdout, doc = run_report(tmp_path, tls_files(tmp_path))
+    assert "== kernel k: TLS (https/wss" in stdout
+    tls = doc["tls"]["k"]
     st = tls["stream.mb_per_s"]
     assert (st["kernelgate"], st["kernelgate-tls"]) == (800, 400)
     assert st["kg_tls_over_kg"] == 0.5 and st["kg_tls_over_js_tls"] == 5
