@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <utility>
 
@@ -364,6 +365,39 @@ TEST_CASE("tls_stream: a handshake that cannot happen fails cleanly")
         p.server->async_handshake([&](beast::error_code e) { ec = e; });
         REQUIRE(p.run_until([&] { return ec.has_value(); }));
         CHECK(*ec);
+    }
+}
+
+TEST_CASE("tls_stream: random bytes, before or after the handshake, end in an error")
+{
+    std::mt19937 rng(20261203);
+    for (int round = 0; round < 40; ++round) {
+        const bool after_handshake = round % 2 == 1;
+        tls_pair p;
+        if (after_handshake) {
+            p.handshake();
+        }
+        std::string junk(1 + rng() % 20000, '\0');
+        for (auto& c : junk) {
+            c = static_cast<char>(rng());
+        }
+        if (round % 4 < 2) {
+            junk[0] = after_handshake ? '\x17' : '\x16';  // a plausible record type
+        }
+        net::write(p.client.next_layer(), net::buffer(junk));
+        p.client.next_layer().shutdown(tcp::socket::shutdown_send);
+        beast::error_code ec;
+        if (after_handshake) {
+            ec = p.server_read_error();
+        } else {
+            std::optional<beast::error_code> hs;
+            p.server->async_handshake([&](beast::error_code e) { hs = e; });
+            REQUIRE(p.run_until([&] { return hs.has_value(); }));
+            ec = *hs;
+        }
+        INFO("round " << round << ", " << junk.size() << " bytes: " << ec.message());
+        CHECK(ec);
+        CHECK(ec != net::error::eof);  // junk is never a clean end of stream
     }
 }
 
