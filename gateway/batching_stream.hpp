@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 
 #include "common/asio_fwd.hpp"
+#include "gateway/quiet_release.hpp"
 
 namespace kernelgate::gateway {
 
@@ -62,7 +63,7 @@ public:
         if (state_) {
             beast::error_code ignored;
             beast::get_lowest_layer(state_->next).socket().close(ignored);
-            state_->trim_timer.cancel();
+            state_->release_timer.cancel();
         }
     }
 
@@ -75,6 +76,13 @@ public:
     std::size_t buffered() const noexcept
     {
         return state_->pending.size() + state_->flushing.size() - state_->flushing_sent;
+    }
+    /// Bytes the write buffers hold room for (0 once the connection has gone quiet).
+    std::size_t write_capacity() const noexcept
+    {
+        static const std::size_t k_empty = std::string().capacity();
+        const auto room = [](const std::string& b) { return b.capacity() > k_empty ? b.capacity() : 0; };
+        return room(state_->pending) + room(state_->flushing);
     }
     /// Drops what has not started to go out (a slow client being closed); the write in
     /// flight, if any, completes.
@@ -214,12 +222,12 @@ private:
     {
         template <class... Args>
         explicit state(Args&&... args)
-            : next(std::forward<Args>(args)...), trim_timer(next.get_executor())
+            : next(std::forward<Args>(args)...), release_timer(next.get_executor())
         {
         }
         NextLayer next;
-        net::steady_timer trim_timer;  ///< lets a burst's large buffers go (trim_later)
-        bool trim_armed = false;
+        net::steady_timer release_timer;  ///< lets the write buffers go (release_when_quiet)
+        bool release_armed = false;
         std::string pending;   ///< appended since the write in flight started
         std::string flushing;  ///< the write in flight
         std::size_t flushing_sent = 0;  ///< of flushing, sent before the write had to wait
@@ -238,10 +246,6 @@ private:
     /// TLS it would be part of a record), so reads ahead and sends at once are done there only.
     static constexpr bool k_plain_tcp = std::is_same_v<NextLayer, beast::tcp_stream>;
     static constexpr std::size_t k_ahead_max = 64 * 1024;
-    /// Write buffers up to this size are kept between bursts; larger ones until the
-    /// connection has been quiet for k_trim_after.
-    static constexpr std::size_t k_keep_buffer = 1u << 20;
-    static constexpr auto k_trim_after = std::chrono::milliseconds(100);
 
     /// After a read that filled the caller's buffer: what else the socket holds now (up to
     /// 64 KiB), without waiting. Errors and end of stream are left for the next read to find.
@@ -348,9 +352,7 @@ private:
         st->writing = false;
         st->flushing.clear();
         st->flushing_sent = 0;
-        if (st->flushing.capacity() > k_keep_buffer || st->pending.capacity() > k_keep_buffer) {
-            trim_later(st);
-        }
+        release_when_quiet(st);
         if (ec) {
             st->error = ec;
             st->pending.clear();
@@ -359,34 +361,6 @@ private:
             st->on_flushed();
         }
         flush(st);
-    }
-
-    /// A burst's large buffers are kept while output keeps coming (the written one becomes
-    /// the next pending one, so a stream does not grow a buffer, copying as it doubles, for
-    /// every write) and let go once the connection has had nothing to write for a moment.
-    static void trim_later(const std::shared_ptr<state>& st)
-    {
-        if (st->trim_armed) {
-            return;
-        }
-        st->trim_armed = true;
-        st->trim_timer.expires_after(k_trim_after);
-        st->trim_timer.async_wait([st](beast::error_code ec) {
-            st->trim_armed = false;
-            if (ec) {
-                return;
-            }
-            if (st->writing || !st->pending.empty()) {
-                trim_later(st);  // still busy
-                return;
-            }
-            if (st->flushing.capacity() > k_keep_buffer) {
-                std::string().swap(st->flushing);
-            }
-            if (st->pending.capacity() > k_keep_buffer) {
-                std::string().swap(st->pending);
-            }
-        });
     }
 
     /// Nothing left to write (or the stream failed): run what waited for that.

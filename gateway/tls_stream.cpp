@@ -1,13 +1,13 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "gateway/tls_stream.hpp"
+#include "gateway/quiet_release.hpp"
 
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
-#include <chrono>
 #include <cstring>
-#include <limits>
 #include <stdexcept>
 
 #include <openssl/bio.h>
@@ -19,10 +19,6 @@ namespace {
 /// Input buffer sizes: while the peer sends little, and while its reads fill the buffer.
 constexpr std::size_t k_quiet_input = 4 * 1024;
 constexpr std::size_t k_busy_input = 64 * 1024;
-/// Output buffers up to this size are kept; larger ones until the connection has been
-/// quiet for k_trim_after (a stream reuses them burst after burst).
-constexpr std::size_t k_keep_output = 64 * 1024;
-constexpr auto k_trim_after = std::chrono::milliseconds(100);
 /// TLS 1.3 adds 22 bytes to each record of up to 16 KiB (TLS 1.2 with AES-GCM, 29).
 constexpr std::size_t k_record = 16 * 1024;
 constexpr std::size_t k_record_overhead = 32;
@@ -37,7 +33,7 @@ beast::error_code ssl_error(unsigned long e)
 struct tls_stream::impl
 {
     impl(beast::tcp_stream&& next, net::ssl::context& ctx)
-        : tcp(std::move(next)), progress(tcp.get_executor()), trim_timer(tcp.get_executor())
+        : tcp(std::move(next)), progress(tcp.get_executor()), release_timer(tcp.get_executor())
     {
         progress.expires_at(net::steady_timer::time_point::max());
         ssl = SSL_new(ctx.native_handle());
@@ -62,12 +58,15 @@ struct tls_stream::impl
     beast::tcp_stream tcp;
     SSL* ssl = nullptr;
 
-    // Input: bytes received, [in_begin, in_end) not yet taken by OpenSSL.
+    // Input: bytes received, [in_begin, in_end) of in_data not yet taken by OpenSSL. in_data
+    // is `in`, or (release_input_when_idle, within one step of a read) the thread's scratch.
     std::unique_ptr<char[]> in;
     std::size_t in_cap = 0;
+    const char* in_data = nullptr;
     std::size_t in_begin = 0;
     std::size_t in_end = 0;
     bool in_quiet = true;  ///< the last read did not fill its buffer
+    bool wait_for_input = false;  ///< see release_input_when_idle
 
     // Output: records made; pending goes out after flushing, the send in flight.
     std::string pending;
@@ -77,8 +76,8 @@ struct tls_stream::impl
     std::uint64_t sent = 0;    ///< of those, written to the socket
     beast::error_code write_error;
     net::steady_timer progress;  ///< waiters for written output; cancelled on progress
-    net::steady_timer trim_timer;
-    bool trim_armed = false;
+    net::steady_timer release_timer;  ///< lets the output buffers go (release_when_quiet)
+    bool release_armed = false;
 
     static BIO_METHOD* bio_method();
 };
@@ -111,7 +110,7 @@ BIO_METHOD* tls_stream::impl::bio_method()
                 return 0;
             }
             const std::size_t take = std::min(n, avail);
-            std::memcpy(out, s->in.get() + s->in_begin, take);
+            std::memcpy(out, s->in_data + s->in_begin, take);
             s->in_begin += take;
             *done = take;
             return 1;
@@ -149,7 +148,7 @@ void tls_stream::close_socket() noexcept
     if (impl_) {
         beast::error_code ignored;
         impl_->tcp.socket().close(ignored);
-        impl_->trim_timer.cancel();
+        impl_->release_timer.cancel();
         impl_->progress.cancel();
     }
 }
@@ -166,17 +165,27 @@ const tls_stream::next_layer_type& tls_stream::next_layer() const noexcept
 {
     return impl_->tcp;
 }
-SSL* tls_stream::native_handle() noexcept
-{
-    return impl_->ssl;
-}
 std::size_t tls_stream::unsent() const noexcept
 {
     return static_cast<std::size_t>(impl_->queued - impl_->sent);
 }
+std::size_t tls_stream::output_capacity() const noexcept
+{
+    static const std::size_t k_empty = std::string().capacity();
+    const auto room = [](const std::string& b) { return b.capacity() > k_empty ? b.capacity() : 0; };
+    return room(impl_->pending) + room(impl_->flushing);
+}
 std::size_t tls_stream::input_capacity() const noexcept
 {
     return impl_->in_cap;
+}
+void tls_stream::release_input_when_idle(bool on) noexcept
+{
+    impl_->wait_for_input = on;
+}
+bool tls_stream::waits_for_input(const impl& s) noexcept
+{
+    return s.wait_for_input;
 }
 
 beast::tcp_stream& tls_stream::tcp(impl& s) noexcept
@@ -261,6 +270,9 @@ void tls_stream::shutdown(impl& s)
     ERR_clear_error();
     if (SSL_is_init_finished(s.ssl) != 0) {
         SSL_shutdown(s.ssl);  // appends close_notify; the peer's is not awaited
+        // The alert's record went to the output, but OpenSSL keeps the buffer it made it in
+        // (16 KiB) while the TCP connection winds down: let it go now.
+        SSL_free_buffers(s.ssl);
     }
     ERR_clear_error();
 }
@@ -283,6 +295,7 @@ net::mutable_buffer tls_stream::input_room(impl& s)
             }
             s.in = std::move(fresh);
             s.in_cap = cap;
+            s.in_data = s.in.get();
         } else if (kept > 0) {
             std::memmove(s.in.get(), s.in.get() + s.in_begin, kept);
         }
@@ -290,6 +303,58 @@ net::mutable_buffer tls_stream::input_room(impl& s)
         s.in_end = kept;
     }
     return {s.in.get() + s.in_end, s.in_cap - s.in_end};
+}
+
+namespace {
+/// Where reads that wait for input receive: bytes OpenSSL does not take at once are copied
+/// to the connection's own buffer before the step that received them ends.
+thread_local std::array<char, k_busy_input> t_scratch;
+} // namespace
+
+tls_stream::receive tls_stream::receive_now(impl& s, beast::error_code& ec)
+{
+    // OpenSSL asks for input only once it has taken every byte received: nothing is kept.
+    for (;;) {
+        const ssize_t n = ::recv(s.tcp.socket().native_handle(), t_scratch.data(),
+                                 t_scratch.size(), MSG_DONTWAIT);
+        if (n > 0) {
+            s.in_data = t_scratch.data();
+            s.in_begin = 0;
+            s.in_end = static_cast<std::size_t>(n);
+            return receive::data;
+        }
+        if (n == 0) {
+            ec = read_error(s, net::error::eof);
+            return receive::failed;
+        }
+        if (errno == EINTR) {
+            continue;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            return receive::would_block;
+        }
+        ec.assign(errno, boost::system::system_category());
+        return receive::failed;
+    }
+}
+
+void tls_stream::keep_input(impl& s)
+{
+    const std::size_t kept = s.in_end - s.in_begin;
+    if (s.in_data != s.in.get() && kept > 0) {
+        // Records after the one handed up: into a buffer of the connection's own.
+        auto own = std::make_unique<char[]>(kept);
+        std::memcpy(own.get(), s.in_data + s.in_begin, kept);
+        s.in = std::move(own);
+        s.in_cap = kept;
+        s.in_begin = 0;
+        s.in_end = kept;
+    } else if (kept == 0 && s.wait_for_input) {
+        s.in.reset();  // idle: no input buffer at all
+        s.in_cap = 0;
+        s.in_begin = s.in_end = 0;
+    }
+    s.in_data = s.in.get();
 }
 
 void tls_stream::input_done(impl& s, std::size_t n)
@@ -308,38 +373,6 @@ beast::error_code tls_stream::read_error(impl& s, beast::error_code ec)
     }
     return ec;
 }
-
-namespace {
-
-/// The output buffers of a burst stay while output keeps coming and go once the connection
-/// has had nothing to write for a moment.
-template <class Impl>
-void trim_later(const std::shared_ptr<Impl>& s)
-{
-    if (s->trim_armed) {
-        return;
-    }
-    s->trim_armed = true;
-    s->trim_timer.expires_after(k_trim_after);
-    s->trim_timer.async_wait([s](beast::error_code ec) {
-        s->trim_armed = false;
-        if (ec) {
-            return;
-        }
-        if (s->writing || !s->pending.empty()) {
-            trim_later(s);
-            return;
-        }
-        if (s->flushing.capacity() > k_keep_output) {
-            std::string().swap(s->flushing);
-        }
-        if (s->pending.capacity() > k_keep_output) {
-            std::string().swap(s->pending);
-        }
-    });
-}
-
-} // namespace
 
 void tls_stream::flush(const ptr& s)
 {
@@ -370,9 +403,7 @@ void tls_stream::flush(const ptr& s)
             st->write_error = e;
             st->pending.clear();
         }
-        if (st->flushing.capacity() > k_keep_output || st->pending.capacity() > k_keep_output) {
-            trim_later(st);
-        }
+        release_when_quiet(st);
         st->progress.cancel();  // waiters look again
         flush(st);
     };

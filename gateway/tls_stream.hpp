@@ -25,7 +25,7 @@ namespace kernelgate::gateway {
 /// straight into one output buffer, and that buffer goes out with one send(). Input is read
 /// into a 4 KiB buffer while the peer sends little, into 64 KiB ones while reads fill it;
 /// OpenSSL's own record buffers are released between records (SSL_MODE_RELEASE_BUFFERS),
-/// and large output buffers once the connection has been quiet for a moment.
+/// and the output buffers once the connection has nothing to write (release_when_quiet).
 ///
 /// Models AsyncReadStream and AsyncWriteStream: one read and one write in flight at a time,
 /// as Beast's HTTP and WebSocket code use them. A write completes once the records that
@@ -55,11 +55,18 @@ public:
     executor_type get_executor() noexcept;
     next_layer_type& next_layer() noexcept;
     const next_layer_type& next_layer() const noexcept;
-    SSL* native_handle() noexcept;
     /// Bytes of records made and not yet written to the socket.
     std::size_t unsent() const noexcept;
-    /// Bytes of the input buffer (received or room for it): 4 KiB while the peer is quiet.
+    /// Bytes the output buffers hold room for (0 once the connection has gone quiet).
+    std::size_t output_capacity() const noexcept;
+    /// Bytes of the input buffer (received or room for it): 4 KiB while the peer is quiet
+    /// (0 with release_input_when_idle).
     std::size_t input_capacity() const noexcept;
+    /// Reads that find no input wait for the socket to become readable, holding no input
+    /// buffer meanwhile: an idle connection then holds none. That wait is not bounded by the
+    /// tcp_stream's expiry: for reads something else bounds (a WebSocket session's deadlines
+    /// close the socket), not for an HTTP request's.
+    void release_input_when_idle(bool on) noexcept;
 
     /// The server's handshake. Completes once the handshake's output is written.
     template <class Token>
@@ -122,6 +129,13 @@ private:
     static bool sent_up_to(const impl& s, std::uint64_t mark) noexcept;
     static std::uint64_t queued(const impl& s) noexcept;
     static beast::error_code write_error(const impl& s) noexcept;
+    static bool waits_for_input(const impl& s) noexcept;
+    enum class receive { data, would_block, failed };
+    /// release_input_when_idle: what the socket holds now, without waiting.
+    static receive receive_now(impl& s, beast::error_code& ec);
+    /// At the end of a read's step: input not taken yet moves to the connection's own
+    /// buffer; with release_input_when_idle, an empty one goes.
+    static void keep_input(impl& s);
     /// Where the next read from the socket goes, and what it brought.
     static net::mutable_buffer input_room(impl& s);
     static void input_done(impl& s, std::size_t n);
@@ -199,7 +213,7 @@ private:
     {
         ptr s;
         Buffers buffers;
-        enum { start, reading, posted } state = start;
+        enum { start, reading, waiting, posted } state = start;
         template <class Self>
         void operator()(Self& self, beast::error_code ec = {}, std::size_t n = 0)
         {
@@ -212,6 +226,9 @@ private:
                 }
                 input_done(*s, n);
             }
+            if (state == waiting && ec) {  // the socket closed under the wait
+                return self.complete(ec, 0);
+            }
             // SSL_read hands out one record's worth at most: the first buffer is enough.
             net::mutable_buffer into;
             for (const net::mutable_buffer b : beast::buffers_range_ref(buffers)) {
@@ -221,9 +238,32 @@ private:
                 }
             }
             std::size_t got = 0;
-            const step next = into.size() == 0 ? step::done
-                                                : read_into(*s, into.data(), into.size(), got, ec);
+            step next = step::done;
+            // Woken by a readable socket (release_input_when_idle): receive first.
+            bool receive_first = state == waiting;
+            for (;;) {
+                if (!receive_first) {
+                    next = into.size() == 0 ? step::done
+                                            : read_into(*s, into.data(), into.size(), got, ec);
+                    if (next != step::read || !waits_for_input(*s)) {
+                        break;
+                    }
+                }
+                receive_first = false;
+                const receive r = receive_now(*s, ec);
+                if (r != receive::data) {
+                    next = r == receive::would_block ? step::read : step::done;
+                    break;
+                }
+            }
+            if (waits_for_input(*s)) {
+                keep_input(*s);
+            }
             flush(s);  // what reading made (an alert, an answer to a key update)
+            if (next == step::read && waits_for_input(*s)) {
+                state = waiting;
+                return tcp(*s).socket().async_wait(net::socket_base::wait_read, std::move(self));
+            }
             if (next == step::read) {
                 state = reading;
                 return read_socket(s, self);

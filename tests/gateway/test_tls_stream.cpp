@@ -200,8 +200,11 @@ struct tls_pair
 
 TEST_CASE("tls_stream: a handshake, then data both ways, intact")
 {
+    const bool idle_release = GENERATE(false, true);
+    INFO("release_input_when_idle " << idle_release);
     tls_pair p;
     p.handshake();
+    p.server->release_input_when_idle(idle_release);
     for (int i = 0; i < 3; ++i) {
         const auto msg = pattern(100 + static_cast<std::size_t>(i), static_cast<std::size_t>(i));
         p.client_write(msg);
@@ -249,8 +252,10 @@ TEST_CASE("tls_stream: a key update from the peer, and a TLS 1.2 peer")
 {
     SECTION("TLS 1.3 key update: the server answers it and both sides go on with new keys")
     {
+        const bool idle_release = GENERATE(false, true);
         tls_pair p;
         p.handshake();
+        p.server->release_input_when_idle(idle_release);
         REQUIRE(SSL_version(p.client.native_handle()) == TLS1_3_VERSION);
         REQUIRE(SSL_key_update(p.client.native_handle(), SSL_KEY_UPDATE_REQUESTED) == 1);
         p.client_write("after the update");  // the key update goes out first
@@ -295,12 +300,84 @@ TEST_CASE("tls_stream: the input buffer is 4 KiB while the peer is quiet, larger
     CHECK(p.server->input_capacity() <= 4096);
 }
 
+TEST_CASE("tls_stream: release_input_when_idle: a read waiting for its peer holds no buffer")
+{
+    tls_pair p;
+    p.handshake();
+    p.server->release_input_when_idle(true);
+    for (int i = 0; i < 5; ++i) {
+        const auto msg = pattern(300, static_cast<std::size_t>(i));
+        p.client_write(msg);
+        CHECK(p.server_read(msg.size()) == msg);
+    }
+    // A read that waits: no input buffer meanwhile, and it gets what comes next.
+    std::string got(100, '\0');
+    std::optional<beast::error_code> ec;
+    std::size_t n = 0;
+    p.server->async_read_some(net::buffer(got), [&](beast::error_code e, std::size_t m) {
+        ec = e;
+        n = m;
+    });
+    CHECK_FALSE(p.run_until([&] { return ec.has_value(); }, 100ms));
+    CHECK(p.server->input_capacity() == 0);
+    p.client_write("woken");
+    REQUIRE(p.run_until([&] { return ec.has_value(); }));
+    REQUIRE_FALSE(*ec);
+    CHECK(got.substr(0, n) == "woken");
+
+    // A burst read in small pieces: what OpenSSL has not taken is kept between reads, in
+    // order, and let go once it is used up.
+    const auto burst = pattern(3 << 20, 7);
+    std::optional<beast::error_code> c_ec;
+    net::async_write(p.client, net::buffer(burst), [&](beast::error_code e, std::size_t) { c_ec = e; });
+    std::string in;
+    std::array<char, 1000> piece{};
+    while (in.size() < burst.size()) {
+        std::optional<beast::error_code> r_ec;
+        std::size_t m = 0;
+        p.server->async_read_some(net::buffer(piece), [&](beast::error_code e, std::size_t k) {
+            r_ec = e;
+            m = k;
+        });
+        REQUIRE(p.run_until([&] { return r_ec.has_value(); }));
+        REQUIRE_FALSE(*r_ec);
+        in.append(piece.data(), m);
+    }
+    REQUIRE(p.run_until([&] { return c_ec.has_value(); }));
+    CHECK(in == burst);
+    std::optional<beast::error_code> last;
+    p.server->async_read_some(net::buffer(piece), [&](beast::error_code e, std::size_t) { last = e; });
+    CHECK_FALSE(p.run_until([&] { return last.has_value(); }, 100ms));
+    CHECK(p.server->input_capacity() == 0);
+
+    // The socket closed under the wait (how a session's deadline acts): the read ends.
+    beast::error_code ignored;
+    beast::get_lowest_layer(*p.server).socket().close(ignored);
+    REQUIRE(p.run_until([&] { return last.has_value(); }));
+    CHECK(*last);
+}
+
+TEST_CASE("tls_stream: the output buffers go once the connection is quiet")
+{
+    tls_pair p;
+    p.handshake();
+    for (int round = 0; round < 2; ++round) {
+        const auto data = pattern(512 * 1024, static_cast<std::size_t>(round));
+        CHECK(p.server_to_client(data) == data);
+        CHECK(p.server->output_capacity() >= data.size());  // kept while output may follow
+        CHECK(p.run_until([&] { return p.server->output_capacity() == 0; }, 1000ms));
+    }
+}
+
 TEST_CASE("tls_stream: how the peer ends the stream")
 {
+    const bool idle_release = GENERATE(false, true);
+    INFO("release_input_when_idle " << idle_release);
     SECTION("close_notify: end of stream")
     {
         tls_pair p;
         p.handshake();
+        p.server->release_input_when_idle(idle_release);
         std::optional<beast::error_code> ec;
         p.client.async_shutdown([&](beast::error_code e) { ec = e; });
         p.run_until([&] { return ec.has_value(); }, 200ms);  // it waits for ours: not needed
@@ -310,6 +387,7 @@ TEST_CASE("tls_stream: how the peer ends the stream")
     {
         tls_pair p;
         p.handshake();
+        p.server->release_input_when_idle(idle_release);
         p.client_write("the last words");
         CHECK(p.server_read(14) == "the last words");
         // (shutdown, not close: the session tickets it never read would make close a reset)
@@ -320,6 +398,7 @@ TEST_CASE("tls_stream: how the peer ends the stream")
     {
         tls_pair p;
         p.handshake();
+        p.server->release_input_when_idle(idle_release);
         // An application-data record header that announces 64 bytes, and 10 of them.
         const std::string partial("\x17\x03\x03\x00\x40" "0123456789", 15);
         net::write(p.client.next_layer(), net::buffer(partial));
@@ -330,6 +409,7 @@ TEST_CASE("tls_stream: how the peer ends the stream")
     {
         tls_pair p;
         p.handshake();
+        p.server->release_input_when_idle(idle_release);
         const std::string forged = std::string("\x17\x03\x03\x00\x40", 5) + std::string(64, 'x');
         net::write(p.client.next_layer(), net::buffer(forged));
         const auto ec = p.server_read_error();
@@ -376,6 +456,7 @@ TEST_CASE("tls_stream: random bytes, before or after the handshake, end in an er
         tls_pair p;
         if (after_handshake) {
             p.handshake();
+            p.server->release_input_when_idle(round % 4 == 1);
         }
         std::string junk(1 + rng() % 20000, '\0');
         for (auto& c : junk) {
