@@ -199,7 +199,19 @@ net::awaitable<void> serve_requests(server& srv, Stream stream, const std::strin
                 ws->preload(std::string_view(static_cast<const char*>(early.data()), early.size()));
                 buffer.consume(buffer.size());
             }
-            co_await ws->run(std::move(req));
+            // The session goes on by itself: this coroutine ends here, and with it the
+            // request loop's frame, parser, buffer and streams, which an open WebSocket
+            // would otherwise hold for as long as it lasts.
+            net::co_spawn(co_await net::this_coro::executor,
+                          ws->run(ws, std::move(req)), [](std::exception_ptr e) {
+                if (e) {
+                    try {
+                        std::rethrow_exception(e);
+                    } catch (const std::exception& ex) {
+                        spdlog::error("ws session failed: {}", ex.what());
+                    }
+                }
+            });
             co_return;
         }
 

@@ -26,6 +26,7 @@ ws_session::ws_session(server& srv, beast::tcp_stream&& stream, sessions::kernel
       format_(fmt),
       who_(std::move(who))
 {
+    count_as_http(true);
 }
 
 ws_session::ws_session(server& srv, tls_stream&& stream,
@@ -39,13 +40,27 @@ ws_session::ws_session(server& srv, tls_stream&& stream,
       format_(fmt),
       who_(std::move(who))
 {
+    count_as_http(true);
+    // Every read here is bounded by the session's deadlines, which close the socket: a
+    // connection waiting for its client holds no input buffer.
+    std::get<tls_ws>(ws_).next_layer().next_layer().release_input_when_idle(true);
 }
 
-ws_session::~ws_session() = default;
-
-net::awaitable<void> ws_session::run(request req)
+ws_session::~ws_session()
 {
-    auto self = shared_from_this();
+    count_as_http(false);
+}
+
+void ws_session::count_as_http(bool yes)
+{
+    if (yes != counted_as_http_) {
+        counted_as_http_ = yes;
+        srv_.http_connection_delta(yes ? 1 : -1);
+    }
+}
+
+net::awaitable<void> ws_session::run(std::shared_ptr<ws_session> self, request req)
+{
     const auto& cfg = srv_.config();
     with_ws([](auto& ws) { beast::get_lowest_layer(ws).expires_never(); });
     // No Beast timeouts: the session's own timer handles every deadline (see the class
@@ -71,6 +86,7 @@ net::awaitable<void> ws_session::run(request req)
     co_await with_ws([&](auto& ws) {
         return ws.async_accept(req, net::redirect_error(net::use_awaitable, ec));
     });
+    req = {};  // the upgrade request's fields are not needed any more
     if (ec) {
         finished_ = true;
         timer_.cancel();
@@ -96,6 +112,7 @@ net::awaitable<void> ws_session::run(request req)
     });
     ++srv_.metrics().ws_opened;
     srv_.add_ws(self);
+    count_as_http(false);
     kernel_->attach(self);
     spdlog::info("ws open: kernel {} session {} format {} user {}", kernel_->id(), session_id_,
                  v1 ? "v1" : "legacy", who_.user);

@@ -52,7 +52,9 @@ public:
         std::visit([&](auto& ws) { ws.next_layer().preload(early_input); }, ws_);
     }
     /// Completes the upgrade (answering with the chosen subprotocol) and runs the read loop.
-    net::awaitable<void> run(request req);
+    /// `self` (this session) keeps it alive for as long as the loop runs: the coroutine may
+    /// start after whoever made the session has let it go.
+    net::awaitable<void> run(std::shared_ptr<ws_session> self, request req);
 
     void deliver(const sessions::kernel_event_ptr& ev) override;
     bool behind() const override { return over_high_; }
@@ -84,6 +86,9 @@ private:
     void on_deadline(deadline what);
     /// Closes the TCP connection under the WebSocket: pending operations end at once.
     void cut();
+    /// Until it is open and counted among the server's WebSockets, the connection counts
+    /// as an HTTP one (as before the upgrade), for the connection limit.
+    void count_as_http(bool yes);
 
     server& srv_;
     net::steady_timer timer_;  ///< declared before ws_: built from the stream's executor
@@ -103,6 +108,7 @@ private:
     bool open_ = false;
     bool over_high_ = false;
     bool finished_ = false;        ///< the read loop has ended
+    bool counted_as_http_ = false;  ///< see count_as_http
     bool ping_unanswered_ = false;  ///< a keep-alive ping went out and nothing came since
     std::uint64_t seen_reads_ = 0;  ///< the stream's socket_reads() at the last keep-alive tick
     std::uint64_t dropped_ = 0;

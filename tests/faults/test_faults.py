@@ -807,6 +807,41 @@ def test_keepalive_pings_drop_silent_clients_and_keep_live_ones(tmp_path):
         g.process.stop()
 
 
+def test_the_connection_limit_counts_each_websocket_once(tmp_path):
+    """--max-connections counts HTTP connections and WebSockets, an upgraded connection as one
+    WebSocket (not also as the HTTP connection it came from): a limit of 4 holds the REST
+    client's keep-alive connection and 3 WebSockets, and refuses the next connection."""
+    g = FaultGateway(tmp_path, ["--max-connections", "4"])
+
+    def raw_get() -> bytes:
+        try:
+            return _raw_http(g.port, b"GET /api HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                     b"Authorization: token " + g.token.encode() + b"\r\n\r\n")
+        except ConnectionResetError:
+            return b""
+    try:
+        kid = g.start()  # the REST client's connection stays open (keep-alive): 1
+        chans = [g.channel(kid) for _ in range(2)]  # 3
+        assert g.get("/api/health").json()["websockets"] == 2
+        assert raw_get().startswith(b"HTTP/1.1 200"), "refused with 3 of 4 connections in use"
+        chans.append(g.channel(kid))  # 4: the limit
+        assert chans[-1].run("third", timeout=10).reply is not None
+        assert raw_get() == b"", "a connection over the limit was served"
+        chans.pop().close()
+        deadline = Deadline(10, "the closed WebSocket to be counted out")
+        while g.get("/api/health").json()["websockets"] != 2:
+            deadline.check()
+            time.sleep(0.05)
+        assert raw_get().startswith(b"HTTP/1.1 200")
+        for ch in chans:
+            assert ch.run("still-here", timeout=10).reply is not None
+            ch.close()
+    finally:
+        crashed = g.process.proc.poll()
+        g.process.stop()
+        assert crashed is None, f"gateway died with {crashed}"
+
+
 def _read_until_eof(sock, timeout: float) -> bytes:
     sock.settimeout(timeout)
     data = b""
