@@ -304,6 +304,9 @@ std::string metrics_text(server& srv)
     gauge("kernelgate_websockets", "Open kernel WebSockets", srv.ws_count());
     gauge("kernelgate_ws_queued_bytes", "Bytes waiting in WebSocket send queues",
           srv.ws_queued_bytes());
+    gauge("kernelgate_ws_read_buffer_bytes",
+          "Bytes WebSocket sessions hold for reading their clients' messages",
+          srv.ws_read_buffer_bytes());
     counter("kernelgate_websockets_opened_total", "Kernel WebSockets opened", m.ws_opened);
     counter("kernelgate_ws_messages_in_total", "Frames received from clients", m.ws_messages_in);
     counter("kernelgate_ws_messages_out_total", "Frames sent to clients", m.ws_messages_out);

@@ -310,6 +310,15 @@ std::size_t server::ws_queued_bytes() const
     return n;
 }
 
+std::size_t server::ws_read_buffer_bytes() const
+{
+    std::size_t n = 0;
+    for (const auto& s : ws_) {
+        n += s->read_buffer_capacity();
+    }
+    return n;
+}
+
 void server::stop(std::function<void()> done)
 {
     if (stopping_) {

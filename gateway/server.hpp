@@ -105,6 +105,8 @@ public:
     void remove_ws(ws_session* s);
     std::size_t ws_count() const noexcept { return ws_.size(); }
     std::size_t ws_queued_bytes() const;
+    /// Bytes the WebSocket sessions hold for reading their clients' messages.
+    std::size_t ws_read_buffer_bytes() const;
     std::size_t http_connections() const noexcept { return http_connections_; }
     void http_connection_delta(int d) { http_connections_ += static_cast<std::size_t>(d); }
 

@@ -14,6 +14,10 @@ namespace {
 constexpr auto k_upgrade_deadline = std::chrono::seconds(30);
 /// A client that has not answered our close frame by then loses the connection.
 constexpr auto k_close_deadline = std::chrono::seconds(5);
+/// Read buffers up to this size are kept from one message to the next; a larger one goes
+/// with the message that needed it (a client that once sent 60 MB must not hold 60 MB of
+/// the gateway's memory for the rest of its session).
+constexpr std::size_t k_keep_read_buffer = 64 * 1024;
 } // namespace
 
 ws_session::ws_session(server& srv, beast::tcp_stream&& stream, sessions::kernel_ptr k,
@@ -125,6 +129,10 @@ net::awaitable<void> ws_session::run(std::shared_ptr<ws_session> self, request r
             break;
         }
         handle_frame(with_ws([](auto& ws) { return ws.got_binary(); }));
+        if (read_buf_.capacity() > k_keep_read_buffer) {
+            read_buf_.clear();
+            read_buf_.shrink_to_fit();
+        }
     }
     kernel_->release_client_sends();  // what the last burst asked for
     open_ = false;

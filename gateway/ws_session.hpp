@@ -71,6 +71,9 @@ public:
     {
         return std::visit([](const auto& ws) { return ws.next_layer().buffered(); }, ws_);
     }
+    /// Bytes held for reading the client's messages (a large message's buffer does not
+    /// outlive it).
+    std::size_t read_buffer_capacity() const noexcept { return read_buf_.capacity(); }
     const auth::identity& who() const noexcept { return who_; }
     /// The session is closing or closed (a close frame went out, or the connection ended).
     bool closing() const noexcept { return closing_ || !open_; }

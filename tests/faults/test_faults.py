@@ -281,6 +281,28 @@ def test_frames_sent_with_the_upgrade_request_are_answered(fgw, protocol):
     assert replies["execute_request"].content["status"] == "ok"
 
 
+def test_a_large_client_message_does_not_keep_its_read_buffer(fgw):
+    """A session's read buffer grows to the largest message it reads; one larger than 64 KiB
+    goes with that message instead of staying for the rest of the session."""
+    kid = fgw.start()
+    ch = fgw.channel(kid)
+    try:
+        assert ch.run("warm-up", timeout=20).reply is not None
+        small = fgw.metric("kernelgate_ws_read_buffer_bytes")
+        assert small <= 64 * 1024
+        # Most of the 1 MiB message limit, in a request the kernel answers.
+        big = ch.new_msg("kernel_info_request")
+        big.metadata = {"padding": "x" * (900 * 1024)}
+        ch.send(big)
+        ch.wait_for(lambda m: m.msg_type == "kernel_info_reply" and m.parent_id == big.msg_id,
+                    20, "the large request's reply")
+        held = fgw.metric("kernelgate_ws_read_buffer_bytes")
+        assert held <= 64 * 1024, f"{held} bytes held after a 900 KiB message"
+        assert ch.run("after", timeout=20).reply is not None
+    finally:
+        ch.close()
+
+
 def test_slow_client_memory_is_bounded_and_output_dropped_with_a_notice(fgw):
     slow_kid = fgw.start()
     other_kid = fgw.start()
