@@ -80,9 +80,7 @@ public:
     /// Bytes the write buffers hold room for (0 once the connection has gone quiet).
     std::size_t write_capacity() const noexcept
     {
-        static const std::size_t k_empty = std::string().capacity();
-        const auto room = [](const std::string& b) { return b.capacity() > k_empty ? b.capacity() : 0; };
-        return room(state_->pending) + room(state_->flushing);
+        return held_capacity(state_->pending) + held_capacity(state_->flushing);
     }
     /// Drops what has not started to go out (a slow client being closed); the write in
     /// flight, if any, completes.

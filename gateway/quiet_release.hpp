@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #pragma once
 #include <chrono>
+#include <cstddef>
 #include <memory>
 #include <string>
 
@@ -10,6 +11,12 @@ namespace kernelgate::gateway {
 
 /// How often a connection that wrote something looks whether it has gone quiet.
 inline constexpr auto k_release_after = std::chrono::milliseconds(100);
+
+/// Bytes of memory a buffer holds (0 for an empty string's own inline room).
+inline std::size_t held_capacity(const std::string& b) noexcept
+{
+    return b.capacity() > std::string().capacity() ? b.capacity() : 0;
+}
 
 /// A connection's write buffers stay while output keeps coming (the buffer just written
 /// becomes the next one to fill, so a stream does not grow a buffer, copying as it doubles,
@@ -24,9 +31,7 @@ inline constexpr auto k_release_after = std::chrono::milliseconds(100);
 template <class State>
 void release_when_quiet(const std::shared_ptr<State>& st)
 {
-    static const std::size_t k_empty = std::string().capacity();
-    if (st->release_armed ||
-        (st->pending.capacity() <= k_empty && st->flushing.capacity() <= k_empty)) {
+    if (st->release_armed || held_capacity(st->pending) + held_capacity(st->flushing) == 0) {
         return;
     }
     st->release_armed = true;

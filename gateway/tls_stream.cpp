@@ -171,9 +171,7 @@ std::size_t tls_stream::unsent() const noexcept
 }
 std::size_t tls_stream::output_capacity() const noexcept
 {
-    static const std::size_t k_empty = std::string().capacity();
-    const auto room = [](const std::string& b) { return b.capacity() > k_empty ? b.capacity() : 0; };
-    return room(impl_->pending) + room(impl_->flushing);
+    return held_capacity(impl_->pending) + held_capacity(impl_->flushing);
 }
 std::size_t tls_stream::input_capacity() const noexcept
 {
