@@ -80,6 +80,16 @@ class FaultGateway(RestClient):
         assert m, f"metric {name} missing from /metrics"
         return float(m.group(1))
 
+    def metrics(self, *names: str) -> dict:
+        """Several metrics from one /metrics response (one consistent snapshot)."""
+        text = expect(self.get("/metrics"), 200).text
+        out = {}
+        for name in names:
+            m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
+            assert m, f"metric {name} missing from /metrics"
+            out[name] = float(m.group(1))
+        return out
+
     def metric(self, name: str) -> int:
         value = self.metric_float(name)
         assert value == int(value), f"metric {name} is not a whole number: {value}"
@@ -1083,9 +1093,14 @@ def test_busy_polling_pauses_while_other_tasks_wait_for_a_cpu(tmp_path):
             sleeps = g.metric("kernelgate_loop_sleeps_total")
             pauses = g.metric("kernelgate_busy_poll_pressure_pauses_total")
             _round_trips_for(ch, 0.2)
-            if g.metric("kernelgate_busy_poll_pressure_pauses_total") == pauses:
-                assert g.metric_float("kernelgate_cpu_pressure") <= 0.4
-                assert g.metric("kernelgate_loop_sleeps_total") > sleeps
+            # One snapshot: separate requests could straddle a reading that pauses again.
+            now = g.metrics("kernelgate_busy_poll_pressure_pauses_total",
+                            "kernelgate_busy_poll_paused", "kernelgate_cpu_pressure",
+                            "kernelgate_loop_sleeps_total")
+            if (now["kernelgate_busy_poll_pressure_pauses_total"] == pauses
+                    and now["kernelgate_busy_poll_paused"] == 0):
+                assert now["kernelgate_cpu_pressure"] <= 0.4
+                assert now["kernelgate_loop_sleeps_total"] > sleeps
                 break
         ch.close()
     finally:
