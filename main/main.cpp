@@ -127,6 +127,14 @@ void setup_logging(const std::string& level, const std::string& format)
     }
 }
 
+// An io_context that can destroy its pending handlers before its own destructor would.
+class io_context_owner : public kg::net::io_context
+{
+public:
+    io_context_owner() : kg::net::io_context(1) {}
+    void drop_pending_work() { shutdown(); }
+};
+
 int run_serve(serve_options& o, char** argv)
 {
     // Before anything else (no thread, no file open yet): a process started again for huge
@@ -204,7 +212,8 @@ int run_serve(serve_options& o, char** argv)
     }
     token.assign(token.size(), '\0');
 
-    kg::net::io_context ioc(1);
+    // Declared first, so destroyed last: everything below registers work with it.
+    io_context_owner ioc;
     kg::sessions::store db(data_dir / "kernelgate.db");
     kg::sessions::local_host host(ioc, data_dir / "runtime", "127.0.0.1",
                                   *kg::sessions::parse_kernel_transport(o.kernel_transport));
@@ -317,6 +326,13 @@ int run_serve(serve_options& o, char** argv)
     }
     loop.run();
     (void)stopping;
+    // Sessions still open when the loop stopped (an idle keep-alive connection, a WebSocket
+    // whose close did not finish before a second signal, kernels still shutting down) live
+    // on as pending handlers that refer to the server, the registry and the host, and as
+    // kernels and clients that refer to each other. Untie those, then destroy the handlers
+    // while everything they refer to still lives.
+    reg.abandon_all();
+    ioc.drop_pending_work();
     return 0;
 }
 

@@ -468,6 +468,19 @@ void kernel::close_clients(std::uint16_t code, const std::string& reason)
     buffer_bytes_ = 0;
 }
 
+void kernel::abandon()
+{
+    disconnect();
+    on_ready_ = nullptr;
+    exit_waiters.clear();
+    if (lifecycle_timer) {
+        lifecycle_timer->cancel();
+    }
+    sinks_.clear();
+    buffer_.clear();
+    buffer_bytes_ = 0;
+}
+
 bool kernel::send_from_client(const client_sink& from, zp::channel ch, zp::message&& msg,
                               bool hold)
 {

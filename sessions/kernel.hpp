@@ -111,6 +111,10 @@ public:
     void detach(const client_sink* sink);
     /// Closes every client (kernel deleted / gateway stopping).
     void close_clients(std::uint16_t code, const std::string& reason);
+    /// The gateway stops without waiting for this kernel (a second signal, the shutdown
+    /// deadline): drops its channels, its clients and every callback waiting on it, without
+    /// calling any, so that nothing it holds refers back to it or to a client.
+    void abandon();
 
     /// A message from a client: routes the reply back to this client's session. With `hold`
     /// it waits (bounded) for release_client_sends(): a client's burst leaves in one write.

@@ -364,6 +364,17 @@ void registry::shutdown_all(std::function<void()> done)
     }
 }
 
+void registry::abandon_all()
+{
+    stopping_ = true;
+    for (const auto& [id, k] : kernels_) {
+        k->abandon();
+    }
+    for (const auto& [id, pk] : pool_) {
+        pk.k->abandon();
+    }
+}
+
 void registry::on_exit(const std::string& id, int status)
 {
     const auto pooled = pool_.find(id);

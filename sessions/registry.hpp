@@ -107,6 +107,9 @@ public:
     void restart(const kernel_ptr& k, done_callback cb);
     void shutdown(const kernel_ptr& k, done_callback cb);
     void shutdown_all(std::function<void()> done);
+    /// The gateway stops without waiting for shutdown_all() to finish: every kernel (pooled
+    /// too) is abandoned (kernel::abandon), and no callback of a shutdown in progress runs.
+    void abandon_all();
     std::size_t size() const noexcept { return kernels_.size(); }
     std::size_t starting() const noexcept { return starting_; }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 import uuid
 
@@ -353,3 +354,45 @@ def test_sigterm_shuts_down_gateway_and_kernels(gateway_factory):
     for pid in pids:
         poll_until(lambda: not pid_alive(pid), max(1.0, 20 - (time.monotonic() - t0)),
                    f"kernel {pid} to be shut down with the gateway")
+
+
+def _raw_request(port: int, head: str) -> "tuple[socket.socket, str]":
+    """Sends one request's head on a fresh connection and reads the response head."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(head.encode())
+    got = b""
+    while b"\r\n\r\n" not in got:
+        chunk = s.recv(4096)
+        assert chunk, f"connection closed before a response head: {got!r}"
+        got += chunk
+    return s, got.decode("latin-1")
+
+
+def test_second_sigterm_with_sessions_still_open(gateway_factory):
+    """A second signal stops at once, with a kernel still shutting down, an idle keep-alive
+    connection and a WebSocket whose client never answers the close still open: the process
+    drops them and exits 0 (under the sanitizers: with nothing leaked, and without touching
+    anything already destroyed)."""
+    g = gateway_factory()
+    k = g.start_kernel("python3")
+    auth = f"Authorization: token {g.token}\r\n"
+    idle, head = _raw_request(g.port, f"GET /api HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n")
+    assert head.startswith("HTTP/1.1 200"), head
+    mute, head = _raw_request(
+        g.port,
+        f"GET /api/kernels/{k['id']}/channels?session_id={uuid.uuid4().hex} HTTP/1.1\r\n"
+        "Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        f"{auth}\r\n")
+    assert head.startswith("HTTP/1.1 101"), head
+    try:
+        g.process.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.1)  # inside the graceful shutdown: the kernel is still shutting down
+        assert g.process.proc.poll() is None, "exited before the second signal; nothing was tested"
+        g.process.proc.send_signal(signal.SIGTERM)
+        rc = g.process.proc.wait(timeout=20)
+        assert rc == 0, f"exit code after a second SIGTERM: {rc}\nlog:\n{g.log_tail()}"
+        assert "Sanitizer" not in g.log_tail(20000), g.log_tail(20000)
+    finally:
+        idle.close()
+        mute.close()
