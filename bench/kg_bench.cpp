@@ -1964,6 +1964,7 @@ struct options
     double fanout_budget = 0;  ///< seconds per fan-out level; 0: --budget
     int idle = 10000;
     int idle_concurrency = 64;
+    double idle_hold = 0;
     int idle_kernels = 50;
     int broadcast_clients = 16;
     int broadcast_msgs = 2000;
@@ -2505,6 +2506,11 @@ private:
         }
         co_await sleep_for(1s);  // let the gateway finish per-connection work (nudges, buffers)
         const long rss1 = read_rss_kib(opts_.gateway_pid);
+        if (opts_.idle_hold > 0) {  // time to look at the gateway from outside (heaptrack, gdb)
+            std::cerr << "kg-bench: idle_ws: holding " << n << " connections for " << opts_.idle_hold << " s\n";
+            co_await sleep_for(std::chrono::duration_cast<std::chrono::milliseconds>(
+                std::chrono::duration<double>(opts_.idle_hold)));
+        }
         // The gateway must still answer with all of them open.
         const auto t1 = clock_type::now();
         const auto id = co_await send_kernel_info(cs[0]);
@@ -2993,6 +2999,10 @@ int main(int argc, char** argv)
         ->capture_default_str();
     app.add_option("--idle", o.idle, "idle_ws: WebSockets to hold open")->capture_default_str();
     app.add_option("--idle-concurrency", o.idle_concurrency, "idle_ws: handshakes in flight")->capture_default_str();
+    app.add_option("--idle-hold", o.idle_hold,
+                   "idle_ws: seconds to keep the connections open after measuring, to inspect the gateway")
+        ->check(CLI::Range(0.0, 3600.0))
+        ->capture_default_str();
     app.add_option("--idle-kernels", o.idle_kernels, "idle_kernels: kernels to start and leave idle")->capture_default_str();
     app.add_option("--broadcast-clients", o.broadcast_clients, "broadcast: clients on one kernel")->capture_default_str();
     app.add_option("--broadcast-msgs", o.broadcast_msgs, "broadcast: stream messages")->capture_default_str();

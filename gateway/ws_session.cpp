@@ -120,31 +120,13 @@ net::awaitable<void> ws_session::run(std::shared_ptr<ws_session> self, request r
     kernel_->attach(self);
     spdlog::info("ws open: kernel {} session {} format {} user {}", kernel_->id(), session_id_,
                  v1 ? "v1" : "legacy", who_.user);
-    char no_bytes = 0;
     for (;;) {
         read_buf_.clear();
-        // Wait for the next message with no buffer of ours: Beast reads its frame header
-        // and first bytes into its own buffer and hands up nothing. Only then is the read
-        // buffer prepared, so a connection with nothing to say holds none (and the
-        // keep-alive tick frees the one a past message left, see on_deadline).
-        // (A real address, not null: Beast's UTF-8 check of text frames does pointer
-        // arithmetic on it even for zero bytes.)
-        awaiting_message_ = true;
         co_await with_ws([&](auto& ws) {
-            return ws.async_read_some(net::mutable_buffer(&no_bytes, 0),
-                                      net::redirect_error(net::use_awaitable, ec));
+            return ws.async_read(read_buf_, net::redirect_error(net::use_awaitable, ec));
         });
-        awaiting_message_ = false;
         if (ec) {
             break;
-        }
-        if (!with_ws([](auto& ws) { return ws.is_message_done(); })) {  // else: empty
-            co_await with_ws([&](auto& ws) {
-                return ws.async_read(read_buf_, net::redirect_error(net::use_awaitable, ec));
-            });
-            if (ec) {
-                break;
-            }
         }
         handle_frame(with_ws([](auto& ws) { return ws.got_binary(); }));
         if (read_buf_.capacity() > k_keep_read_buffer) {
@@ -340,11 +322,6 @@ void ws_session::on_deadline(deadline what)
         closing_ = true;
         arm(k_close_deadline, deadline::close);
         return;
-    }
-    if (awaiting_message_ && read_buf_.capacity() > 0) {
-        // Between messages no operation refers to the buffer: a connection that was busy
-        // a moment ago gives it back here (a busy one just prepares a new one).
-        read_buf_.shrink_to_fit();
     }
     const auto reads = with_ws([](auto& ws) { return ws.next_layer().socket_reads(); });
     if (reads != seen_reads_) {

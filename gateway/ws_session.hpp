@@ -72,7 +72,7 @@ public:
         return std::visit([](const auto& ws) { return ws.next_layer().buffered(); }, ws_);
     }
     /// Bytes held for reading the client's messages (a large message's buffer does not
-    /// outlive it; none while waiting for a message, from the keep-alive tick on).
+    /// outlive it).
     std::size_t read_buffer_capacity() const noexcept { return read_buf_.capacity(); }
     const auth::identity& who() const noexcept { return who_; }
     /// The session is closing or closed (a close frame went out, or the connection ended).
@@ -111,7 +111,6 @@ private:
     bool open_ = false;
     bool over_high_ = false;
     bool finished_ = false;        ///< the read loop has ended
-    bool awaiting_message_ = false;  ///< the read loop waits for a message; read_buf_ is free
     bool counted_as_http_ = false;  ///< see count_as_http
     bool ping_unanswered_ = false;  ///< a keep-alive ping went out and nothing came since
     std::uint64_t seen_reads_ = 0;  ///< the stream's socket_reads() at the last keep-alive tick
