@@ -98,6 +98,9 @@ public:
     /// Called each time the layer above has used every byte read so far and asks for more:
     /// a burst of input has been handled (the session sends on what the burst asked for).
     void on_input_drained(std::function<void()> f) { state_->on_drained = std::move(f); }
+    /// Bytes received and not yet handed up: more input is at hand (over TLS, always false:
+    /// this layer holds none).
+    bool input_ahead() const noexcept { return !state_->ahead.empty(); }
     /// Reads issued to the next layer so far. One is issued only once the one before it has
     /// completed with data, so a count that does not move means the peer sent nothing.
     std::uint64_t socket_reads() const noexcept { return state_->socket_reads; }

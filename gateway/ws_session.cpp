@@ -120,20 +120,80 @@ net::awaitable<void> ws_session::run(std::shared_ptr<ws_session> self, request r
     kernel_->attach(self);
     spdlog::info("ws open: kernel {} session {} format {} user {}", kernel_->id(), session_id_,
                  v1 ? "v1" : "legacy", who_.user);
-    for (;;) {
-        read_buf_.clear();
-        co_await with_ws([&](auto& ws) {
-            return ws.async_read(read_buf_, net::redirect_error(net::use_awaitable, ec));
-        });
-        if (ec) {
-            break;
-        }
-        handle_frame(with_ws([](auto& ws) { return ws.got_binary(); }));
-        if (read_buf_.capacity() > k_keep_read_buffer) {
-            read_buf_.clear();
-            read_buf_.shrink_to_fit();
-        }
+    // The session goes on without this coroutine: the read loop below is a chain of
+    // completion handlers that hold only the session, so an idle connection keeps no
+    // coroutine frames.
+    read_next();
+}
+
+void ws_session::read_next()
+{
+    read_buf_.clear();
+    if (with_ws([](auto& ws) { return ws.next_layer().input_ahead(); })) {
+        read_message();  // a burst is being read: the next message is at hand
+        return;
     }
+    // Wait for the next message with no buffer of ours: Beast reads its frame header and
+    // first bytes into its own buffer and hands up nothing. Only then is the read buffer
+    // prepared, so a connection with nothing to say holds none (and the keep-alive tick
+    // frees the one a past message left, see on_deadline). (A real address, not null:
+    // Beast's UTF-8 check of text frames does pointer arithmetic on it even for zero bytes.)
+    awaiting_message_ = true;
+    with_ws([this](auto& ws) {
+        ws.async_read_some(net::mutable_buffer(&no_bytes_, 0),
+                           [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                               self->on_message_begun(ec);
+                           });
+    });
+}
+
+void ws_session::on_message_begun(beast::error_code ec)
+{
+    awaiting_message_ = false;
+    if (ec) {
+        end_reads(ec);
+        return;
+    }
+    if (with_ws([](auto& ws) { return ws.is_message_done(); })) {
+        on_message(ec);  // an empty message
+        return;
+    }
+    read_message();
+}
+
+void ws_session::read_message()
+{
+    with_ws([this](auto& ws) {
+        ws.async_read(read_buf_, [self = shared_from_this()](beast::error_code e, std::size_t) {
+            self->on_message(e);
+        });
+    });
+}
+
+void ws_session::on_message(beast::error_code ec)
+{
+    if (ec) {
+        end_reads(ec);
+        return;
+    }
+    try {
+        handle_frame(with_ws([](auto& ws) { return ws.got_binary(); }));
+    } catch (const std::exception& e) {
+        // Nothing may escape into the event loop; this client's session ends, no other.
+        spdlog::error("ws kernel {} session {}: internal error: {}", kernel_->id(), session_id_,
+                      e.what());
+        start_close(static_cast<std::uint16_t>(websocket::close_code::internal_error),
+                    "internal error");
+    }
+    if (read_buf_.capacity() > k_keep_read_buffer) {
+        read_buf_.clear();
+        read_buf_.shrink_to_fit();
+    }
+    read_next();
+}
+
+void ws_session::end_reads(beast::error_code ec)
+{
     kernel_->release_client_sends();  // what the last burst asked for
     open_ = false;
     finished_ = true;
@@ -322,6 +382,11 @@ void ws_session::on_deadline(deadline what)
         closing_ = true;
         arm(k_close_deadline, deadline::close);
         return;
+    }
+    if (awaiting_message_ && read_buf_.capacity() > 0) {
+        // Between messages no operation refers to the buffer: a connection that was busy
+        // a moment ago gives it back here (a busy one just prepares a new one).
+        read_buf_.shrink_to_fit();
     }
     const auto reads = with_ws([](auto& ws) { return ws.next_layer().socket_reads(); });
     if (reads != seen_reads_) {

@@ -51,9 +51,10 @@ public:
     {
         std::visit([&](auto& ws) { ws.next_layer().preload(early_input); }, ws_);
     }
-    /// Completes the upgrade (answering with the chosen subprotocol) and runs the read loop.
-    /// `self` (this session) keeps it alive for as long as the loop runs: the coroutine may
-    /// start after whoever made the session has let it go.
+    /// Completes the upgrade (answering with the chosen subprotocol) and starts the read
+    /// loop, which keeps the session alive until the connection ends. `self` (this session)
+    /// keeps it alive meanwhile: the coroutine may start after whoever made the session has
+    /// let it go.
     net::awaitable<void> run(std::shared_ptr<ws_session> self, request req);
 
     void deliver(const sessions::kernel_event_ptr& ev) override;
@@ -72,7 +73,7 @@ public:
         return std::visit([](const auto& ws) { return ws.next_layer().buffered(); }, ws_);
     }
     /// Bytes held for reading the client's messages (a large message's buffer does not
-    /// outlive it).
+    /// outlive it; none while waiting for a message, from the keep-alive tick on).
     std::size_t read_buffer_capacity() const noexcept { return read_buf_.capacity(); }
     const auth::identity& who() const noexcept { return who_; }
     /// The session is closing or closed (a close frame went out, or the connection ended).
@@ -83,6 +84,16 @@ private:
     void on_flushed();
     void start_close(std::uint16_t code, std::string reason);
     void handle_frame(bool binary);
+    /// The read loop: completion handlers holding the session (no coroutine frames while a
+    /// connection waits). read_next waits for a message to begin, holding no read buffer;
+    /// on_message_begun reads the rest into read_buf_ (read_message; straight away when a
+    /// burst of input is at hand); on_message hands it on and loops; end_reads detaches the
+    /// session when the connection has ended.
+    void read_next();
+    void on_message_begun(beast::error_code ec);
+    void read_message();
+    void on_message(beast::error_code ec);
+    void end_reads(beast::error_code ec);
 
     enum class deadline { upgrade, keepalive, close };
     void arm(std::chrono::steady_clock::duration after, deadline what);
@@ -111,6 +122,8 @@ private:
     bool open_ = false;
     bool over_high_ = false;
     bool finished_ = false;        ///< the read loop has ended
+    bool awaiting_message_ = false;  ///< the read loop waits for a message; read_buf_ is free
+    char no_bytes_ = 0;  ///< where the zero-byte wait for a message "reads" to
     bool counted_as_http_ = false;  ///< see count_as_http
     bool ping_unanswered_ = false;  ///< a keep-alive ping went out and nothing came since
     std::uint64_t seen_reads_ = 0;  ///< the stream's socket_reads() at the last keep-alive tick

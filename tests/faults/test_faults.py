@@ -313,6 +313,34 @@ def test_a_large_client_message_does_not_keep_its_read_buffer(fgw):
         ch.close()
 
 
+def test_connections_waiting_for_a_message_hold_no_read_buffer(tmp_path):
+    """A session reads no buffer of its own until a message arrives: one that never sent
+    anything holds none, and one that did gives its buffer back at the next keep-alive tick
+    while it waits."""
+    g = FaultGateway(tmp_path, ["--ws-ping-interval", "1"])
+    try:
+        kid = g.start()
+        quiet = websocket.create_connection(g.ws_url(f"/api/kernels/{kid}/channels"),
+                                            header=[f"Authorization: token {g.token}"])
+        ch = g.channel(kid)
+        assert g.get("/api/health").json()["websockets"] == 2
+        assert g.metric("kernelgate_ws_read_buffer_bytes") == 0
+        # A stream of requests keeps a buffer while it comes.
+        sent = [ch.send(ch.new_msg("kernel_info_request")) for _ in range(50)]
+        for m in sent:
+            ch.wait_for(lambda r, m=m: r.msg_type == "kernel_info_reply" and r.parent_id == m.msg_id,
+                        20, "a reply")
+        deadline = Deadline(10, "the read buffer to be given back")
+        while g.metric("kernelgate_ws_read_buffer_bytes") != 0:
+            ch.recv(0.2)
+            deadline.check()
+        assert ch.run("after-the-release", timeout=20).reply is not None
+        quiet.close()
+        ch.close()
+    finally:
+        g.process.stop()
+
+
 def test_slow_client_memory_is_bounded_and_output_dropped_with_a_notice(fgw):
     slow_kid = fgw.start()
     other_kid = fgw.start()
