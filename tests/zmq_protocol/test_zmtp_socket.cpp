@@ -181,6 +181,49 @@ TEST_CASE("zmtp: DEALER talks to a libzmq ROUTER both ways", "[zmtp]")
     dealer->close();
 }
 
+TEST_CASE("zmtp: messages that come one at a time after the socket ran dry all arrive, "
+          "small and large, alone and in twos",
+          "[zmtp]")
+{
+    // Each message here comes after our socket read everything there was and went back to
+    // waiting: a wake-up lost between the last read and the wait, or a wait begun while the
+    // socket still held data, would stall the run (the peer sends the next only once the
+    // last has arrived). Large ones arrive over several reads, some of them finding the
+    // socket empty half-way through a message.
+    peer_pair p(zmq::socket_type::router, zp::zmtp_socket::kind::dealer, "one");
+    auto& ioc = p.ioc;
+    auto& router = p.peer;
+    auto& got = p.got;
+    p.connect();
+    check_hello_arrives(ioc, *p.sock, router);
+    const std::array<std::size_t, 6> sizes{1, 300, 5000, 70000, 300000, 3000000};
+    std::size_t expected = 0;
+    for (int i = 0; i < 120; ++i) {
+        const std::size_t size = sizes[static_cast<std::size_t>(i) % sizes.size()];
+        const int burst = i % 7 == 0 ? 2 : 1;  // now and then two back to back
+        for (int b = 0; b < burst; ++b) {
+            const std::string body(size, static_cast<char>('a' + (i + b) % 26));
+            const std::string num = std::to_string(i) + "." + std::to_string(b);
+            std::array<zmq::const_buffer, 3> out{zmq::buffer(std::string_view("one")),
+                                                 zmq::buffer(num), zmq::buffer(body)};
+            REQUIRE(zmq::send_multipart(router, out));
+            ++expected;
+        }
+        // What fits is in our socket's buffer before we look: one read cannot take it all
+        // (4 KiB while quiet), and no more arrives to signal readiness anew.
+        std::this_thread::sleep_for(5ms);
+        REQUIRE(run_until(ioc, [&] { return got.size() == expected; }));
+        for (int b = 0; b < burst; ++b) {
+            const auto& m = got[expected - static_cast<std::size_t>(burst - b)];
+            REQUIRE(m.size() == 2);
+            CHECK(m[0] == std::to_string(i) + "." + std::to_string(b));
+            CHECK(m[1] == std::string(size, static_cast<char>('a' + (i + b) % 26)));
+        }
+    }
+    CHECK(p.sock->protocol_errors() == 0);
+    p.sock->close();
+}
+
 TEST_CASE("zmtp: a quiet socket keeps a small read buffer, a burst grows it for a while",
           "[zmtp]")
 {
