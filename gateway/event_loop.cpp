@@ -36,6 +36,12 @@ bool event_loop::predictive() const noexcept
            !pressure_unknown();
 }
 
+std::chrono::milliseconds event_loop::short_interval() const noexcept
+{
+    return std::max<std::chrono::milliseconds>(std::chrono::milliseconds(1),
+                                               guard_.interval / 16);
+}
+
 bool event_loop::check_pressure(std::chrono::steady_clock::time_point now)
 {
     if (!guarded_ || now < next_check_) {
@@ -47,19 +53,24 @@ bool event_loop::check_pressure(std::chrono::steady_clock::time_point now)
         // one, and poll meanwhile: work that wakes the loop after a pause is judged by the
         // pressure it meets, within a few milliseconds.
         (void)guard_.source(now);
-        next_check_ = now + std::max<std::chrono::milliseconds>(std::chrono::milliseconds(1),
-                                                                guard_.interval / 16);
+        next_check_ = now + short_interval();
         paused_ = false;
         return paused_;
     }
-    next_check_ = now + guard_.interval;
     const auto p = guard_.source(now);
     stats_.cpu_pressure = p.value_or(1.0);
-    const bool pause = !p || *p > guard_.max;
+    // Paused, the loop looks again after a sixteenth of the interval, so that polling comes
+    // back within milliseconds once the contention is over rather than a whole interval
+    // later: requests that follow a burst of other work (kernels starting, another user's
+    // job ending) would otherwise be slept for throughout. Those readings span little time,
+    // so resuming takes half the pressure that pauses: a moment's dip in lasting contention
+    // (32 busy kernels on two cores) does not bring polling back for a whole interval.
+    const bool pause = !p || *p > (paused_ ? guard_.max / 2 : guard_.max);
     if (pause && !paused_) {
         ++stats_.pressure_pauses;
     }
     paused_ = pause;
+    next_check_ = now + (paused_ ? short_interval() : guard_.interval);
     return paused_;
 }
 

@@ -23,7 +23,9 @@ struct loop_stats
 
 /// When busy polling pauses for other processes' sake: while CPU pressure (Linux PSI, the
 /// share of time some runnable task waited for a CPU) was above `max` over the last
-/// `interval`. With max >= 1 polling never pauses (and PSI is not read).
+/// `interval`. Paused, the loop reads it every interval/16 and resumes at a reading of at
+/// most max/2, so that polling comes back within milliseconds once the CPUs are free. With
+/// max >= 1 polling never pauses (and PSI is not read).
 struct pressure_guard
 {
     /// The share (0 to 1) of the time since its previous call in which some task waited for a
@@ -82,6 +84,8 @@ public:
 private:
     /// Reads the pressure if an interval has passed; returns whether polling is paused.
     bool check_pressure(std::chrono::steady_clock::time_point now);
+    /// Between readings while paused, and for the first after an idle spell.
+    std::chrono::milliseconds short_interval() const noexcept;
     /// While paused: one handler, as io_context::run() runs them, then a pressure reading.
     /// Returns whether the loop was paused.
     bool paused_turn();

@@ -386,3 +386,35 @@ TEST_CASE("after an idle spell the guard takes a fresh reading before it judges"
     CHECK(loop.stats().pressure_pauses == 2);
     CHECK(loop.paused());
 }
+
+TEST_CASE("a paused loop looks again within a sixteenth of the interval and resumes at once",
+          "[event_loop]")
+{
+    // Readings 160 ms apart while polling; paused, every 10 ms. Requests that follow a burst
+    // of contention are polled for as soon as a reading finds the CPUs free (at most half
+    // the pressure that pauses), not up to a whole interval later.
+    std::atomic<double> pressure{0.9};
+    net::io_context ioc(1);
+    auto g = guard_with(pressure);
+    g.interval = 160ms;
+    event_loop loop(ioc, 5s, g);
+    CHECK(run_paced(loop, ioc, 30, 2ms) == 30);  // some 60 ms: a fresh start, then 0.9
+    REQUIRE(loop.paused());
+    CHECK(loop.stats().pressure_pauses == 1);
+    const auto hits = loop.stats().busy_poll_hits;
+
+    // Under max (0.4) but above half of it: short readings do not end the pause.
+    pressure = 0.3;
+    CHECK(run_paced(loop, ioc, 20, 2ms) == 20);
+    CHECK(loop.paused());
+    CHECK(loop.stats().cpu_pressure == 0.3);
+    CHECK(loop.stats().busy_poll_hits == hits);
+
+    pressure = 0.1;
+    // 20 handlers 2 ms apart, right after: some 40 ms, far less than the 160 ms interval.
+    CHECK(run_paced(loop, ioc, 20, 2ms) == 20);
+    CHECK_FALSE(loop.paused());
+    CHECK(loop.stats().cpu_pressure == 0.1);
+    CHECK(loop.stats().pressure_pauses == 1);
+    CHECK(loop.stats().busy_poll_hits - hits >= 8);  // those after the first 10 ms or so
+}
